@@ -1,0 +1,89 @@
+//! Command-line flags (each also settable by environment variable).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Portcullis: admission control for container images.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the admission webhook from policy YAML in a directory (local mode).
+    Serve(ServeArgs),
+    /// Print the CustomResourceDefinitions, or write them to a directory.
+    Crds(CrdsArgs),
+}
+
+/// `portcullis serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory of ContainerPolicy, RegistryIntegration and Namespace YAML (searched
+    /// recursively; reloaded on change).
+    #[arg(long, env = "PORTCULLIS_POLICIES")]
+    pub policies: PathBuf,
+    /// Address the webhook listens on.
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// How often the policy directory is checked for changes.
+    #[arg(long, env = "PORTCULLIS_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+    /// Serving certificate.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// The serving certificate: files, or a generated self-signed CA.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain; reloaded when the file changes.
+    #[arg(long, env = "PORTCULLIS_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key; reloaded when the file changes.
+    #[arg(long, env = "PORTCULLIS_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Where a generated CA and certificate are written when no files are given.
+    #[arg(long, env = "PORTCULLIS_SELF_SIGNED_DIR", default_value_os_t = std::env::temp_dir().join("portcullis"))]
+    pub self_signed_dir: PathBuf,
+}
+
+/// `portcullis crds`.
+#[derive(Debug, Args)]
+pub struct CrdsArgs {
+    /// Write one file per CRD into this directory instead of printing them.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// Log output.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "PORTCULLIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    portcullis_webhook::duration::parse(s)
+}

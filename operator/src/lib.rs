@@ -1,0 +1,78 @@
+//! The `portcullis` binary's jobs: local mode, CRD generation (and, later, the
+//! in-cluster controller and the manifest checker).
+
+pub mod cli;
+pub mod local;
+pub mod manifests;
+mod tls;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cli::{Cli, Command, LogFormat};
+
+/// Runs the command line; errors are printed with their causes.
+pub async fn run(cli: Cli) -> ExitCode {
+    init_logging(cli.log.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => local::serve(args).await,
+        Command::Crds(args) => crds(args.out_dir.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("portcullis: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let crds = portcullis_crds::crd_yaml().context("rendering the CRDs")?;
+    match out_dir {
+        Some(dir) => {
+            for (file, yaml) in crds {
+                let path = dir.join(file);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        None => {
+            let docs: Vec<String> = crds.into_iter().map(|(_, yaml)| yaml).collect();
+            print!("{}", docs.join("---\n"));
+        }
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,188 @@
+//! Local mode: policies from a directory, reloaded on change, served by the webhook.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use portcullis_webhook::policy::{PolicySet, compile, compile_integration, join_errors};
+use portcullis_webhook::scan::NoScanResults;
+use portcullis_webhook::server::{self, AppState};
+
+use crate::cli::ServeArgs;
+use crate::manifests::{self, Document, Manifest};
+use crate::tls::serving_tls;
+
+/// A policy directory and the documents last read from each file.
+pub struct PolicyDir {
+    root: PathBuf,
+    files: BTreeMap<PathBuf, CachedFile>,
+}
+
+struct CachedFile {
+    stamp: (SystemTime, u64),
+    documents: Vec<Document>,
+}
+
+/// A compiled set and what was left out of it, and why.
+pub struct Loaded {
+    /// The policies, integrations and namespaces that compiled.
+    pub set: PolicySet,
+    /// Each object or file left out, with its location and field errors.
+    pub problems: Vec<String>,
+}
+
+impl PolicyDir {
+    /// A directory (or single file) of manifests; nothing is read until [`Self::refresh`].
+    pub fn new(root: PathBuf) -> Self {
+        PolicyDir {
+            root,
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Re-reads changed files. A file that no longer parses keeps its last good
+    /// documents, so a half-saved edit never drops enforcement. Returns whether anything
+    /// changed, and the files that failed to parse.
+    pub fn refresh(&mut self) -> anyhow::Result<(bool, Vec<String>)> {
+        let paths = manifests::find_files(&self.root)
+            .with_context(|| format!("reading {}", self.root.display()))?;
+        let mut changed =
+            paths.len() != self.files.len() || !paths.iter().all(|p| self.files.contains_key(p));
+        let mut errors = Vec::new();
+        let mut files = BTreeMap::new();
+        for path in paths {
+            let stamp = stamp(&path);
+            let cached = self.files.remove(&path);
+            let file = match cached {
+                Some(file) if stamp.is_some_and(|s| s == file.stamp) => file,
+                cached => match manifests::read_file(&path) {
+                    Ok(documents) => {
+                        changed = true;
+                        CachedFile {
+                            stamp: stamp.unwrap_or((SystemTime::UNIX_EPOCH, 0)),
+                            documents,
+                        }
+                    }
+                    Err(error) => {
+                        errors.push(format!("{error} (keeping its last good contents)"));
+                        match cached {
+                            Some(file) => file,
+                            None => continue,
+                        }
+                    }
+                },
+            };
+            files.insert(path, file);
+        }
+        self.files = files;
+        Ok((changed, errors))
+    }
+
+    /// Compiles everything read; objects that do not validate are left out and listed.
+    pub fn build(&self) -> Loaded {
+        let mut problems = Vec::new();
+        let mut policies = BTreeMap::new();
+        let mut integrations = BTreeMap::new();
+        let mut namespaces = HashMap::new();
+        for (location, document) in self.files.values().flat_map(|f| &f.documents) {
+            let manifest = match document {
+                Ok(manifest) => manifest,
+                Err(message) => {
+                    problems.push(format!("{location}: {message}"));
+                    continue;
+                }
+            };
+            match manifest {
+                Manifest::Policy(p) => {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    match compile(&name, &p.spec) {
+                        Ok(c) if !policies.contains_key(&name) => drop(policies.insert(name, c)),
+                        Ok(_) => problems.push(format!("{location}: ContainerPolicy {name:?} is defined twice; the first one counts")),
+                        Err(e) => problems.push(format!("{location}: ContainerPolicy {name:?}: {}", join_errors(&e))),
+                    }
+                }
+                Manifest::Integration(i) => {
+                    let name = i.metadata.name.clone().unwrap_or_default();
+                    match compile_integration(&name, &i.spec) {
+                        Ok(c) if !integrations.contains_key(&name) => drop(integrations.insert(name, c)),
+                        Ok(_) => problems.push(format!("{location}: RegistryIntegration {name:?} is defined twice; the first one counts")),
+                        Err(e) => problems.push(format!("{location}: RegistryIntegration {name:?}: {}", join_errors(&e))),
+                    }
+                }
+                Manifest::Namespace(name, labels) => {
+                    drop(namespaces.insert(name.clone(), labels.clone()))
+                }
+                Manifest::Other(_) => {}
+            }
+        }
+        let set = PolicySet::new(
+            policies.into_values().collect(),
+            integrations.into_values().collect(),
+            Arc::new(namespaces),
+        );
+        Loaded { set, problems }
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn publish(dir: &PolicyDir, shared: &ArcSwap<PolicySet>, parse_errors: &[String]) {
+    let loaded = dir.build();
+    for problem in parse_errors.iter().chain(&loaded.problems) {
+        tracing::error!("{problem}");
+    }
+    tracing::info!(
+        policies = loaded.set.policies().len(),
+        integrations = loaded.set.integrations().len(),
+        left_out = loaded.problems.len(),
+        "policy set loaded"
+    );
+    shared.store(Arc::new(loaded.set));
+}
+
+/// `portcullis serve`: runs until SIGTERM or Ctrl-C.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut dir = PolicyDir::new(args.policies.clone());
+    let (_, parse_errors) = dir.refresh()?;
+    let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
+    publish(&dir, &shared, &parse_errors);
+
+    let tls = serving_tls(&args.tls, args.listen)?;
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, policies = %args.policies.display(), "serving the admission webhook (local mode)");
+
+    let reload_shared = shared.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(args.reload_interval.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match dir.refresh() {
+                Ok((true, errors)) => publish(&dir, &reload_shared, &errors),
+                Ok((false, _)) => {}
+                Err(error) => tracing::error!("{error:#}; the current policies keep enforcing"),
+            }
+        }
+    });
+    let state = AppState {
+        policies: shared,
+        scans: Arc::new(NoScanResults),
+        ready: Arc::new(AtomicBool::new(true)),
+    };
+    server::serve(
+        listener,
+        tls,
+        server::router(state),
+        crate::shutdown_signal(),
+    )
+    .await
+    .context("webhook server")
+}

@@ -1,0 +1,259 @@
+//! Reading Portcullis objects from YAML or JSON files: multi-document files, `List`
+//! objects, strict about the fields of our own kinds (a typo is an error, not ignored).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use portcullis_crds::{ContainerPolicy, RegistryIntegration};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// A file that could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML.
+    #[error("{path}: invalid YAML: {message}")]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+}
+
+/// An object found in a file.
+#[derive(Debug, Clone)]
+pub enum Manifest {
+    /// A ContainerPolicy.
+    Policy(ContainerPolicy),
+    /// A RegistryIntegration.
+    Integration(RegistryIntegration),
+    /// A Namespace: its name and labels.
+    Namespace(String, BTreeMap<String, String>),
+    /// Any other kind, not used here.
+    Other(String),
+}
+
+/// One document of a file: where it is (`file#2`) and the object, or why it is unusable.
+pub type Document = (String, Result<Manifest, String>);
+
+/// Reads every document of a YAML or JSON file.
+pub fn read_file(path: &Path) -> Result<Vec<Document>, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| ManifestError::Yaml {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        collect(format!("{}#{}", path.display(), i + 1), doc, &mut out);
+    }
+    Ok(out)
+}
+
+fn collect(location: String, doc: Value, out: &mut Vec<Document>) {
+    if doc.is_null() {
+        return;
+    }
+    let kind = doc
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if kind == "List" || (kind.ends_with("List") && doc.get("items").is_some_and(Value::is_array)) {
+        if let Some(Value::Array(items)) = doc.get("items") {
+            for (i, item) in items.iter().enumerate() {
+                collect(format!("{location}.items[{i}]"), item.clone(), out);
+            }
+        }
+        return;
+    }
+    let api_version = doc
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let group = api_version.split_once('/').map_or("", |(group, _)| group);
+    let manifest = match (group, kind.as_str()) {
+        (portcullis_crds::GROUP, "ContainerPolicy") => {
+            strict::<ContainerPolicy>(&doc).map(Manifest::Policy)
+        }
+        (portcullis_crds::GROUP, "RegistryIntegration") => {
+            strict::<RegistryIntegration>(&doc).map(Manifest::Integration)
+        }
+        ("", "Namespace") => namespace(&doc),
+        ("", "") => Err("not a Kubernetes object: apiVersion and kind are missing".to_owned()),
+        _ => Ok(Manifest::Other(kind)),
+    };
+    out.push((location, manifest));
+}
+
+fn namespace(doc: &Value) -> Result<Manifest, String> {
+    let meta = doc.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .ok_or("Namespace: metadata.name is required")?;
+    let labels = match meta.and_then(|m| m.get("labels")) {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(labels) => serde_json::from_value(labels.clone())
+            .map_err(|e| format!("Namespace {name:?}: metadata.labels: {e}"))?,
+    };
+    Ok(Manifest::Namespace(name.to_owned(), labels))
+}
+
+/// Decodes one of our kinds, naming the field of any type error, and rejects fields the
+/// type does not know (the API server would prune them silently).
+fn strict<T: DeserializeOwned + serde::Serialize + kube::Resource>(
+    doc: &Value,
+) -> Result<T, String> {
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let what = format!("{kind} {name:?}");
+    if name.is_empty() {
+        return Err(format!("{kind}: metadata.name is required"));
+    }
+    let object: T = serde_path_to_error::deserialize(doc)
+        .map_err(|e| format!("{what}: {}: {}", e.path(), e.inner()))?;
+    let round_trip = serde_json::to_value(&object).map_err(|e| format!("{what}: {e}"))?;
+    let mut unknown = Vec::new();
+    if let (Some(spec), Some(known)) = (doc.get("spec"), round_trip.get("spec")) {
+        unknown_fields(spec, known, "spec", &mut unknown);
+    }
+    if !unknown.is_empty() {
+        return Err(format!("{what}: unknown fields: {}", unknown.join(", ")));
+    }
+    Ok(object)
+}
+
+/// Paths of `input` that the typed round trip `known` dropped.
+fn unknown_fields(input: &Value, known: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, known) {
+        (Value::Object(input), Value::Object(known)) => {
+            for (key, value) in input {
+                let field = format!("{path}.{key}");
+                match known.get(key) {
+                    Some(known) => unknown_fields(value, known, &field, out),
+                    None if !value.is_null() => out.push(field),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(input), Value::Array(known)) => {
+            for (i, (value, known)) in input.iter().zip(known).enumerate() {
+                unknown_fields(value, known, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The YAML and JSON files under `root` (or `root` itself), sorted; hidden entries are
+/// skipped (ConfigMap volumes keep a second copy under `..data`).
+pub fn find_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    if std::fs::metadata(root)?.is_file() {
+        files.push(root.to_owned());
+        return Ok(files);
+    }
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_none_or(|n| n.starts_with('.'))
+            {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(yaml: &str) -> Vec<Document> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        read_file(&path).unwrap()
+    }
+
+    #[test]
+    fn reads_multi_document_files_and_lists() {
+        let docs = read(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: ContainerPolicy\nmetadata: {name: a}\nspec: {action: Warn}\n---\n\
+             apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: team-a, labels: {env: prod}}\n\
+             - apiVersion: apps/v1\n  kind: Deployment\n  metadata: {name: d}\n",
+        );
+        assert_eq!(docs.len(), 3);
+        assert!(
+            matches!(&docs[0].1, Ok(Manifest::Policy(p)) if p.spec.action == portcullis_crds::Action::Warn)
+        );
+        assert!(
+            matches!(&docs[1].1, Ok(Manifest::Namespace(n, l)) if n == "team-a" && l["env"] == "prod")
+        );
+        assert!(matches!(&docs[2].1, Ok(Manifest::Other(k)) if k == "Deployment"));
+        assert!(docs[1].0.ends_with("p.yaml#2.items[0]"));
+    }
+
+    #[test]
+    fn names_the_field_of_a_bad_or_unknown_field() {
+        let docs = read(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: ContainerPolicy\nmetadata: {name: a}\nspec: {action: Stop}\n---\n\
+             apiVersion: portcullis.dev/v1alpha1\nkind: ContainerPolicy\nmetadata: {name: b}\nspec: {rules: {tags: {denyLates: true}}}\n",
+        );
+        let err = |i: usize| docs[i].1.as_ref().unwrap_err().clone();
+        assert!(
+            err(0).starts_with("ContainerPolicy \"a\": spec.action: unknown variant `Stop`"),
+            "{}",
+            err(0)
+        );
+        assert_eq!(
+            err(1),
+            "ContainerPolicy \"b\": unknown fields: spec.rules.tags.denyLates"
+        );
+    }
+
+    #[test]
+    fn invalid_yaml_names_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, "kind: ContainerPolicy\nspec: [unclosed\n").unwrap();
+        let message = read_file(&path).unwrap_err().to_string();
+        assert!(
+            message.contains("bad.yaml") && message.contains("line"),
+            "{message}"
+        );
+    }
+}

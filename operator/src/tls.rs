@@ -1,0 +1,55 @@
+//! The serving certificate from `--tls-cert-file`/`--tls-key-file`, or a generated one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use portcullis_webhook::tls::{
+    CertStore, FileCert, certified_key, generate, server_config, write_generated,
+};
+
+use crate::cli::TlsArgs;
+
+/// How often certificate files are checked for changes.
+const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Builds the TLS configuration, validating the certificate before anything binds.
+/// Files are watched for changes; without files a CA and certificate are generated.
+pub fn serving_tls(
+    args: &TlsArgs,
+    listen: SocketAddr,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let store = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let (files, certified) =
+                FileCert::load(cert, key).context("loading the serving certificate")?;
+            let store = CertStore::new(certified);
+            tokio::spawn(files.watch(store.clone(), CERT_RELOAD_INTERVAL));
+            store
+        }
+        _ => {
+            let mut names = vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ];
+            if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+                names.push(listen.ip().to_string());
+            }
+            let certs = generate(&names).context("generating a self-signed certificate")?;
+            let ca = write_generated(&certs, &args.self_signed_dir)
+                .context("writing the generated certificate")?;
+            tracing::info!(ca = %ca.display(), "no --tls-cert-file given: generated a self-signed CA and serving certificate");
+            eprintln!(
+                "portcullis: self-signed CA written to {} (curl --cacert {0} …)",
+                ca.display()
+            );
+            CertStore::new(certified_key(
+                certs.cert_pem.as_bytes(),
+                certs.key_pem.as_bytes(),
+            )?)
+        }
+    };
+    Ok(server_config(store)?)
+}

@@ -1,0 +1,258 @@
+//! AdmissionReview in, AdmissionReview out: which requests are evaluated, how the object
+//! is read, and how a decision becomes `admission.k8s.io/v1` JSON.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use kube::core::admission::{AdmissionResponse, AdmissionReview};
+use kube::core::{DynamicObject, Status};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::engine::{self, Decision, Subject, truncate};
+use crate::policy::PolicySet;
+use crate::scan::ScanResults;
+use crate::workload::{PodSpec, ReadError, WorkloadKind, WorkloadObject};
+
+/// The only AdmissionReview version served.
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// The audit annotation that carries Audit violations into the API server's audit log.
+pub const AUDIT_ANNOTATION: &str = "audit-violations";
+const MAX_AUDIT_ANNOTATION: usize = 4096;
+
+/// Why a body is not an AdmissionReview the webhook can answer (HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// Not JSON, or not shaped like an AdmissionReview.
+    #[error("malformed AdmissionReview: {0}")]
+    Malformed(ReadError),
+    /// Another `apiVersion` than `admission.k8s.io/v1`.
+    #[error("unsupported AdmissionReview apiVersion {0:?}: only {API_VERSION} is served")]
+    ApiVersion(String),
+    /// No `request`.
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    /// No `request.uid` to answer to.
+    #[error("AdmissionReview request has no uid")]
+    NoUid,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Review<'a> {
+    #[serde(borrow, default)]
+    api_version: Cow<'a, str>,
+    #[serde(borrow)]
+    request: Option<Request<'a>>,
+}
+
+/// The fields of `request` the webhook reads; the object stays raw until its kind is known.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request<'a> {
+    /// `uid`, echoed in the answer.
+    #[serde(borrow, default)]
+    pub uid: Cow<'a, str>,
+    /// `kind` (after `matchPolicy: Equivalent` conversion).
+    #[serde(borrow, default)]
+    pub kind: GroupVersionKind<'a>,
+    /// `subResource`.
+    #[serde(borrow, default)]
+    pub sub_resource: Option<Cow<'a, str>>,
+    /// `namespace`.
+    #[serde(borrow, default)]
+    pub namespace: Option<Cow<'a, str>>,
+    /// `operation`: CREATE, UPDATE, DELETE or CONNECT.
+    #[serde(borrow, default)]
+    pub operation: Cow<'a, str>,
+    /// `dryRun`: decide, but cause no side effects.
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    old_object: Option<&'a RawValue>,
+}
+
+/// `request.kind`.
+#[derive(Debug, Default, Deserialize)]
+pub struct GroupVersionKind<'a> {
+    /// API group (`""` for core).
+    #[serde(borrow, default)]
+    pub group: Cow<'a, str>,
+    /// API version.
+    #[serde(borrow, default)]
+    pub version: Cow<'a, str>,
+    /// Kind.
+    #[serde(borrow, default)]
+    pub kind: Cow<'a, str>,
+}
+
+/// Parses a review body, checking the envelope (not the object).
+pub fn parse(body: &[u8]) -> Result<Request<'_>, ReviewError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ReviewError::Malformed(ReadError {
+            path: String::new(),
+            message: format!("body is not UTF-8: {e}"),
+        })
+    })?;
+    let review: Review<'_> = crate::workload::decode(text).map_err(ReviewError::Malformed)?;
+    if review.api_version != API_VERSION {
+        return Err(ReviewError::ApiVersion(review.api_version.into_owned()));
+    }
+    let request = review.request.ok_or(ReviewError::NoRequest)?;
+    if request.uid.is_empty() {
+        return Err(ReviewError::NoUid);
+    }
+    Ok(request)
+}
+
+/// What the webhook made of a request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Allowed without evaluation, and why (kind, operation, unchanged spec…).
+    Skipped(&'static str),
+    /// The object could not be read as its kind: denied with this message.
+    Unreadable(String),
+    /// Evaluated against the policies.
+    Decided(Decision),
+}
+
+impl Verdict {
+    /// Whether the request is admitted.
+    pub fn allowed(&self) -> bool {
+        match self {
+            Verdict::Skipped(_) => true,
+            Verdict::Unreadable(_) => false,
+            Verdict::Decided(d) => d.allowed(),
+        }
+    }
+
+    /// A short label for logs and metrics: allow, warn, deny or skip.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Skipped(_) => "skip",
+            Verdict::Decided(d) if !d.allowed() => "deny",
+            Verdict::Unreadable(_) => "deny",
+            Verdict::Decided(d) if !d.warnings().is_empty() => "warn",
+            Verdict::Decided(_) => "allow",
+        }
+    }
+}
+
+/// A request whose pod spec is to be evaluated.
+struct Evaluable<'a> {
+    kind: WorkloadKind,
+    object: WorkloadObject<'a>,
+    spec: PodSpec<'a>,
+}
+
+/// Decides a parsed request against a snapshot.
+pub fn evaluate(
+    request: &Request<'_>,
+    set: &PolicySet,
+    scans: &dyn ScanResults,
+    now: SystemTime,
+) -> Verdict {
+    match evaluable(request) {
+        Err(verdict) => verdict,
+        Ok(e) => {
+            let namespace = request.namespace.as_deref().unwrap_or_default();
+            let subject = Subject {
+                kind: e.kind,
+                namespace,
+                name: &e.object.name,
+                spec: &e.spec,
+            };
+            Verdict::Decided(engine::decide(set, &subject, scans, now))
+        }
+    }
+}
+
+/// Sorts out requests that are not evaluated, and reads the pod spec of those that are.
+fn evaluable<'a>(request: &Request<'a>) -> Result<Evaluable<'a>, Verdict> {
+    let operation = request.operation.as_ref();
+    if operation != "CREATE" && operation != "UPDATE" {
+        return Err(Verdict::Skipped("operation is not evaluated"));
+    }
+    let group = request.kind.group.as_ref();
+    let kind_name = request.kind.kind.as_ref();
+    let ephemeral = match request.sub_resource.as_deref() {
+        None | Some("") => false,
+        Some("ephemeralcontainers")
+            if group.is_empty() && matches!(kind_name, "Pod" | "EphemeralContainers") =>
+        {
+            true
+        }
+        Some(_) => return Err(Verdict::Skipped("subresource is not evaluated")),
+    };
+    let kind = if ephemeral {
+        WorkloadKind::Pod
+    } else {
+        WorkloadKind::from_group_kind(group, kind_name)
+            .ok_or(Verdict::Skipped("kind is not evaluated"))?
+    };
+    let read = |raw: &'a RawValue| {
+        if kind_name == "EphemeralContainers" {
+            WorkloadObject::read_ephemeral_containers(raw.get())
+        } else {
+            WorkloadObject::read(kind, raw.get())
+        }
+    };
+    let unreadable = |e: ReadError| {
+        Verdict::Unreadable(format!(
+            "{kind_name} object cannot be read as {kind_name}: {e}"
+        ))
+    };
+    let raw = request
+        .object
+        .ok_or_else(|| Verdict::Unreadable("request.object is missing".into()))?;
+    let object = read(raw).map_err(unreadable)?;
+    let mut spec = object.pod_spec().map_err(unreadable)?;
+    if ephemeral {
+        // Only the ephemeral containers are being added; the rest was admitted already.
+        spec = PodSpec {
+            ephemeral_containers: spec.ephemeral_containers.take(),
+            ..PodSpec::default()
+        };
+    } else if operation == "UPDATE"
+        && let Some(old) = request.old_object.and_then(|old| read(old).ok())
+        && old.pod_spec.map(RawValue::get) == object.pod_spec.map(RawValue::get)
+    {
+        return Err(Verdict::Skipped("pod spec unchanged"));
+    }
+    Ok(Evaluable { kind, object, spec })
+}
+
+/// The AdmissionReview answering `uid` with `verdict`.
+pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
+    let mut response = AdmissionResponse::invalid("");
+    response.uid = uid.to_owned();
+    response.allowed = true;
+    response.result = Status::success();
+    match verdict {
+        Verdict::Skipped(_) => {}
+        Verdict::Unreadable(message) => deny(&mut response, message.clone()),
+        Verdict::Decided(decision) => {
+            if let Some(message) = decision.deny_message() {
+                deny(&mut response, message);
+            }
+            let warnings = decision.warnings();
+            if !warnings.is_empty() {
+                response.warnings = Some(warnings);
+            }
+            let audits = decision.audits();
+            if !audits.is_empty() {
+                let joined = truncate(audits.join("; "), MAX_AUDIT_ANNOTATION);
+                response.audit_annotations = HashMap::from([(AUDIT_ANNOTATION.to_owned(), joined)]);
+            }
+        }
+    }
+    response.into_review()
+}
+
+fn deny(response: &mut AdmissionResponse, message: String) {
+    response.allowed = false;
+    response.result = Status::failure(&message, "Forbidden").with_code(403);
+}

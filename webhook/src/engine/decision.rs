@@ -1,0 +1,139 @@
+//! Violations and how they become an admission answer.
+
+use std::fmt::Write as _;
+
+use portcullis_crds::Action;
+
+use super::Subject;
+
+/// Longest deny message; the API server and kubectl show it in one line.
+const MAX_MESSAGE: usize = 4096;
+/// Most warnings returned (the API server truncates long lists anyway).
+const MAX_WARNINGS: usize = 20;
+/// Longest image reference quoted in a message.
+const MAX_IMAGE: usize = 200;
+
+/// One broken rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The ContainerPolicy's name.
+    pub policy: String,
+    /// What it does to the request.
+    pub action: Action,
+    /// The rule, as a field path under `spec.rules` (`vulnerabilities.maxCount`).
+    pub rule: &'static str,
+    /// What broke it: `container "api" image nginx:1.25`, or `pod spec`.
+    pub target: String,
+    /// The rule with the numbers that broke it.
+    pub detail: String,
+}
+
+impl Violation {
+    /// `container "api" image X violates ContainerPolicy "p": detail`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} violates ContainerPolicy {:?}: {}",
+            self.target, self.policy, self.detail
+        )
+    }
+}
+
+/// The outcome for one object: every violation of every matching policy, in a fixed
+/// order (policies by name, then images in pod-spec order, then rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// `Deployment team-a/api`.
+    pub object: String,
+    /// Every violation found.
+    pub violations: Vec<Violation>,
+}
+
+impl Decision {
+    pub(super) fn new(subject: &Subject<'_>) -> Self {
+        Decision {
+            object: format!("{} {}/{}", subject.kind, subject.namespace, subject.name),
+            violations: Vec::new(),
+        }
+    }
+
+    /// Whether the object is admitted: no Block violation.
+    pub fn allowed(&self) -> bool {
+        !self.violations.iter().any(|v| v.action == Action::Block)
+    }
+
+    fn with_action(&self, action: Action) -> impl Iterator<Item = &Violation> {
+        self.violations.iter().filter(move |v| v.action == action)
+    }
+
+    /// The deny message: the object, then each Block violation, capped in length.
+    pub fn deny_message(&self) -> Option<String> {
+        let blocks: Vec<&Violation> = self.with_action(Action::Block).collect();
+        if blocks.is_empty() {
+            return None;
+        }
+        let mut message = format!("{}: ", self.object);
+        for (i, v) in blocks.iter().enumerate() {
+            let part = v.describe();
+            if i > 0 && message.len() + part.len() + 2 > MAX_MESSAGE {
+                let _ = write!(message, "; and {} more violations", blocks.len() - i);
+                break;
+            }
+            if i > 0 {
+                message.push_str("; ");
+            }
+            message.push_str(&part);
+        }
+        Some(truncate(message, MAX_MESSAGE))
+    }
+
+    /// One warning per Warn violation, at most `MAX_WARNINGS`.
+    pub fn warnings(&self) -> Vec<String> {
+        lines(&self.object, self.with_action(Action::Warn))
+    }
+
+    /// One line per Audit violation, at most `MAX_WARNINGS`.
+    pub fn audits(&self) -> Vec<String> {
+        lines(&self.object, self.with_action(Action::Audit))
+    }
+}
+
+fn lines<'a>(object: &str, violations: impl Iterator<Item = &'a Violation>) -> Vec<String> {
+    let all: Vec<String> = violations
+        .map(|v| format!("{object}: {}", v.describe()))
+        .collect();
+    if all.len() <= MAX_WARNINGS {
+        return all;
+    }
+    let more = all.len() - (MAX_WARNINGS - 1);
+    let mut kept: Vec<String> = all.into_iter().take(MAX_WARNINGS - 1).collect();
+    kept.push(format!("{object}: and {more} more violations"));
+    kept
+}
+
+/// Cuts `s` to at most `max` bytes, ending in `…` when cut.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// An image reference as messages show it: as written, or quoted and shortened when it
+/// holds characters a terminal or log should not get raw.
+pub(super) fn show_image(image: &str) -> String {
+    let plain = !image.is_empty()
+        && image.len() <= MAX_IMAGE
+        && image.chars().all(|c| c.is_ascii_graphic() && c != '"');
+    if plain {
+        image.to_owned()
+    } else {
+        let short: String = image.chars().take(MAX_IMAGE).collect();
+        let ellipsis = if short.len() < image.len() { "…" } else { "" };
+        format!("{short:?}{ellipsis}")
+    }
+}

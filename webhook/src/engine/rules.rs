@@ -1,0 +1,371 @@
+//! The rule families, evaluated for one policy against one object.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+use portcullis_crds::{Action, Severity};
+
+use super::decision::show_image;
+use super::{Decision, Subject, Violation};
+use crate::glob::Glob;
+use crate::image::{ImageError, ImageRef};
+use crate::policy::{CompiledPolicy, VulnerabilityRule, WorkloadRule, normalize_capability};
+use crate::scan::{Finding, ScanResults, ScanStatus};
+use crate::workload::{ImageUse, SecurityContext, Slot};
+
+/// Most vulnerability IDs listed in one message.
+const MAX_IDS: usize = 5;
+
+pub(super) struct Evaluation<'e, 'a> {
+    pub policy: &'e CompiledPolicy,
+    pub subject: &'e Subject<'a>,
+    pub scans: &'e dyn ScanResults,
+    pub now: SystemTime,
+    pub decision: &'e mut Decision,
+}
+
+impl Evaluation<'_, '_> {
+    fn violate(&mut self, action: Action, rule: &'static str, target: &str, detail: String) {
+        self.decision.violations.push(Violation {
+            policy: self.policy.name.clone(),
+            action,
+            rule,
+            target: target.to_owned(),
+            detail,
+        });
+    }
+
+    /// A reference that does not parse violates every policy matching the namespace.
+    pub fn unparsable(&mut self, image_use: &ImageUse<'_>, error: &ImageError) {
+        let target = target(image_use);
+        self.violate(
+            self.policy.action,
+            "image",
+            &target,
+            format!("image reference does not parse: {error}"),
+        );
+    }
+
+    /// The per-image rules, for an image the policy matches.
+    pub fn image(&mut self, image_use: &ImageUse<'_>, image: &ImageRef) {
+        let policy = self.policy;
+        let action = policy.action;
+        let target = target(image_use);
+        let repository = image.repository();
+        if let Some(allow) = &policy.registries_allow
+            && !allow.iter().any(|g| g.matches(repository))
+        {
+            self.violate(
+                action,
+                "registries.allow",
+                &target,
+                format!("repository {repository} is not in rules.registries.allow"),
+            );
+        }
+        if let Some(deny) = policy
+            .registries_deny
+            .iter()
+            .find(|g| g.matches(repository))
+        {
+            self.violate(
+                action,
+                "registries.deny",
+                &target,
+                format!(
+                    "repository {repository} matches rules.registries.deny {:?}",
+                    deny.as_str()
+                ),
+            );
+        }
+        if let Some(allow) = &policy.namespaces_allow
+            && !allow
+                .iter()
+                .any(|g: &Glob| g.matches(self.subject.namespace))
+        {
+            let detail = format!(
+                "namespace {} is not in rules.namespaces.allow for this image",
+                self.subject.namespace
+            );
+            self.violate(action, "namespaces.allow", &target, detail);
+        }
+        if let Some(tags) = policy.tags {
+            if tags.deny_latest && image.tag() == Some("latest") {
+                self.violate(
+                    action,
+                    "tags.denyLatest",
+                    &target,
+                    "the latest tag (explicit or implied) is denied by rules.tags.denyLatest"
+                        .into(),
+                );
+            }
+            if tags.require_digest && image.digest().is_none() {
+                self.violate(
+                    action,
+                    "tags.requireDigest",
+                    &target,
+                    "image is not pinned by digest (rules.tags.requireDigest)".into(),
+                );
+            }
+        }
+        if let Some(rule) = &policy.vulnerabilities {
+            self.vulnerabilities(rule, image, &target);
+        }
+        if let Some(rule) = &policy.workload
+            && image_use.slot != Slot::Volume
+        {
+            self.container_security(rule, image_use.security, &target);
+        }
+    }
+
+    fn vulnerabilities(&mut self, rule: &VulnerabilityRule, image: &ImageRef, target: &str) {
+        let report = match self.scans.lookup(image) {
+            ScanStatus::Found(report) => report,
+            ScanStatus::Unavailable(reason) => return self.unscanned(rule, target, reason),
+        };
+        if let Some(max_age) = rule.max_scan_age {
+            let age = self
+                .now
+                .duration_since(report.scanned_at)
+                .unwrap_or_default();
+            if age > max_age {
+                let reason = format!(
+                    "the scan result is {} old, older than maxScanAge {}",
+                    show_duration(age),
+                    show_duration(max_age)
+                );
+                return self.unscanned(rule, target, Cow::Owned(reason));
+            }
+        }
+        let action = self.policy.action;
+        let not_ignored = || {
+            report
+                .findings()
+                .iter()
+                .filter(|f| !rule.ignore.contains(&f.id))
+        };
+        let denied: Vec<&Finding> = not_ignored()
+            .filter(|f| rule.deny.contains(&f.id))
+            .collect();
+        if !denied.is_empty() {
+            let detail = format!(
+                "denied {} present: {}",
+                plural(denied.len(), "vulnerability", "vulnerabilities"),
+                ids(&denied)
+            );
+            self.violate(action, "vulnerabilities.deny", target, detail);
+        }
+        let counted: Vec<&Finding> = not_ignored()
+            .filter(|f| !rule.fixable_only || f.fixable)
+            .collect();
+        for (index, severity) in Severity::DESCENDING.into_iter().enumerate() {
+            let found: Vec<&Finding> = counted
+                .iter()
+                .copied()
+                .filter(|f| f.severity == severity)
+                .collect();
+            if found.is_empty() {
+                continue;
+            }
+            let counted = || {
+                let fixable = if rule.fixable_only { " fixable" } else { "" };
+                let noun = plural(found.len(), "vulnerability", "vulnerabilities");
+                let verb = if found.len() == 1 {
+                    "exceeds"
+                } else {
+                    "exceed"
+                };
+                format!(
+                    "{} {}{fixable} {noun} ({}) {verb}",
+                    found.len(),
+                    severity.as_str(),
+                    ids(&found)
+                )
+            };
+            if let Some(max) = rule.max_severity.filter(|max| severity > *max) {
+                self.violate(
+                    action,
+                    "vulnerabilities.maxSeverity",
+                    target,
+                    format!("{} maxSeverity {max:?}", counted()),
+                );
+            }
+            if let Some(cap) = rule.max_count[index].filter(|cap| found.len() as u64 > *cap) {
+                self.violate(
+                    action,
+                    "vulnerabilities.maxCount",
+                    target,
+                    format!("{} maxCount.{} {cap}", counted(), severity.as_str()),
+                );
+            }
+        }
+    }
+
+    fn unscanned(&mut self, rule: &VulnerabilityRule, target: &str, reason: Cow<'static, str>) {
+        if let Some(action) = rule.unscanned {
+            self.violate(action, "vulnerabilities.unscanned", target, format!("no usable scan result ({reason}); rules.vulnerabilities.unscanned is {action:?}"));
+        }
+    }
+
+    fn container_security(
+        &mut self,
+        rule: &WorkloadRule,
+        security: Option<&SecurityContext>,
+        target: &str,
+    ) {
+        let default = SecurityContext::default();
+        let sc = security.unwrap_or(&default);
+        let pod = self.subject.spec.security_context.as_ref();
+        let action = self.policy.action;
+        let flags = &rule.flags;
+        if flags.deny_privileged && sc.privileged == Some(true) {
+            self.violate(
+                action,
+                "workload.denyPrivileged",
+                target,
+                "runs privileged (rules.workload.denyPrivileged)".into(),
+            );
+        }
+        if flags.deny_privilege_escalation && sc.allow_privilege_escalation != Some(false) {
+            let detail = "allowPrivilegeEscalation is not set to false (rules.workload.denyPrivilegeEscalation)";
+            self.violate(
+                action,
+                "workload.denyPrivilegeEscalation",
+                target,
+                detail.into(),
+            );
+        }
+        if flags.require_run_as_non_root {
+            let non_root = sc.run_as_non_root.or(pod.and_then(|p| p.run_as_non_root));
+            let user = sc.run_as_user.or(pod.and_then(|p| p.run_as_user));
+            let detail = match user {
+                Some(0) => {
+                    Some("runs as root: runAsUser is 0 (rules.workload.requireRunAsNonRoot)")
+                }
+                Some(uid) if uid > 0 => None,
+                _ if non_root == Some(true) => None,
+                _ => Some(
+                    "may run as root: neither runAsNonRoot true nor runAsUser > 0 is set (rules.workload.requireRunAsNonRoot)",
+                ),
+            };
+            if let Some(detail) = detail {
+                self.violate(
+                    action,
+                    "workload.requireRunAsNonRoot",
+                    target,
+                    detail.into(),
+                );
+            }
+        }
+        let added: Vec<String> = sc
+            .capabilities
+            .iter()
+            .flat_map(|c| c.add.iter().flatten())
+            .map(|c| normalize_capability(c))
+            .collect();
+        let forbidden: Vec<&str> = added
+            .iter()
+            .filter(|cap| {
+                rule.forbidden_capabilities
+                    .iter()
+                    .any(|f| f == *cap || *cap == "ALL")
+            })
+            .map(String::as_str)
+            .collect();
+        if !forbidden.is_empty() {
+            let detail = format!(
+                "adds forbidden capabilities {} (rules.workload.forbiddenCapabilities)",
+                forbidden.join(", ")
+            );
+            self.violate(action, "workload.forbiddenCapabilities", target, detail);
+        }
+        if flags.require_read_only_root_filesystem && sc.read_only_root_filesystem != Some(true) {
+            let detail =
+                "readOnlyRootFilesystem is not true (rules.workload.requireReadOnlyRootFilesystem)";
+            self.violate(
+                action,
+                "workload.requireReadOnlyRootFilesystem",
+                target,
+                detail.into(),
+            );
+        }
+    }
+
+    /// The pod-level rules, once per object the policy applies to.
+    pub fn pod(&mut self) {
+        let Some(rule) = &self.policy.workload else {
+            return;
+        };
+        let spec = self.subject.spec;
+        let action = self.policy.action;
+        if rule.flags.deny_host_namespaces {
+            let used: Vec<&str> = [
+                (spec.host_network, "hostNetwork"),
+                (spec.host_pid, "hostPID"),
+                (spec.host_ipc, "hostIPC"),
+            ]
+            .into_iter()
+            .filter_map(|(on, name)| (on == Some(true)).then_some(name))
+            .collect();
+            if !used.is_empty() {
+                let detail = format!(
+                    "uses host namespaces: {} (rules.workload.denyHostNamespaces)",
+                    used.join(", ")
+                );
+                self.violate(action, "workload.denyHostNamespaces", "pod spec", detail);
+            }
+        }
+        if rule.flags.deny_host_path {
+            let names: Vec<String> = spec
+                .volumes
+                .iter()
+                .flatten()
+                .filter(|v| v.host_path)
+                .map(|v| format!("{:?}", v.name))
+                .collect();
+            if !names.is_empty() {
+                let detail = format!(
+                    "mounts hostPath volumes {} (rules.workload.denyHostPath)",
+                    names.join(", ")
+                );
+                self.violate(action, "workload.denyHostPath", "pod spec", detail);
+            }
+        }
+    }
+}
+
+fn target(image_use: &ImageUse<'_>) -> String {
+    format!(
+        "{} {:?} image {}",
+        image_use.slot.noun(),
+        image_use.name,
+        show_image(image_use.image)
+    )
+}
+
+fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
+}
+
+fn ids(findings: &[&Finding]) -> String {
+    let shown: Vec<&str> = findings
+        .iter()
+        .take(MAX_IDS)
+        .map(|f| f.id.as_str())
+        .collect();
+    match findings.len().saturating_sub(MAX_IDS) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
+/// A duration as a Go duration in its largest whole unit (`168h`, `90m`, `45s`).
+fn show_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 3600 && secs % 3600 == 0 || secs >= 36000 {
+        format!("{}h", secs / 3600)
+    } else if secs >= 60 && secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}

@@ -1,0 +1,384 @@
+//! Image references, parsed and normalized the way the container runtime does.
+//!
+//! Grammar: distribution's `reference` package. Normalization: `nginx` →
+//! `docker.io/library/nginx:latest`, `index.docker.io` → `docker.io`, and the registry
+//! host lowercased (DNS names are case-insensitive; a policy must not be dodged by case).
+
+use std::fmt;
+
+/// The default registry of references without one.
+pub const DOCKER_HUB: &str = "docker.io";
+const LEGACY_DOCKER_HUB: &str = "index.docker.io";
+const MAX_NAME_LEN: usize = 255;
+const MAX_TAG_LEN: usize = 128;
+
+/// Why an image reference does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    /// The reference is empty.
+    #[error("is empty")]
+    Empty,
+    /// The reference has a character that no part of a reference may hold.
+    #[error("contains a control character or whitespace")]
+    ControlCharacter,
+    /// The repository path has uppercase letters.
+    #[error("repository name must be lowercase")]
+    Uppercase,
+    /// The repository name is longer than 255 characters.
+    #[error("repository name is longer than {MAX_NAME_LEN} characters")]
+    NameTooLong,
+    /// A path component is malformed.
+    #[error("invalid repository path component {0:?}")]
+    BadComponent(String),
+    /// The registry host or port is malformed.
+    #[error("invalid registry host {0:?}")]
+    BadRegistry(String),
+    /// The tag is malformed.
+    #[error("invalid tag {0:?}")]
+    BadTag(String),
+    /// The digest is malformed.
+    #[error("invalid digest {0:?}")]
+    BadDigest(String),
+}
+
+/// A parsed, normalized image reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageRef {
+    repository: String,
+    registry_len: usize,
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+impl ImageRef {
+    /// Parses and normalizes a reference as written in a pod spec.
+    pub fn parse(input: &str) -> Result<Self, ImageError> {
+        if input.is_empty() {
+            return Err(ImageError::Empty);
+        }
+        if input.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ImageError::ControlCharacter);
+        }
+        let (rest, digest) = match input.split_once('@') {
+            Some((name, digest)) => (name, Some(parse_digest(digest)?)),
+            None => (input, None),
+        };
+        // A ':' after the last '/' separates the tag; one before it belongs to host:port.
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match rest[last_slash..].find(':') {
+            Some(i) => {
+                let tag = &rest[last_slash + i + 1..];
+                if !valid_tag(tag) {
+                    return Err(ImageError::BadTag(tag.to_owned()));
+                }
+                (&rest[..last_slash + i], Some(tag.to_owned()))
+            }
+            None => (rest, None),
+        };
+        if name.is_empty() {
+            return Err(ImageError::Empty);
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(ImageError::NameTooLong);
+        }
+        let (registry, path) = split_registry(name)?;
+        let mut components: Vec<&str> = path.split('/').collect();
+        for component in &components {
+            validate_component(component)?;
+        }
+        if registry == DOCKER_HUB && components.len() == 1 {
+            components.insert(0, "library");
+        }
+        let repository = format!("{registry}/{}", components.join("/"));
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".to_owned())
+        } else {
+            tag
+        };
+        Ok(ImageRef {
+            registry_len: registry.len(),
+            repository,
+            tag,
+            digest,
+        })
+    }
+
+    /// `registry/path`, what policy globs match against.
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    /// The registry host (and port).
+    pub fn registry(&self) -> &str {
+        &self.repository[..self.registry_len]
+    }
+
+    /// The repository path within the registry.
+    pub fn path(&self) -> &str {
+        &self.repository[self.registry_len + 1..]
+    }
+
+    /// The tag, if any (`latest` when neither tag nor digest was written).
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
+    /// The digest (`sha256:…`), if pinned.
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.repository)?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits `name` into a normalized registry and the remaining path.
+fn split_registry(name: &str) -> Result<(String, &str), ImageError> {
+    match name.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            validate_registry(first)?;
+            let registry = first.to_ascii_lowercase();
+            let registry = if registry == LEGACY_DOCKER_HUB {
+                DOCKER_HUB.to_owned()
+            } else {
+                registry
+            };
+            Ok((registry, rest))
+        }
+        _ => Ok((DOCKER_HUB.to_owned(), name)),
+    }
+}
+
+fn validate_registry(registry: &str) -> Result<(), ImageError> {
+    let bad = || ImageError::BadRegistry(registry.to_owned());
+    let (host, port) = if let Some(v6) = registry.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or_else(bad)?;
+        if addr.is_empty() || !addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
+            return Err(bad());
+        }
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(bad)?),
+        };
+        (None, port)
+    } else {
+        match registry.split_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(registry), None),
+        }
+    };
+    if let Some(host) = host {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if !host.split('.').all(label_ok) {
+            return Err(bad());
+        }
+    }
+    if let Some(port) = port
+        && (port.is_empty() || port.len() > 5 || !port.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// A path component: `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`.
+fn validate_component(component: &str) -> Result<(), ImageError> {
+    if component.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(ImageError::Uppercase);
+    }
+    let bad = || ImageError::BadComponent(component.to_owned());
+    let bytes = component.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return Err(bad());
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let sep = &component[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
+        if !ok {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+fn valid_tag(tag: &str) -> bool {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let bytes = tag.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_TAG_LEN
+        && word(bytes[0])
+        && bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-')
+}
+
+fn parse_digest(digest: &str) -> Result<String, ImageError> {
+    let bad = || ImageError::BadDigest(digest.to_owned());
+    let (algorithm, hex) = digest.split_once(':').ok_or_else(bad)?;
+    let hex_ok = |len: usize| {
+        hex.len() == len
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let ok = match algorithm {
+        "sha256" => hex_ok(64),
+        "sha512" => hex_ok(128),
+        _ => false,
+    };
+    if ok {
+        Ok(digest.to_owned())
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn normalizes_like_the_runtime() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "nginx",
+                "docker.io/library/nginx",
+                "docker.io/library/nginx:latest",
+            ),
+            (
+                "nginx:1.25",
+                "docker.io/library/nginx",
+                "docker.io/library/nginx:1.25",
+            ),
+            (
+                "acme/api",
+                "docker.io/acme/api",
+                "docker.io/acme/api:latest",
+            ),
+            (
+                "docker.io/nginx",
+                "docker.io/library/nginx",
+                "docker.io/library/nginx:latest",
+            ),
+            (
+                "index.docker.io/acme/api:v1",
+                "docker.io/acme/api",
+                "docker.io/acme/api:v1",
+            ),
+            ("localhost/x", "localhost/x", "localhost/x:latest"),
+            (
+                "localhost:5000/x:1",
+                "localhost:5000/x",
+                "localhost:5000/x:1",
+            ),
+            (
+                "registry.example.com:5000/a/b",
+                "registry.example.com:5000/a/b",
+                "registry.example.com:5000/a/b:latest",
+            ),
+            (
+                "Registry.Example.COM/a",
+                "registry.example.com/a",
+                "registry.example.com/a:latest",
+            ),
+            ("[::1]:5000/a", "[::1]:5000/a", "[::1]:5000/a:latest"),
+            (
+                "ghcr.io/acme/a_b__c.d-e--f",
+                "ghcr.io/acme/a_b__c.d-e--f",
+                "ghcr.io/acme/a_b__c.d-e--f:latest",
+            ),
+        ];
+        for (input, repo, full) in cases {
+            let r = ImageRef::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(r.repository(), *repo, "{input}");
+            assert_eq!(r.to_string(), *full, "{input}");
+        }
+    }
+
+    #[test]
+    fn digest_is_the_identity() {
+        let r = ImageRef::parse(&format!("ghcr.io/acme/api:v1@{D}")).unwrap();
+        assert_eq!(r.tag(), Some("v1"));
+        assert_eq!(r.digest(), Some(D));
+        let r = ImageRef::parse(&format!("localhost:5000/api@{D}")).unwrap();
+        assert_eq!(
+            (r.registry(), r.path(), r.tag()),
+            ("localhost:5000", "api", None)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_references() {
+        let long = format!("ghcr.io/{}", "a".repeat(4096));
+        let cases: &[(&str, ImageError)] = &[
+            ("", ImageError::Empty),
+            ("NGINX", ImageError::Uppercase),
+            ("acme/Api", ImageError::Uppercase),
+            ("nginx\n", ImageError::ControlCharacter),
+            ("ng\u{7}inx", ImageError::ControlCharacter),
+            ("nginx latest", ImageError::ControlCharacter),
+            (&long, ImageError::NameTooLong),
+            (
+                "nginx@sha256:abc",
+                ImageError::BadDigest("sha256:abc".into()),
+            ),
+            (
+                "nginx@sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+                ImageError::BadDigest(
+                    "sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"
+                        .into(),
+                ),
+            ),
+            ("nginx@md5:0123", ImageError::BadDigest("md5:0123".into())),
+            ("nginx@", ImageError::BadDigest(String::new())),
+            ("nginx:", ImageError::BadTag(String::new())),
+            ("nginx:-x", ImageError::BadTag("-x".into())),
+            ("nginx:a:b", ImageError::BadTag("a:b".into())),
+            (":tag", ImageError::Empty),
+            (
+                "host:99999999/a",
+                ImageError::BadRegistry("host:99999999".into()),
+            ),
+            (
+                "bad_host.io/a",
+                ImageError::BadRegistry("bad_host.io".into()),
+            ),
+            ("ghcr.io//a", ImageError::BadComponent(String::new())),
+            ("ghcr.io/a/", ImageError::BadComponent(String::new())),
+            ("ghcr.io/-a", ImageError::BadComponent("-a".into())),
+            ("ghcr.io/a..b", ImageError::BadComponent("a..b".into())),
+        ];
+        for (input, want) in cases {
+            assert_eq!(ImageRef::parse(input).as_ref(), Err(want), "{input:?}");
+        }
+        assert_eq!(
+            ImageRef::parse(&format!("nginx:{}", "t".repeat(129))),
+            Err(ImageError::BadTag("t".repeat(129)))
+        );
+    }
+}

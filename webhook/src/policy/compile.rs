@@ -1,0 +1,391 @@
+//! `ContainerPolicySpec` → `CompiledPolicy`: the one validation every caller shares.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use portcullis_crds::{
+    Action, ContainerPolicySpec, Severity, UnscannedAction, VulnerabilityRules, WorkloadRules,
+};
+
+use super::{Errors, FieldError, Selector};
+use crate::glob::Glob;
+use crate::workload::WorkloadKind;
+
+/// A validated policy, ready to evaluate.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    /// `metadata.name`.
+    pub name: String,
+    /// What a violation does.
+    pub action: Action,
+    pub(crate) namespaces: Option<Vec<Glob>>,
+    pub(crate) exclude_namespaces: Vec<Glob>,
+    pub(crate) namespace_selector: Option<Selector>,
+    pub(crate) images: Option<Vec<Glob>>,
+    pub(crate) exclude_images: Vec<Glob>,
+    pub(crate) kinds: Option<Vec<WorkloadKind>>,
+    pub(crate) registries_allow: Option<Vec<Glob>>,
+    pub(crate) registries_deny: Vec<Glob>,
+    pub(crate) namespaces_allow: Option<Vec<Glob>>,
+    pub(crate) tags: Option<TagRule>,
+    pub(crate) vulnerabilities: Option<VulnerabilityRule>,
+    pub(crate) workload: Option<WorkloadRule>,
+}
+
+/// Compiled `rules.tags`.
+#[derive(Debug, Clone, Copy)]
+pub struct TagRule {
+    /// `:latest` or no tag and no digest violates.
+    pub deny_latest: bool,
+    /// A reference without digest violates.
+    pub require_digest: bool,
+}
+
+/// Compiled `rules.vulnerabilities`.
+#[derive(Debug, Clone)]
+pub struct VulnerabilityRule {
+    /// Findings above this severity violate.
+    pub max_severity: Option<Severity>,
+    /// Caps indexed like `Severity::DESCENDING`.
+    pub max_count: [Option<u64>; 5],
+    /// Count only fixable findings.
+    pub fixable_only: bool,
+    /// IDs that violate when present (uppercase).
+    pub deny: BTreeSet<String>,
+    /// IDs never counted (uppercase).
+    pub ignore: BTreeSet<String>,
+    /// Older results count as none.
+    pub max_scan_age: Option<Duration>,
+    /// What no usable result does; `None` allows.
+    pub unscanned: Option<Action>,
+}
+
+/// Compiled `rules.workload`.
+#[derive(Debug, Clone)]
+pub struct WorkloadRule {
+    /// The spec's flags, as written.
+    pub flags: WorkloadRules,
+    /// Forbidden capabilities, uppercase without `CAP_`.
+    pub forbidden_capabilities: Vec<String>,
+}
+
+/// Linux capabilities a pod spec may name (without `CAP_`), and `ALL`.
+const CAPABILITIES: &[&str] = &[
+    "ALL",
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+];
+
+/// Normalizes a capability as the runtime reads it: uppercase, `CAP_` prefix dropped.
+pub(crate) fn normalize_capability(name: &str) -> String {
+    let upper = name.to_ascii_uppercase();
+    upper
+        .strip_prefix("CAP_")
+        .map(str::to_owned)
+        .unwrap_or(upper)
+}
+
+/// Validates a spec and compiles it, or lists every field that is wrong.
+pub fn compile(name: &str, spec: &ContainerPolicySpec) -> Result<CompiledPolicy, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let m = &spec.selector;
+    let namespaces = errors.globs("spec.match.namespaces", m.namespaces.as_deref(), Glob::new);
+    let exclude_namespaces = errors
+        .globs(
+            "spec.match.excludeNamespaces",
+            m.exclude_namespaces.as_deref(),
+            Glob::new,
+        )
+        .unwrap_or_default();
+    let namespace_selector = m.namespace_selector.as_ref().and_then(|s| {
+        Selector::compile(s)
+            .map_err(|(field, message)| {
+                errors.push(format!("spec.match.namespaceSelector.{field}"), message)
+            })
+            .ok()
+    });
+    let images = errors.globs("spec.match.images", m.images.as_deref(), Glob::repository);
+    let exclude_images = errors
+        .globs(
+            "spec.match.excludeImages",
+            m.exclude_images.as_deref(),
+            Glob::repository,
+        )
+        .unwrap_or_default();
+    let kinds = m.kinds.as_ref().map(|kinds| {
+        kinds
+            .iter()
+            .enumerate()
+            .filter_map(|(i, kind)| {
+                WorkloadKind::from_name(kind)
+                    .map_err(|message| errors.push(format!("spec.match.kinds[{i}]"), message))
+                    .ok()
+            })
+            .collect()
+    });
+
+    let rules = &spec.rules;
+    let (registries_allow, registries_deny) = match &rules.registries {
+        Some(r) => (
+            errors.globs(
+                "spec.rules.registries.allow",
+                r.allow.as_deref(),
+                Glob::repository,
+            ),
+            errors
+                .globs(
+                    "spec.rules.registries.deny",
+                    r.deny.as_deref(),
+                    Glob::repository,
+                )
+                .unwrap_or_default(),
+        ),
+        None => (None, Vec::new()),
+    };
+    let namespaces_allow = rules
+        .namespaces
+        .as_ref()
+        .and_then(|n| errors.globs("spec.rules.namespaces.allow", Some(&n.allow), Glob::new));
+    let tags = rules.tags.as_ref().map(|t| TagRule {
+        deny_latest: t.deny_latest,
+        require_digest: t.require_digest,
+    });
+    let vulnerabilities = rules
+        .vulnerabilities
+        .as_ref()
+        .map(|v| vulnerability_rule(v, spec.action, &mut errors));
+    let workload = rules
+        .workload
+        .as_ref()
+        .map(|w| workload_rule(w, &mut errors));
+
+    errors.finish(CompiledPolicy {
+        name: name.to_owned(),
+        action: spec.action,
+        namespaces,
+        exclude_namespaces,
+        namespace_selector,
+        images,
+        exclude_images,
+        kinds,
+        registries_allow,
+        registries_deny,
+        namespaces_allow,
+        tags,
+        vulnerabilities,
+        workload,
+    })
+}
+
+fn vulnerability_rule(
+    v: &VulnerabilityRules,
+    action: Action,
+    errors: &mut Errors,
+) -> VulnerabilityRule {
+    const PATH: &str = "spec.rules.vulnerabilities";
+    let max_count = Severity::DESCENDING.map(|severity| {
+        let cap = v.max_count.as_ref()?.get(severity)?;
+        match u64::try_from(cap) {
+            Ok(cap) => Some(cap),
+            Err(_) => {
+                errors.push(
+                    format!("{PATH}.maxCount.{}", severity.as_str()),
+                    format!("must be >= 0 (got {cap})"),
+                );
+                None
+            }
+        }
+    });
+    let mut ids = |field: &str, list: &[String]| -> BTreeSet<String> {
+        let mut set = BTreeSet::new();
+        for (i, id) in list.iter().enumerate() {
+            let id = id.trim();
+            if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                errors.push(
+                    format!("{PATH}.{field}[{i}]"),
+                    "must be a vulnerability ID such as CVE-2021-44228",
+                );
+            } else {
+                set.insert(id.to_ascii_uppercase());
+            }
+        }
+        set
+    };
+    let deny = ids("deny", &v.deny);
+    let ignore = ids("ignore", &v.ignore);
+    if let Some(both) = deny.intersection(&ignore).next() {
+        errors.push(
+            format!("{PATH}.ignore"),
+            format!("{both} is also in {PATH}.deny; an ID can be denied or ignored, not both"),
+        );
+    }
+    let max_scan_age = v
+        .max_scan_age
+        .as_deref()
+        .and_then(|age| errors.duration(&format!("{PATH}.maxScanAge"), age));
+    let unscanned = match v.unscanned {
+        None => Some(action),
+        Some(UnscannedAction::Block) => Some(Action::Block),
+        Some(UnscannedAction::Warn) => Some(Action::Warn),
+        Some(UnscannedAction::Allow) => None,
+    };
+    VulnerabilityRule {
+        max_severity: v.max_severity,
+        max_count,
+        fixable_only: v.fixable_only,
+        deny,
+        ignore,
+        max_scan_age,
+        unscanned,
+    }
+}
+
+fn workload_rule(w: &WorkloadRules, errors: &mut Errors) -> WorkloadRule {
+    let forbidden_capabilities = w
+        .forbidden_capabilities
+        .iter()
+        .enumerate()
+        .filter_map(|(i, cap)| {
+            let normalized = normalize_capability(cap);
+            if CAPABILITIES.contains(&normalized.as_str()) {
+                Some(normalized)
+            } else {
+                errors.push(
+                    format!("spec.rules.workload.forbiddenCapabilities[{i}]"),
+                    format!("unknown capability {cap:?}"),
+                );
+                None
+            }
+        })
+        .collect();
+    WorkloadRule {
+        flags: w.clone(),
+        forbidden_capabilities,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> ContainerPolicySpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn errors(json: &str) -> Vec<String> {
+        match compile("p", &spec(json)) {
+            Ok(_) => vec![],
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn valid_spec_compiles() {
+        let p = compile(
+            "p",
+            &spec(r#"{"action":"Warn","match":{"namespaces":["prod-*"],"images":["ghcr.io/acme/**"],"kinds":["Pod","Deployment"]},
+                "rules":{"vulnerabilities":{"maxCount":{"critical":0},"maxScanAge":"168h","deny":["cve-2021-44228"]},
+                "workload":{"forbiddenCapabilities":["CAP_SYS_ADMIN","net_raw","ALL"]}}}"#),
+        )
+        .unwrap();
+        assert_eq!(p.action, Action::Warn);
+        let v = p.vulnerabilities.unwrap();
+        assert_eq!(v.max_count[0], Some(0));
+        assert_eq!(v.max_scan_age, Some(Duration::from_secs(168 * 3600)));
+        assert!(v.deny.contains("CVE-2021-44228"));
+        assert_eq!(v.unscanned, Some(Action::Warn));
+        assert_eq!(
+            p.workload.unwrap().forbidden_capabilities,
+            ["SYS_ADMIN", "NET_RAW", "ALL"]
+        );
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let got = errors(
+            r#"{"match":{"namespaces":["ok","a//b"],"images":["ghcr.io/**x"],"kinds":["Pod","Service"],
+                "namespaceSelector":{"matchExpressions":[{"key":"env","operator":"Near","values":["x"]}]}},
+                "rules":{"registries":{"allow":[""]},"vulnerabilities":{"maxCount":{"critical":-1},"maxScanAge":"7d",
+                "deny":["CVE-1"],"ignore":["cve-1"," "]},"workload":{"forbiddenCapabilities":["SYS_ADMN"]}}}"#,
+        );
+        let want = [
+            "spec.match.namespaces[1]: pattern \"a//b\" has an empty path segment",
+            "spec.match.namespaceSelector.matchExpressions[0].operator: unknown operator \"Near\" (In, NotIn, Exists, DoesNotExist)",
+            "spec.match.images[0]: pattern \"ghcr.io/**x\": `**` must be a whole segment",
+            "spec.match.kinds[1]: unknown kind \"Service\" (Pod, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, ReplicationController)",
+            "spec.rules.registries.allow[0]: pattern is empty",
+            "spec.rules.vulnerabilities.maxCount.critical: must be >= 0 (got -1)",
+            "spec.rules.vulnerabilities.ignore[1]: must be a vulnerability ID such as CVE-2021-44228",
+            "spec.rules.vulnerabilities.ignore: CVE-1 is also in spec.rules.vulnerabilities.deny; an ID can be denied or ignored, not both",
+            "spec.rules.vulnerabilities.maxScanAge: \"7d\" is not a duration (use a Go duration such as 2s, 30m or 168h)",
+            "spec.rules.workload.forbiddenCapabilities[0]: unknown capability \"SYS_ADMN\"",
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn unscanned_defaults_to_the_policy_action() {
+        let unscanned = |json: &str| {
+            compile("p", &spec(json))
+                .unwrap()
+                .vulnerabilities
+                .unwrap()
+                .unscanned
+        };
+        assert_eq!(
+            unscanned(r#"{"action":"Audit","rules":{"vulnerabilities":{}}}"#),
+            Some(Action::Audit)
+        );
+        assert_eq!(
+            unscanned(r#"{"rules":{"vulnerabilities":{}}}"#),
+            Some(Action::Block)
+        );
+        assert_eq!(
+            unscanned(r#"{"action":"Block","rules":{"vulnerabilities":{"unscanned":"Warn"}}}"#),
+            Some(Action::Warn)
+        );
+        assert_eq!(
+            unscanned(r#"{"rules":{"vulnerabilities":{"unscanned":"Allow"}}}"#),
+            None
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! Scan results as the engine sees them, and the lookup its caller fills.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use portcullis_crds::Severity;
+
+use crate::image::ImageRef;
+
+/// One known vulnerability of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The vulnerability ID (`CVE-2024-1`, `GHSA-…`), uppercase.
+    pub id: String,
+    /// Its severity.
+    pub severity: Severity,
+    /// Whether a fixed version exists.
+    pub fixable: bool,
+}
+
+/// A scan of one image digest: its findings, one per vulnerability ID, sorted by ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanReport {
+    /// The digest scanned.
+    pub digest: String,
+    /// When the scanner produced the result.
+    pub scanned_at: SystemTime,
+    findings: Vec<Finding>,
+}
+
+impl ScanReport {
+    /// Builds a report; a vulnerability listed for several packages counts once, at its
+    /// highest severity, fixable if any package has a fix.
+    pub fn new(
+        digest: String,
+        scanned_at: SystemTime,
+        findings: impl IntoIterator<Item = Finding>,
+    ) -> Self {
+        let mut by_id: BTreeMap<String, Finding> = BTreeMap::new();
+        for mut finding in findings {
+            finding.id.make_ascii_uppercase();
+            by_id
+                .entry(finding.id.clone())
+                .and_modify(|f| {
+                    f.severity = f.severity.max(finding.severity);
+                    f.fixable |= finding.fixable;
+                })
+                .or_insert(finding);
+        }
+        ScanReport {
+            digest,
+            scanned_at,
+            findings: by_id.into_values().collect(),
+        }
+    }
+
+    /// The findings, sorted by ID.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+}
+
+/// What the caller knows about an image's scan.
+#[derive(Debug, Clone)]
+pub enum ScanStatus {
+    /// A result is available.
+    Found(Arc<ScanReport>),
+    /// No usable result, and why (said in the violation message; never a backend error text).
+    Unavailable(Cow<'static, str>),
+}
+
+/// Scan results the engine can consult without I/O: the caller fetches before deciding.
+pub trait ScanResults {
+    /// The scan status of one image.
+    fn lookup(&self, image: &ImageRef) -> ScanStatus;
+}
+
+/// No scanner configured: every image is unscanned.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoScanResults;
+
+impl ScanResults for NoScanResults {
+    fn lookup(&self, _image: &ImageRef) -> ScanStatus {
+        ScanStatus::Unavailable(Cow::Borrowed("no scanner backend is configured"))
+    }
+}

@@ -1,0 +1,127 @@
+//! The HTTPS admission server: `POST /validate`, `GET /healthz`, `GET /readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::admission::{self, Verdict};
+use crate::policy::SharedPolicySet;
+use crate::scan::ScanResults;
+
+/// Largest AdmissionReview accepted; the API server's own request limit is 3 MiB of
+/// object, and a review carries the object twice on UPDATE.
+pub const MAX_BODY: usize = 7 * 1024 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The policy snapshot, loaded once per request.
+    pub policies: SharedPolicySet,
+    /// Scan results the engine may consult.
+    pub scans: Arc<dyn ScanResults + Send + Sync>,
+    /// Set once the snapshot reflects the real policy set.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The webhook's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/validate", post(validate))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "policies not loaded yet").into_response()
+    }
+}
+
+async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let request = match admission::parse(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            tracing::warn!(%error, "rejected a request that is not an AdmissionReview");
+            return (StatusCode::BAD_REQUEST, error.to_string()).into_response();
+        }
+    };
+    let snapshot = state.policies.load();
+    let verdict = admission::evaluate(&request, &snapshot, state.scans.as_ref(), SystemTime::now());
+    log_verdict(&request, &verdict, started);
+    match serde_json::to_vec(&admission::respond(&request.uid, &verdict)) {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(error) => {
+            tracing::error!(%error, uid = %request.uid, "could not serialize the AdmissionReview answer");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// One line per request that was evaluated: identifiers and outcome, never the object.
+fn log_verdict(request: &admission::Request<'_>, verdict: &Verdict, started: Instant) {
+    let micros = started.elapsed().as_micros() as u64;
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let fields = (
+        request.uid.as_ref(),
+        request.kind.kind.as_ref(),
+        namespace,
+        verdict.label(),
+    );
+    match verdict {
+        Verdict::Decided(d) if !d.violations.is_empty() => {
+            let rules: Vec<String> = d
+                .violations
+                .iter()
+                .map(|v| format!("{}/{}:{:?}", v.policy, v.rule, v.action))
+                .collect();
+            tracing::info!(uid = fields.0, kind = fields.1, namespace = fields.2, verdict = fields.3, micros, violations = ?rules, "admission");
+        }
+        Verdict::Unreadable(message) => {
+            tracing::info!(uid = fields.0, kind = fields.1, namespace = fields.2, verdict = fields.3, micros, %message, "admission");
+        }
+        _ => tracing::debug!(
+            uid = fields.0,
+            kind = fields.1,
+            namespace = fields.2,
+            verdict = fields.3,
+            micros,
+            "admission"
+        ),
+    }
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` completes, then drains.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+    )?
+    .handle(handle)
+    .serve(router.into_make_service())
+    .await
+}

@@ -1,0 +1,464 @@
+//! Typed views of the workload kinds: just the pod-spec fields the rules read, decoded
+//! straight from the request bytes (no `serde_json::Value` on the hot path).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+
+/// The workload kinds Portcullis evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkloadKind {
+    /// core/v1 Pod (and its `ephemeralcontainers` subresource).
+    Pod,
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 ReplicaSet.
+    ReplicaSet,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+    /// batch/v1 Job.
+    Job,
+    /// batch/v1 and batch/v1beta1 CronJob.
+    CronJob,
+    /// core/v1 ReplicationController.
+    ReplicationController,
+}
+
+impl WorkloadKind {
+    /// Every supported kind.
+    pub const ALL: [WorkloadKind; 8] = [
+        Self::Pod,
+        Self::Deployment,
+        Self::ReplicaSet,
+        Self::StatefulSet,
+        Self::DaemonSet,
+        Self::Job,
+        Self::CronJob,
+        Self::ReplicationController,
+    ];
+
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "Pod",
+            Self::Deployment => "Deployment",
+            Self::ReplicaSet => "ReplicaSet",
+            Self::StatefulSet => "StatefulSet",
+            Self::DaemonSet => "DaemonSet",
+            Self::Job => "Job",
+            Self::CronJob => "CronJob",
+            Self::ReplicationController => "ReplicationController",
+        }
+    }
+
+    /// The kind named in a policy's `match.kinds`.
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown kind {name:?} ({})", names.join(", "))
+            })
+    }
+
+    /// The kind of an admission request's `kind` (group and kind), if supported.
+    pub fn from_group_kind(group: &str, kind: &str) -> Option<Self> {
+        let k = Self::ALL.into_iter().find(|k| k.as_str() == kind)?;
+        let group_ok = match k {
+            Self::Pod | Self::ReplicationController => group.is_empty(),
+            Self::Deployment | Self::ReplicaSet | Self::DaemonSet => {
+                group == "apps" || group == "extensions"
+            }
+            Self::StatefulSet => group == "apps",
+            Self::Job | Self::CronJob => group == "batch",
+        };
+        group_ok.then_some(k)
+    }
+
+    /// Where the pod spec sits in an object of this kind.
+    pub fn pod_spec_path(self) -> &'static str {
+        match self {
+            Self::Pod => "spec",
+            Self::CronJob => "spec.jobTemplate.spec.template.spec",
+            _ => "spec.template.spec",
+        }
+    }
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The pod-spec fields the rules read.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec<'a> {
+    /// `containers`.
+    #[serde(borrow)]
+    pub containers: Option<Vec<Container<'a>>>,
+    /// `initContainers`.
+    #[serde(borrow)]
+    pub init_containers: Option<Vec<Container<'a>>>,
+    /// `ephemeralContainers`.
+    #[serde(borrow)]
+    pub ephemeral_containers: Option<Vec<Container<'a>>>,
+    /// `volumes`.
+    #[serde(borrow)]
+    pub volumes: Option<Vec<Volume<'a>>>,
+    /// The pod-level `securityContext`.
+    pub security_context: Option<PodSecurityContext>,
+    /// `hostNetwork`.
+    pub host_network: Option<bool>,
+    /// `hostPID`.
+    #[serde(rename = "hostPID")]
+    pub host_pid: Option<bool>,
+    /// `hostIPC`.
+    #[serde(rename = "hostIPC")]
+    pub host_ipc: Option<bool>,
+}
+
+/// A container, init container or ephemeral container.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Container<'a> {
+    /// `name`.
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    /// `image`.
+    #[serde(borrow, default)]
+    pub image: Option<Cow<'a, str>>,
+    /// `securityContext`.
+    pub security_context: Option<SecurityContext>,
+}
+
+/// The container-level security settings the rules read.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityContext {
+    /// `privileged`.
+    pub privileged: Option<bool>,
+    /// `allowPrivilegeEscalation`.
+    pub allow_privilege_escalation: Option<bool>,
+    /// `runAsNonRoot`.
+    pub run_as_non_root: Option<bool>,
+    /// `runAsUser`.
+    pub run_as_user: Option<i64>,
+    /// `readOnlyRootFilesystem`.
+    pub read_only_root_filesystem: Option<bool>,
+    /// `capabilities`.
+    pub capabilities: Option<Capabilities>,
+}
+
+/// `securityContext.capabilities`.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+pub struct Capabilities {
+    /// `add`.
+    pub add: Option<Vec<String>>,
+}
+
+/// The pod-level security settings the rules read.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    /// `runAsNonRoot`.
+    pub run_as_non_root: Option<bool>,
+    /// `runAsUser`.
+    pub run_as_user: Option<i64>,
+}
+
+/// A volume: only whether it is a hostPath, and an image volume's reference.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume<'a> {
+    /// `name`.
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    /// Present when the volume is a hostPath.
+    #[serde(default, deserialize_with = "present")]
+    pub host_path: bool,
+    /// `image` (image volumes).
+    #[serde(borrow)]
+    pub image: Option<ImageVolume<'a>>,
+}
+
+/// An image volume source.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+pub struct ImageVolume<'a> {
+    /// `reference`.
+    #[serde(borrow, default)]
+    pub reference: Option<Cow<'a, str>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<IgnoredAny>::deserialize(d)?.is_some())
+}
+
+/// Where an image is used in a pod spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// An init container.
+    InitContainer,
+    /// A container.
+    Container,
+    /// An ephemeral container.
+    EphemeralContainer,
+    /// An image volume.
+    Volume,
+}
+
+impl Slot {
+    /// How messages name it.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Slot::InitContainer => "init container",
+            Slot::Container => "container",
+            Slot::EphemeralContainer => "ephemeral container",
+            Slot::Volume => "volume",
+        }
+    }
+}
+
+/// One image use in a pod spec.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageUse<'s> {
+    /// Where it is used.
+    pub slot: Slot,
+    /// The container's or volume's name.
+    pub name: &'s str,
+    /// The reference as written.
+    pub image: &'s str,
+    /// The container's security context (none for volumes).
+    pub security: Option<&'s SecurityContext>,
+}
+
+impl PodSpec<'_> {
+    /// Every image the pod runs or mounts, in a fixed order: init containers,
+    /// containers, ephemeral containers, image volumes.
+    pub fn images(&self) -> impl Iterator<Item = ImageUse<'_>> {
+        fn containers<'s>(
+            list: &'s Option<Vec<Container<'_>>>,
+            slot: Slot,
+        ) -> impl Iterator<Item = ImageUse<'s>> {
+            list.iter().flatten().map(move |c| ImageUse {
+                slot,
+                name: &c.name,
+                image: c.image.as_deref().unwrap_or_default(),
+                security: c.security_context.as_ref(),
+            })
+        }
+        let volumes = self.volumes.iter().flatten().filter_map(|v| {
+            let image = v.image.as_ref()?;
+            Some(ImageUse {
+                slot: Slot::Volume,
+                name: &v.name,
+                image: image.reference.as_deref().unwrap_or_default(),
+                security: None,
+            })
+        });
+        containers(&self.init_containers, Slot::InitContainer)
+            .chain(containers(&self.containers, Slot::Container))
+            .chain(containers(
+                &self.ephemeral_containers,
+                Slot::EphemeralContainer,
+            ))
+            .chain(volumes)
+    }
+}
+
+/// Why an object cannot be read as its kind: the field path and the decoding error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadError {
+    /// The field path within the object.
+    pub path: String,
+    /// What was wrong there.
+    pub message: String,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.path.as_str() {
+            "" | "." => f.write_str(&self.message),
+            path => write!(f, "{path}: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// The parts of a workload object the webhook needs.
+#[derive(Debug)]
+pub struct WorkloadObject<'a> {
+    /// `metadata.name`, else `generateName` followed by `*`, else empty.
+    pub name: String,
+    /// The pod spec, raw (absent when the object has none).
+    pub pod_spec: Option<&'a RawValue>,
+    /// Where `pod_spec` sits in the object.
+    pub pod_spec_path: &'static str,
+    /// The raw spec is a bare `ephemeralContainers` list (the pre-1.22 subresource shape).
+    pub ephemeral_list: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Meta<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    generate_name: Option<Cow<'a, str>>,
+}
+
+impl Meta<'_> {
+    fn display_name(&self) -> String {
+        match (&self.name, &self.generate_name) {
+            (Some(name), _) if !name.is_empty() => name.to_string(),
+            (_, Some(generate)) => format!("{generate}*"),
+            _ => String::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Object<'a, S> {
+    #[serde(borrow, default)]
+    metadata: Option<Meta<'a>>,
+    spec: Option<S>,
+}
+
+#[derive(Deserialize)]
+struct Template<'a> {
+    #[serde(borrow)]
+    template: Option<PodTemplate<'a>>,
+}
+
+#[derive(Deserialize)]
+struct PodTemplate<'a> {
+    #[serde(borrow)]
+    spec: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CronJobSpec<'a> {
+    #[serde(borrow)]
+    job_template: Option<JobTemplate<'a>>,
+}
+
+#[derive(Deserialize)]
+struct JobTemplate<'a> {
+    #[serde(borrow)]
+    spec: Option<Template<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EphemeralContainersObject<'a> {
+    #[serde(borrow, default)]
+    metadata: Option<Meta<'a>>,
+    #[serde(borrow)]
+    ephemeral_containers: Option<&'a RawValue>,
+}
+
+impl<'a> WorkloadObject<'a> {
+    /// Finds the pod spec in an object of `kind`.
+    pub fn read(kind: WorkloadKind, object: &'a str) -> Result<Self, ReadError> {
+        let (meta, pod_spec) = match kind {
+            WorkloadKind::Pod => {
+                let o: Object<'a, &'a RawValue> = decode(object)?;
+                (o.metadata, o.spec)
+            }
+            WorkloadKind::CronJob => {
+                let o: Object<'a, CronJobSpec<'a>> = decode(object)?;
+                let spec = o.spec.and_then(|s| s.job_template?.spec?.template?.spec);
+                (o.metadata, spec)
+            }
+            _ => {
+                let o: Object<'a, Template<'a>> = decode(object)?;
+                (o.metadata, o.spec.and_then(|s| s.template?.spec))
+            }
+        };
+        Ok(WorkloadObject {
+            name: meta.unwrap_or_default().display_name(),
+            pod_spec,
+            pod_spec_path: kind.pod_spec_path(),
+            ephemeral_list: false,
+        })
+    }
+
+    /// Reads the pre-1.22 `EphemeralContainers` object of the `pods/ephemeralcontainers`
+    /// subresource.
+    pub fn read_ephemeral_containers(object: &'a str) -> Result<Self, ReadError> {
+        let o: EphemeralContainersObject<'a> = decode(object)?;
+        Ok(WorkloadObject {
+            name: o.metadata.unwrap_or_default().display_name(),
+            pod_spec: o.ephemeral_containers,
+            pod_spec_path: "ephemeralContainers",
+            ephemeral_list: true,
+        })
+    }
+
+    /// Decodes the pod spec (an empty spec when the object has none).
+    pub fn pod_spec(&self) -> Result<PodSpec<'a>, ReadError> {
+        let Some(raw) = self.pod_spec else {
+            return Ok(PodSpec::default());
+        };
+        let prefix = |mut e: ReadError| {
+            e.path = if e.path.is_empty() || e.path == "." {
+                self.pod_spec_path.to_owned()
+            } else {
+                format!("{}.{}", self.pod_spec_path, e.path)
+            };
+            e
+        };
+        if self.ephemeral_list {
+            let list: Vec<Container<'a>> = decode(raw.get()).map_err(prefix)?;
+            Ok(PodSpec {
+                ephemeral_containers: Some(list),
+                ..PodSpec::default()
+            })
+        } else {
+            decode(raw.get()).map_err(prefix)
+        }
+    }
+}
+
+/// Decodes `json`; on a data error decodes again, tracking the path, to say which field
+/// broke. Syntax errors keep their position instead.
+pub(crate) fn decode<'a, T: Deserialize<'a>>(json: &'a str) -> Result<T, ReadError> {
+    serde_json::from_str(json).map_err(|first| {
+        if first.classify() != serde_json::error::Category::Data {
+            return ReadError {
+                path: String::new(),
+                message: format!("invalid JSON: {first}"),
+            };
+        }
+        let mut de = serde_json::Deserializer::from_str(json);
+        match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Err(e) => ReadError {
+                path: e.path().to_string(),
+                message: without_position(e.inner()),
+            },
+            Ok(_) => ReadError {
+                path: String::new(),
+                message: without_position(&first),
+            },
+        }
+    })
+}
+
+/// serde_json's message without " at line L column C" (positions in a nested raw value
+/// mean nothing to a user).
+fn without_position(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message,
+    }
+}
