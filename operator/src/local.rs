@@ -154,10 +154,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
     publish(&dir, &shared, &parse_errors);
 
+    // Bind before writing any generated certificate: a second instance that cannot
+    // bind must not overwrite the CA of the one that is serving.
+    let listener = std::net::TcpListener::bind(args.listen).with_context(|| {
+        format!(
+            "binding {} (is another instance serving there? see --listen)",
+            args.listen
+        )
+    })?;
     let tls = serving_tls(&args.tls, args.listen)?;
-    let listener = std::net::TcpListener::bind(args.listen)
-        .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %args.listen, policies = %args.policies.display(), "serving the admission webhook (local mode)");
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(listen = %addr, policies = %args.policies.display(), "serving the admission webhook (local mode)");
+    eprintln!("portcullis: serving https://{addr}/validate");
 
     let reload_shared = shared.clone();
     tokio::spawn(async move {
@@ -185,4 +193,122 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("webhook server")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "apiVersion: portcullis.dev/v1alpha1\nkind: ContainerPolicy\nmetadata: {name: NAME}\nspec: SPEC\n";
+
+    fn policy(name: &str, spec: &str) -> String {
+        POLICY.replace("NAME", name).replace("SPEC", spec)
+    }
+
+    fn names(dir: &PolicyDir) -> (Vec<String>, Vec<String>) {
+        let loaded = dir.build();
+        (
+            loaded
+                .set
+                .policies()
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
+            loaded.problems,
+        )
+    }
+
+    /// Writes with a distinct, increasing mtime, so (mtime, size) sees every edit even
+    /// within one tick of a coarse filesystem clock.
+    fn write(path: &Path, content: &str) {
+        static TICK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        std::fs::write(path, content).unwrap();
+        let tick = TICK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mtime = SystemTime::now() + Duration::from_secs(tick);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
+
+    #[test]
+    fn invalid_policies_are_left_out_and_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(
+            &tmp.path().join("a.yaml"),
+            &policy("good", "{rules: {tags: {denyLatest: true}}}"),
+        );
+        write(
+            &tmp.path().join("b.yml"),
+            &policy(
+                "bad",
+                "{rules: {vulnerabilities: {maxCount: {critical: -1}}}}",
+            ),
+        );
+        std::fs::create_dir(tmp.path().join("nested")).unwrap();
+        write(
+            &tmp.path().join("nested/c.json"),
+            r#"{"apiVersion":"portcullis.dev/v1alpha1","kind":"ContainerPolicy","metadata":{"name":"good"},"spec":{}}"#,
+        );
+        write(&tmp.path().join("README.md"), "not a manifest");
+        let mut dir = PolicyDir::new(tmp.path().to_owned());
+        assert_eq!(dir.refresh().unwrap(), (true, vec![]));
+        let (policies, problems) = names(&dir);
+        assert_eq!(policies, ["good"]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("b.yml#1: ContainerPolicy \"bad\": spec.rules.vulnerabilities.maxCount.critical: must be >= 0"), "{problems:?}");
+        assert!(
+            problems[1].contains("c.json#1: ContainerPolicy \"good\" is defined twice"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn edits_reload_and_a_broken_file_keeps_its_last_good_contents() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("p.yaml");
+        write(&file, &policy("one", "{}"));
+        let mut dir = PolicyDir::new(tmp.path().to_owned());
+        dir.refresh().unwrap();
+        assert_eq!(dir.refresh().unwrap(), (false, vec![]), "nothing changed");
+
+        write(
+            &file,
+            &format!("{}---\n{}", policy("one", "{}"), policy("two", "{}")),
+        );
+        assert!(dir.refresh().unwrap().0);
+        assert_eq!(names(&dir).0, ["one", "two"]);
+
+        write(&file, "apiVersion: [half-saved");
+        let (_, errors) = dir.refresh().unwrap();
+        assert!(
+            errors[0].contains("p.yaml: invalid YAML")
+                && errors[0].contains("keeping its last good contents"),
+            "{errors:?}"
+        );
+        assert_eq!(
+            names(&dir).0,
+            ["one", "two"],
+            "the half-saved file still enforces what it held"
+        );
+
+        std::fs::remove_file(&file).unwrap();
+        assert!(dir.refresh().unwrap().0);
+        assert!(
+            names(&dir).0.is_empty(),
+            "a deleted file's policies are gone"
+        );
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error() {
+        let mut dir = PolicyDir::new(PathBuf::from("/nonexistent/portcullis-policies"));
+        let error = format!("{:#}", dir.refresh().unwrap_err());
+        assert!(
+            error.contains("/nonexistent/portcullis-policies"),
+            "{error}"
+        );
+    }
 }

@@ -12,5 +12,7 @@ pub mod image;
 pub mod policy;
 pub mod scan;
 pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 pub mod workload;

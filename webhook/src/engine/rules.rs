@@ -361,9 +361,9 @@ fn ids(findings: &[&Finding]) -> String {
 /// A duration as a Go duration in its largest whole unit (`168h`, `90m`, `45s`).
 fn show_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs >= 3600 && secs % 3600 == 0 || secs >= 36000 {
+    if (secs >= 3600 && secs.is_multiple_of(3600)) || secs >= 36000 {
         format!("{}h", secs / 3600)
-    } else if secs >= 60 && secs % 60 == 0 {
+    } else if secs >= 60 && secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")

@@ -1,0 +1,206 @@
+//! `portcullis serve` as a user runs it: the binary, a policy directory, real HTTPS.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_webhook::testing::TestClient;
+use serde_json::Value;
+
+/// The running binary; killed when dropped, so a failing test leaves nothing behind.
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `portcullis serve` on an ephemeral port and returns it with its address.
+fn start(policies: &Path, certs: &Path) -> (Serve, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--reload-interval",
+            "100ms",
+        ])
+        .arg("--policies")
+        .arg(policies)
+        .arg("--self-signed-dir")
+        .arg(certs)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn portcullis");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .strip_prefix("portcullis: serving https://")
+                .and_then(|rest| rest.strip_suffix("/validate"))
+            {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let server = Serve(child);
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("portcullis did not report its address within 20 s");
+    (server, addr.parse().unwrap())
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/admission")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+async fn allowed(client: &TestClient, body: &[u8]) -> (bool, Value) {
+    let reply = client.post("/validate", body.to_vec()).await.unwrap();
+    assert_eq!(reply.status, 200);
+    let review: Value = serde_json::from_slice(&reply.body).unwrap();
+    (
+        review["response"]["allowed"].as_bool().unwrap(),
+        review["response"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn serves_the_samples_and_reloads_edits_without_restart() {
+    let policies = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/samples");
+    for entry in std::fs::read_dir(&samples).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, policies.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let (_server, addr) = start(policies.path(), certs.path());
+    let ca = std::fs::read_to_string(certs.path().join("ca.crt")).unwrap();
+    let client = TestClient::new(
+        addr,
+        &ca,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    );
+    assert_eq!(client.get("/readyz").await.unwrap().status, 200);
+
+    // The samples: a Deployment from an untrusted registry is denied in env=prod.
+    let deployment = fixture("validate-create-deployment.json");
+    let (ok, response) = allowed(&client, &deployment).await;
+    assert!(!ok, "{response}");
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ContainerPolicy \"trusted-registries\"")
+    );
+
+    // Trust that registry: the next answer allows it, without a restart.
+    let trusted = policies.path().join("trusted-registries.yaml");
+    let edited = std::fs::read_to_string(&trusted).unwrap().replace(
+        "\"registry.k8s.io/**\"",
+        "\"registry.example.com:5000/acme/**\"",
+    );
+    std::fs::write(&trusted, edited).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, response) = allowed(&client, &deployment).await;
+        if ok {
+            assert!(
+                response["warnings"]
+                    .as_array()
+                    .is_some_and(|w| !w.is_empty()),
+                "still warned as unscanned: {response}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edited policy was not enforced within 10 s: {response}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn bad_flags_and_paths_fail_with_a_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "serve",
+            "--policies",
+            "/nonexistent/policies",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/policies"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--policies", ".", "--tls-cert-file", "x.crt"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key-file"));
+}
+
+#[test]
+fn crds_prints_the_committed_definitions() {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("crds")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    for file in [
+        "portcullis.dev_containerpolicies.yaml",
+        "portcullis.dev_registryintegrations.yaml",
+    ] {
+        let committed = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../crds")
+                .join(file),
+        )
+        .unwrap();
+        assert!(
+            printed.contains(&committed),
+            "{file} is not what `portcullis crds` prints"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_second_instance_on_a_taken_port_leaves_the_first_untouched() {
+    let policies = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let (_first, addr) = start(policies.path(), certs.path());
+    let ca_before = std::fs::read_to_string(certs.path().join("ca.crt")).unwrap();
+
+    let second = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--listen", &addr.to_string()])
+        .arg("--policies")
+        .arg(policies.path())
+        .arg("--self-signed-dir")
+        .arg(certs.path())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("is another instance serving there?"));
+    assert_eq!(
+        std::fs::read_to_string(certs.path().join("ca.crt")).unwrap(),
+        ca_before,
+        "the CA in use was overwritten"
+    );
+    let client = TestClient::new(addr, &ca_before, &[&rustls::version::TLS13]);
+    assert_eq!(client.get("/healthz").await.unwrap().status, 200);
+}

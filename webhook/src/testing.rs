@@ -1,0 +1,161 @@
+//! Test support (feature `testing`): the webhook on an ephemeral loopback port with a
+//! generated CA, and a minimal HTTPS client that trusts that CA.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls::crypto::aws_lc_rs;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::sync::oneshot;
+
+use crate::server::{self, AppState};
+use crate::tls::{CertStore, GeneratedCerts, certified_key, generate, server_config};
+
+/// A running webhook; dropping it shuts the server down.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its certificates.
+    pub certs: GeneratedCerts,
+    /// The certificate store, for rotation tests.
+    pub store: Arc<CertStore>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestServer {
+    /// Starts the webhook router for `state` on 127.0.0.1 with a fresh CA.
+    pub async fn start(state: AppState) -> Self {
+        let certs = generate(&["localhost".into(), "127.0.0.1".into()])
+            .expect("generate test certificates");
+        let key = certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes())
+            .expect("load test certificate");
+        let store = CertStore::new(key);
+        let tls = server_config(store.clone()).expect("TLS config");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server::serve(listener, tls, server::router(state), async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            certs,
+            store,
+            _stop: stop,
+        }
+    }
+
+    /// A client trusting this server's CA.
+    pub fn client(&self) -> TestClient {
+        TestClient::new(
+            self.addr,
+            &self.certs.ca_pem,
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+        )
+    }
+}
+
+/// One TLS connection and full handshake per request; enough for tests, and it
+/// exercises certificate selection every time.
+pub struct TestClient {
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+}
+
+/// A response: status, body, and the DER of the certificate the server presented.
+pub struct TestResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// The server's leaf certificate.
+    pub server_cert: Vec<u8>,
+}
+
+impl TestClient {
+    /// A client for `addr` trusting `ca_pem`, offering only `versions`.
+    pub fn new(
+        addr: SocketAddr,
+        ca_pem: &str,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("CA certificate");
+        }
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+                .with_protocol_versions(versions)
+                .expect("protocol versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        // A full handshake every time: resumed sessions skip the certificate check.
+        config.resumption = rustls::client::Resumption::disabled();
+        TestClient {
+            addr,
+            config: Arc::new(config),
+        }
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: Vec<u8>) -> std::io::Result<TestResponse> {
+        self.request("POST", path, body).await
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> std::io::Result<TestResponse> {
+        self.request("GET", path, Vec::new()).await
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> std::io::Result<TestResponse> {
+        let io_error = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let server_name = ServerName::try_from("localhost").map_err(|e| io_error(&e))?;
+        let tls = connector.connect(server_name, tcp).await?;
+        let server_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| io_error(&e))?;
+        tokio::spawn(connection);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| io_error(&e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| io_error(&e))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| io_error(&e))?
+            .to_bytes()
+            .to_vec();
+        Ok(TestResponse {
+            status,
+            body,
+            server_cert,
+        })
+    }
+}
