@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the admission webhook from policy YAML in a directory (local mode).
     Serve(ServeArgs),
+    /// Check manifests against policies as the webhook would (exit 0 pass, 1 blocked, 2 bad input).
+    Check(CheckArgs),
     /// Print the CustomResourceDefinitions, or write them to a directory.
     Crds(CrdsArgs),
 }
@@ -57,6 +59,42 @@ pub struct TlsArgs {
     /// Where a generated CA and certificate are written when no files are given.
     #[arg(long, env = "PORTCULLIS_SELF_SIGNED_DIR", default_value_os_t = std::env::temp_dir().join("portcullis"))]
     pub self_signed_dir: PathBuf,
+}
+
+/// `portcullis check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// ContainerPolicy, RegistryIntegration and Namespace YAML: a file or a directory
+    /// (searched recursively). Repeat for several.
+    #[arg(
+        long,
+        short = 'p',
+        required = true,
+        env = "PORTCULLIS_POLICIES",
+        value_delimiter = ','
+    )]
+    pub policies: Vec<PathBuf>,
+    /// Manifests to check: files, directories (recursively, .yaml/.yml/.json) or `-`
+    /// for standard input (`helm template … | portcullis check -p policies -`).
+    pub inputs: Vec<PathBuf>,
+    /// Namespace of objects that name none.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Trivy JSON reports (`trivy image --format json`): a file or a directory of them.
+    #[arg(long)]
+    pub scan_results: Vec<PathBuf>,
+    /// Report format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// Report formats of `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Readable lines.
+    Text,
+    /// JSON, schema `portcullis.dev/check/v1`.
+    Json,
 }
 
 /// `portcullis crds`.

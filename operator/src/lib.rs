@@ -1,6 +1,7 @@
-//! The `portcullis` binary's jobs: local mode, CRD generation (and, later, the
-//! in-cluster controller and the manifest checker).
+//! The `portcullis` binary's jobs: local mode, the manifest checker and CRD generation
+//! (and, later, the in-cluster controller).
 
+pub mod check;
 pub mod cli;
 pub mod local;
 pub mod manifests;
@@ -15,6 +16,7 @@ use cli::{Cli, Command, LogFormat};
 pub async fn run(cli: Cli) -> ExitCode {
     init_logging(cli.log.log_format);
     let result = match cli.command {
+        Command::Check(args) => return check::run(&args),
         Command::Serve(args) => local::serve(args).await,
         Command::Crds(args) => crds(args.out_dir.as_deref()),
     };

@@ -1,6 +1,6 @@
 //! Local mode: policies from a directory, reloaded on change, served by the webhook.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use portcullis_webhook::policy::{PolicySet, compile, compile_integration, join_errors};
+use portcullis_webhook::policy::PolicySet;
 use portcullis_webhook::scan::NoScanResults;
 use portcullis_webhook::server::{self, AppState};
 
 use crate::cli::ServeArgs;
-use crate::manifests::{self, Document, Manifest};
+use crate::manifests::{self, Document, Loaded};
 use crate::tls::serving_tls;
 
 /// A policy directory and the documents last read from each file.
@@ -25,14 +25,6 @@ pub struct PolicyDir {
 struct CachedFile {
     stamp: (SystemTime, u64),
     documents: Vec<Document>,
-}
-
-/// A compiled set and what was left out of it, and why.
-pub struct Loaded {
-    /// The policies, integrations and namespaces that compiled.
-    pub set: PolicySet,
-    /// Each object or file left out, with its location and field errors.
-    pub problems: Vec<String>,
 }
 
 impl PolicyDir {
@@ -84,47 +76,7 @@ impl PolicyDir {
 
     /// Compiles everything read; objects that do not validate are left out and listed.
     pub fn build(&self) -> Loaded {
-        let mut problems = Vec::new();
-        let mut policies = BTreeMap::new();
-        let mut integrations = BTreeMap::new();
-        let mut namespaces = HashMap::new();
-        for (location, document) in self.files.values().flat_map(|f| &f.documents) {
-            let manifest = match document {
-                Ok(manifest) => manifest,
-                Err(message) => {
-                    problems.push(format!("{location}: {message}"));
-                    continue;
-                }
-            };
-            match manifest {
-                Manifest::Policy(p) => {
-                    let name = p.metadata.name.clone().unwrap_or_default();
-                    match compile(&name, &p.spec) {
-                        Ok(c) if !policies.contains_key(&name) => drop(policies.insert(name, c)),
-                        Ok(_) => problems.push(format!("{location}: ContainerPolicy {name:?} is defined twice; the first one counts")),
-                        Err(e) => problems.push(format!("{location}: ContainerPolicy {name:?}: {}", join_errors(&e))),
-                    }
-                }
-                Manifest::Integration(i) => {
-                    let name = i.metadata.name.clone().unwrap_or_default();
-                    match compile_integration(&name, &i.spec) {
-                        Ok(c) if !integrations.contains_key(&name) => drop(integrations.insert(name, c)),
-                        Ok(_) => problems.push(format!("{location}: RegistryIntegration {name:?} is defined twice; the first one counts")),
-                        Err(e) => problems.push(format!("{location}: RegistryIntegration {name:?}: {}", join_errors(&e))),
-                    }
-                }
-                Manifest::Namespace(name, labels) => {
-                    drop(namespaces.insert(name.clone(), labels.clone()))
-                }
-                Manifest::Other(_) => {}
-            }
-        }
-        let set = PolicySet::new(
-            policies.into_values().collect(),
-            integrations.into_values().collect(),
-            Arc::new(namespaces),
-        );
-        Loaded { set, problems }
+        manifests::build_set(self.files.values().flat_map(|f| &f.documents))
     }
 }
 

@@ -1,10 +1,12 @@
 //! Reading Portcullis objects from YAML or JSON files: multi-document files, `List`
 //! objects, strict about the fields of our own kinds (a typo is an error, not ignored).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use portcullis_crds::{ContainerPolicy, RegistryIntegration};
+use portcullis_webhook::policy::{PolicySet, compile, compile_integration, join_errors};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -19,11 +21,11 @@ pub enum ManifestError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is not valid YAML.
-    #[error("{path}: invalid YAML: {message}")]
+    /// The input is not valid YAML.
+    #[error("{file}: invalid YAML: {message}")]
     Yaml {
-        /// The file.
-        path: PathBuf,
+        /// The file (or `-` for standard input).
+        file: String,
         /// The parser's message, with line and column.
         message: String,
     },
@@ -38,8 +40,8 @@ pub enum Manifest {
     Integration(RegistryIntegration),
     /// A Namespace: its name and labels.
     Namespace(String, BTreeMap<String, String>),
-    /// Any other kind, not used here.
-    Other(String),
+    /// Any other object (workloads, for `check`), as read.
+    Object(Value),
 }
 
 /// One document of a file: where it is (`file#2`) and the object, or why it is unusable.
@@ -51,13 +53,18 @@ pub fn read_file(path: &Path) -> Result<Vec<Document>, ManifestError> {
         path: path.to_owned(),
         source,
     })?;
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| ManifestError::Yaml {
-        path: path.to_owned(),
+    read_text(&path.display().to_string(), &text)
+}
+
+/// Reads every document of YAML or JSON text; `file` names it in locations and errors.
+pub fn read_text(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml {
+        file: file.to_owned(),
         message: e.to_string(),
     })?;
     let mut out = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
-        collect(format!("{}#{}", path.display(), i + 1), doc, &mut out);
+        collect(format!("{file}#{}", i + 1), doc, &mut out);
     }
     Ok(out)
 }
@@ -92,8 +99,10 @@ fn collect(location: String, doc: Value, out: &mut Vec<Document>) {
             strict::<RegistryIntegration>(&doc).map(Manifest::Integration)
         }
         ("", "Namespace") => namespace(&doc),
-        ("", "") => Err("not a Kubernetes object: apiVersion and kind are missing".to_owned()),
-        _ => Ok(Manifest::Other(kind)),
+        _ if api_version.is_empty() || kind.is_empty() => {
+            Err("not a Kubernetes object: apiVersion or kind is missing".to_owned())
+        }
+        _ => Ok(Manifest::Object(doc)),
     };
     out.push((location, manifest));
 }
@@ -161,6 +170,87 @@ fn unknown_fields(input: &Value, known: &Value, path: &str, out: &mut Vec<String
     }
 }
 
+/// A compiled set and what was left out of it, and why.
+pub struct Loaded {
+    /// The policies, integrations and namespaces that compiled.
+    pub set: PolicySet,
+    /// Each object left out, with its location and field errors.
+    pub problems: Vec<String>,
+}
+
+/// Compiles the policies, integrations and namespaces among `documents` (other objects
+/// are ignored): the one way local mode and `portcullis check` build a set. The first
+/// definition of a name counts; later ones and invalid ones are listed as problems.
+pub fn build_set<'d>(documents: impl IntoIterator<Item = &'d Document>) -> Loaded {
+    let mut problems = Vec::new();
+    let mut policies = BTreeMap::new();
+    let mut integrations = BTreeMap::new();
+    let mut namespaces = HashMap::new();
+    for (location, document) in documents {
+        let manifest = match document {
+            Ok(manifest) => manifest,
+            Err(message) => {
+                problems.push(format!("{location}: {message}"));
+                continue;
+            }
+        };
+        match manifest {
+            Manifest::Policy(p) => {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                let compiled = compile(&name, &p.spec);
+                insert_once(
+                    &mut policies,
+                    "ContainerPolicy",
+                    name,
+                    compiled,
+                    location,
+                    &mut problems,
+                );
+            }
+            Manifest::Integration(i) => {
+                let name = i.metadata.name.clone().unwrap_or_default();
+                let compiled = compile_integration(&name, &i.spec);
+                insert_once(
+                    &mut integrations,
+                    "RegistryIntegration",
+                    name,
+                    compiled,
+                    location,
+                    &mut problems,
+                );
+            }
+            Manifest::Namespace(name, labels) => {
+                drop(namespaces.insert(name.clone(), labels.clone()))
+            }
+            Manifest::Object(_) => {}
+        }
+    }
+    let set = PolicySet::new(
+        policies.into_values().collect(),
+        integrations.into_values().collect(),
+        Arc::new(namespaces),
+    );
+    Loaded { set, problems }
+}
+
+/// Keeps the first valid definition of each name; reports duplicates and field errors.
+fn insert_once<T>(
+    compiled: &mut BTreeMap<String, T>,
+    kind: &str,
+    name: String,
+    result: Result<T, Vec<portcullis_webhook::policy::FieldError>>,
+    location: &str,
+    problems: &mut Vec<String>,
+) {
+    match result {
+        Err(e) => problems.push(format!("{location}: {kind} {name:?}: {}", join_errors(&e))),
+        Ok(_) if compiled.contains_key(&name) => problems.push(format!(
+            "{location}: {kind} {name:?} is defined twice; the first one counts"
+        )),
+        Ok(value) => drop(compiled.insert(name, value)),
+    }
+}
+
 /// The YAML and JSON files under `root` (or `root` itself), sorted; hidden entries are
 /// skipped (ConfigMap volumes keep a second copy under `..data`).
 pub fn find_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -223,7 +313,7 @@ mod tests {
         assert!(
             matches!(&docs[1].1, Ok(Manifest::Namespace(n, l)) if n == "team-a" && l["env"] == "prod")
         );
-        assert!(matches!(&docs[2].1, Ok(Manifest::Other(k)) if k == "Deployment"));
+        assert!(matches!(&docs[2].1, Ok(Manifest::Object(o)) if o["kind"] == "Deployment"));
         assert!(docs[1].0.ends_with("p.yaml#2.items[0]"));
     }
 

@@ -159,15 +159,53 @@ pub fn evaluate(
         Err(verdict) => verdict,
         Ok(e) => {
             let namespace = request.namespace.as_deref().unwrap_or_default();
-            let subject = Subject {
-                kind: e.kind,
-                namespace,
-                name: &e.object.name,
-                spec: &e.spec,
-            };
-            Verdict::Decided(engine::decide(set, &subject, scans, now))
+            decide(e.kind, namespace, &e.object, &e.spec, set, scans, now)
         }
     }
+}
+
+/// Decides one workload object given as JSON, outside of an admission request (what
+/// `portcullis check` runs), through the same readers and engine as the webhook.
+pub fn evaluate_object(
+    kind: WorkloadKind,
+    namespace: &str,
+    object: &str,
+    set: &PolicySet,
+    scans: &dyn ScanResults,
+    now: SystemTime,
+) -> Verdict {
+    let read = WorkloadObject::read(kind, object).and_then(|o| {
+        let spec = o.pod_spec()?;
+        Ok((o, spec))
+    });
+    match read {
+        Ok((object, spec)) => decide(kind, namespace, &object, &spec, set, scans, now),
+        Err(e) => unreadable(kind.as_str(), e),
+    }
+}
+
+fn decide(
+    kind: WorkloadKind,
+    namespace: &str,
+    object: &WorkloadObject<'_>,
+    spec: &PodSpec<'_>,
+    set: &PolicySet,
+    scans: &dyn ScanResults,
+    now: SystemTime,
+) -> Verdict {
+    let subject = Subject {
+        kind,
+        namespace,
+        name: &object.name,
+        spec,
+    };
+    Verdict::Decided(engine::decide(set, &subject, scans, now))
+}
+
+fn unreadable(kind_name: &str, e: ReadError) -> Verdict {
+    Verdict::Unreadable(format!(
+        "{kind_name} object cannot be read as {kind_name}: {e}"
+    ))
 }
 
 /// Sorts out requests that are not evaluated, and reads the pod spec of those that are.

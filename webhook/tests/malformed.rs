@@ -182,8 +182,19 @@ async fn untouched_requests_are_allowed() {
     }
 }
 
+/// The deny message the webhook answers `review` with.
+async fn deny_message(review: &Value) -> String {
+    let (_, answer) = post(serde_json::to_vec(review).unwrap()).await;
+    response(&answer)["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn ephemeral_containers_are_evaluated_in_both_shapes() {
+    let debug = "Pod team-a/web: ephemeral container \"debug\" image busybox:1.36 violates";
+
     // v1.22+: the subresource carries the whole Pod; only the ephemeral containers are new.
     let mut pod = pod_review();
     pod["request"]["subResource"] = json!("ephemeralcontainers");
@@ -191,17 +202,8 @@ async fn ephemeral_containers_are_evaluated_in_both_shapes() {
     pod["request"]["oldObject"] = pod["request"]["object"].clone();
     pod["request"]["object"]["spec"]["ephemeralContainers"] =
         json!([{"name": "debug", "image": "busybox:1.36"}]);
-    let (_, answer) = post(serde_json::to_vec(&pod).unwrap()).await;
-    let message = response(&answer)["status"]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        message.starts_with(
-            "Pod team-a/web: ephemeral container \"debug\" image busybox:1.36 violates"
-        ),
-        "{message}"
-    );
+    let message = deny_message(&pod).await;
+    assert!(message.starts_with(debug), "{message}");
     assert!(
         !message.contains("container \"app\""),
         "only the ephemeral containers are evaluated: {message}"
@@ -216,17 +218,8 @@ async fn ephemeral_containers_are_evaluated_in_both_shapes() {
         "apiVersion": "v1", "kind": "EphemeralContainers", "metadata": {"name": "web", "namespace": "team-a"},
         "ephemeralContainers": [{"name": "debug", "image": "busybox:1.36"}]
     });
-    let (_, answer) = post(serde_json::to_vec(&legacy).unwrap()).await;
-    let message = response(&answer)["status"]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        message.starts_with(
-            "Pod team-a/web: ephemeral container \"debug\" image busybox:1.36 violates"
-        ),
-        "{message}"
-    );
+    let message = deny_message(&legacy).await;
+    assert!(message.starts_with(debug), "{message}");
 }
 
 #[tokio::test]

@@ -50,7 +50,7 @@ impl Scans {
         });
         self.0.insert(
             image.to_owned(),
-            Arc::new(ScanReport::new(DIGEST.into(), now() - age, findings)),
+            Arc::new(ScanReport::new(Some(DIGEST.into()), now() - age, findings)),
         );
         self
     }

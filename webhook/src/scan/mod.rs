@@ -1,5 +1,7 @@
 //! Scan results as the engine sees them, and the lookup its caller fills.
 
+pub mod trivy;
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,8 +25,8 @@ pub struct Finding {
 /// A scan of one image digest: its findings, one per vulnerability ID, sorted by ID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanReport {
-    /// The digest scanned.
-    pub digest: String,
+    /// The digest scanned, when the source names it.
+    pub digest: Option<String>,
     /// When the scanner produced the result.
     pub scanned_at: SystemTime,
     findings: Vec<Finding>,
@@ -34,7 +36,7 @@ impl ScanReport {
     /// Builds a report; a vulnerability listed for several packages counts once, at its
     /// highest severity, fixable if any package has a fix.
     pub fn new(
-        digest: String,
+        digest: Option<String>,
         scanned_at: SystemTime,
         findings: impl IntoIterator<Item = Finding>,
     ) -> Self {

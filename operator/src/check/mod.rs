@@ -1,0 +1,256 @@
+//! `portcullis check`: the webhook's decision for manifests on disk or stdin, for CI
+//! pipelines and GitOps repositories.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use portcullis_webhook::admission::evaluate_object;
+use portcullis_webhook::image::ImageRef;
+use portcullis_webhook::scan::{ScanReport, ScanResults, ScanStatus, trivy};
+use portcullis_webhook::workload::WorkloadKind;
+use serde_json::Value;
+
+use crate::cli::{CheckArgs, OutputFormat};
+use crate::manifests::{self, Document, Manifest};
+
+mod report;
+
+pub use report::{CheckReport, ObjectResult, Skipped, Summary, ViolationOut};
+
+/// Exit code when nothing would be blocked.
+pub const EXIT_PASS: u8 = 0;
+/// Exit code when something would be blocked.
+pub const EXIT_BLOCKED: u8 = 1;
+/// Exit code for bad input: unreadable files, invalid YAML or policies, no input.
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// Runs the check; prints the report to stdout and input errors to stderr.
+pub fn run(args: &CheckArgs) -> ExitCode {
+    let report = match check(args, SystemTime::now()) {
+        Ok(report) => report,
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("portcullis check: {error}");
+            }
+            eprintln!(
+                "portcullis check: {} input error(s); nothing was checked",
+                errors.len()
+            );
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let printed = match args.output {
+        OutputFormat::Text => report.text(),
+        OutputFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => json + "\n",
+            Err(error) => {
+                eprintln!("portcullis check: {error}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        },
+    };
+    print!("{printed}");
+    ExitCode::from(if report.summary.denied > 0 {
+        EXIT_BLOCKED
+    } else {
+        EXIT_PASS
+    })
+}
+
+/// Reads policies, manifests and scan results, and decides every workload object.
+pub fn check(args: &CheckArgs, now: SystemTime) -> Result<CheckReport, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut policy_docs = Vec::new();
+    for path in &args.policies {
+        read_path(path, &mut policy_docs, &mut errors);
+    }
+    let mut input_docs = Vec::new();
+    if args.inputs.is_empty() {
+        errors
+            .push("no manifests given: name files or directories, or - for standard input".into());
+    }
+    for input in &args.inputs {
+        if input.as_os_str() == "-" {
+            read_stdin(&mut input_docs, &mut errors);
+        } else {
+            read_path(input, &mut input_docs, &mut errors);
+        }
+    }
+    if !args.inputs.is_empty() && input_docs.is_empty() && errors.is_empty() {
+        errors.push("the manifests hold no objects".into());
+    }
+    let namespaces = input_docs
+        .iter()
+        .filter(|(_, d)| matches!(d, Ok(Manifest::Namespace(..))));
+    let loaded = manifests::build_set(policy_docs.iter().chain(namespaces));
+    errors.extend(loaded.problems);
+    let scans = ScanIndex::read(&args.scan_results, now, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    let mut report = CheckReport::default();
+    for (location, document) in &input_docs {
+        match document {
+            Ok(Manifest::Object(object)) => decide(
+                object,
+                location,
+                args,
+                &loaded.set,
+                &scans,
+                now,
+                &mut report,
+            ),
+            Ok(Manifest::Namespace(..)) => {}
+            Ok(Manifest::Policy(p)) => report.skip(
+                location,
+                "ContainerPolicy",
+                p.metadata.name.as_deref(),
+                "policies are read with --policies",
+            ),
+            Ok(Manifest::Integration(i)) => report.skip(
+                location,
+                "RegistryIntegration",
+                i.metadata.name.as_deref(),
+                "policies are read with --policies",
+            ),
+            Err(message) => report.skip(location, "", None, message),
+        }
+    }
+    Ok(report)
+}
+
+fn decide(
+    object: &Value,
+    location: &str,
+    args: &CheckArgs,
+    set: &portcullis_webhook::policy::PolicySet,
+    scans: &ScanIndex,
+    now: SystemTime,
+    report: &mut CheckReport,
+) {
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let group = object["apiVersion"]
+        .as_str()
+        .and_then(|v| v.split_once('/'))
+        .map_or("", |(group, _)| group);
+    let name = object.pointer("/metadata/name").and_then(Value::as_str);
+    let Some(workload) = WorkloadKind::from_group_kind(group, kind) else {
+        return report.skip(
+            location,
+            kind,
+            name,
+            &format!("kind {kind} is not evaluated"),
+        );
+    };
+    let namespace = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or(&args.namespace);
+    let json = object.to_string();
+    let verdict = evaluate_object(workload, namespace, &json, set, scans, now);
+    report.add(
+        location,
+        workload,
+        namespace,
+        name.unwrap_or_default(),
+        &verdict,
+    );
+}
+
+fn read_path(path: &Path, out: &mut Vec<Document>, errors: &mut Vec<String>) {
+    let files = match manifests::find_files(path) {
+        Ok(files) => files,
+        Err(error) => return errors.push(format!("{}: {error}", path.display())),
+    };
+    for file in files {
+        match manifests::read_file(&file) {
+            Ok(documents) => out.extend(documents),
+            Err(error) => errors.push(error.to_string()),
+        }
+    }
+}
+
+fn read_stdin(out: &mut Vec<Document>, errors: &mut Vec<String>) {
+    let mut text = String::new();
+    if let Err(error) = std::io::stdin().read_to_string(&mut text) {
+        return errors.push(format!("-: {error}"));
+    }
+    match manifests::read_text("-", &text) {
+        Ok(documents) => out.extend(documents),
+        Err(error) => errors.push(error.to_string()),
+    }
+}
+
+/// Trivy reports from `--scan-results`, by digest and by normalized reference.
+#[derive(Default)]
+struct ScanIndex {
+    by_digest: HashMap<String, Arc<ScanReport>>,
+    by_reference: HashMap<String, Arc<ScanReport>>,
+}
+
+impl ScanIndex {
+    fn read(paths: &[PathBuf], now: SystemTime, errors: &mut Vec<String>) -> Self {
+        let mut index = ScanIndex::default();
+        for path in paths {
+            let files = match json_files(path) {
+                Ok(files) => files,
+                Err(error) => {
+                    errors.push(format!("{}: {error}", path.display()));
+                    continue;
+                }
+            };
+            for file in files {
+                let parsed = std::fs::read(&file)
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| trivy::parse(&bytes, now).map_err(|e| e.to_string()));
+                match parsed {
+                    Ok(report) => index.insert(report),
+                    Err(error) => errors.push(format!("{}: {error}", file.display())),
+                }
+            }
+        }
+        index
+    }
+
+    fn insert(&mut self, parsed: trivy::TrivyReport) {
+        let report = Arc::new(parsed.report);
+        if let Some(digest) = &report.digest {
+            self.by_digest.insert(digest.clone(), report.clone());
+        }
+        for reference in parsed.artifact_name.iter().chain(&parsed.repo_tags) {
+            if let Ok(image) = ImageRef::parse(reference) {
+                self.by_reference.insert(image.to_string(), report.clone());
+            }
+        }
+    }
+}
+
+impl ScanResults for ScanIndex {
+    fn lookup(&self, image: &ImageRef) -> ScanStatus {
+        let found = match image.digest() {
+            Some(digest) => self.by_digest.get(digest),
+            None => self.by_reference.get(&image.to_string()),
+        };
+        match found {
+            Some(report) => ScanStatus::Found(report.clone()),
+            None => ScanStatus::Unavailable("no --scan-results report matches this image".into()),
+        }
+    }
+}
+
+fn json_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if std::fs::metadata(path)?.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
