@@ -21,6 +21,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run in a cluster: reconcile the CRDs and serve the admission webhook.
+    Run(RunArgs),
     /// Serve the admission webhook from policy YAML in a directory (local mode).
     Serve(ServeArgs),
     /// Check manifests against policies as the webhook would (exit 0 pass, 1 blocked, 2 bad input).
@@ -42,6 +44,27 @@ pub struct ServeArgs {
     /// How often the policy directory is checked for changes.
     #[arg(long, env = "PORTCULLIS_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub reload_interval: Duration,
+    /// Serving certificate.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// `portcullis run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address the webhook listens on.
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP `/metrics` endpoint.
+    #[arg(
+        long,
+        env = "PORTCULLIS_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// Portcullis's own namespace, where its Secrets and Leases live.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis-system")]
+    pub namespace: String,
     /// Serving certificate.
     #[command(flatten)]
     pub tls: TlsArgs,

@@ -1,10 +1,13 @@
-//! The `portcullis` binary's jobs: local mode, the manifest checker and CRD generation
-//! (and, later, the in-cluster controller).
+//! The `portcullis` binary's jobs: the in-cluster controller and webhook, local mode,
+//! the manifest checker and CRD generation.
 
 pub mod check;
 pub mod cli;
+pub mod controller;
 pub mod local;
 pub mod manifests;
+pub mod metrics;
+pub mod run;
 mod tls;
 
 use std::process::ExitCode;
@@ -17,6 +20,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     init_logging(cli.log.log_format);
     let result = match cli.command {
         Command::Check(args) => return check::run(&args),
+        Command::Run(args) => run::run(args).await,
         Command::Serve(args) => local::serve(args).await,
         Command::Crds(args) => crds(args.out_dir.as_deref()),
     };

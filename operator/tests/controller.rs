@@ -1,0 +1,286 @@
+//! The controllers against a simulated API server (see `support/fake_api.rs` for the
+//! shapes it follows): status, Events, enforcement of changes, deletes, broken watches.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use http_body_util::BodyExt;
+use kube::runtime::events::Reporter;
+use portcullis::controller::{status, watch};
+use portcullis::metrics::Metrics;
+use portcullis_webhook::policy::{PolicySet, SharedPolicySet};
+use portcullis_webhook::scan::NoScanResults;
+use portcullis_webhook::server::{AppState, router};
+use serde_json::{Value, json};
+use support::fake_api::{FakeApi, INTEGRATIONS, NAMESPACES, POLICIES};
+use tower::ServiceExt;
+
+struct Harness {
+    api: Arc<FakeApi>,
+    shared: SharedPolicySet,
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Harness {
+    /// The fake API with `objects` in it, and Portcullis's watches and status
+    /// controllers running against it.
+    async fn start(objects: &[(&str, Value)]) -> Self {
+        let api = FakeApi::start().await;
+        for (collection, object) in objects {
+            api.apply(collection, object.clone());
+        }
+        let config = kube::Config::new(format!("http://{}", api.addr).parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
+        let ready = Arc::new(AtomicBool::new(false));
+        let metrics = Arc::new(Metrics::default());
+        tokio::spawn(watch::run(
+            client.clone(),
+            shared.clone(),
+            ready.clone(),
+            metrics.clone(),
+        ));
+        let reporter = Reporter {
+            controller: "portcullis".into(),
+            instance: Some("test".into()),
+        };
+        tokio::spawn(status::run(client, reporter, metrics.clone()));
+        Harness {
+            api,
+            shared,
+            ready,
+            metrics,
+        }
+    }
+
+    fn enforced(&self) -> Vec<String> {
+        self.shared
+            .load()
+            .policies()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    fn ready_condition(&self, collection: &str, name: &str) -> Value {
+        let object = self.api.object(collection, name);
+        let conditions = object["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let ready = conditions
+            .into_iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap_or(Value::Null);
+        json!({"observedGeneration": object["status"]["observedGeneration"], "status": ready["status"], "reason": ready["reason"], "message": ready["message"]})
+    }
+}
+
+/// Polls `check` every 20 ms for up to 10 s.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn policy(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "ContainerPolicy", "metadata": {"name": name}, "spec": spec})
+}
+
+fn namespace(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+const INVALID: &str = "spec.rules.vulnerabilities.maxCount.critical: must be >= 0 (got -1)";
+
+#[tokio::test]
+async fn status_events_fixes_and_deletes() {
+    let h = Harness::start(&[
+        (NAMESPACES, namespace("team-a", json!({"env": "prod"}))),
+        (POLICIES, policy("good", json!({"rules": {"tags": {"denyLatest": true}}}))),
+        (POLICIES, policy("bad", json!({"rules": {"vulnerabilities": {"maxCount": {"critical": -1}}}}))),
+        (INTEGRATIONS, json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "RegistryIntegration", "metadata": {"name": "harbor"},
+            "spec": {"registries": ["harbor.acme.com/**"], "scanner": {"harbor": {"url": "http://harbor.acme.com"}}}})),
+    ])
+    .await;
+
+    eventually("ready after the first sync of every kind", || {
+        h.ready.load(Ordering::Acquire)
+    })
+    .await;
+    assert_eq!(
+        h.enforced(),
+        ["good"],
+        "the invalid policy is left out, the valid one enforced"
+    );
+    assert_eq!(h.shared.load().namespace_labels("team-a")["env"], "prod");
+
+    eventually("Ready=True on the valid policy", || {
+        h.ready_condition(POLICIES, "good")["status"] == "True"
+    })
+    .await;
+    assert_eq!(h.ready_condition(POLICIES, "good")["observedGeneration"], 1);
+    eventually("Ready=False on the invalid policy", || {
+        h.ready_condition(POLICIES, "bad")["status"] == "False"
+    })
+    .await;
+    let bad = h.ready_condition(POLICIES, "bad");
+    assert_eq!(
+        (bad["reason"].as_str(), bad["message"].as_str()),
+        (Some("InvalidSpec"), Some(INVALID))
+    );
+    eventually("Ready=False on the integration with an http URL", || {
+        h.ready_condition(INTEGRATIONS, "harbor")["status"] == "False"
+    })
+    .await;
+    assert!(
+        h.ready_condition(INTEGRATIONS, "harbor")["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.scanner.harbor.url")
+    );
+
+    eventually("an InvalidSpec Event on the policy", || {
+        h.api.events().iter().any(|e| {
+            e["reason"] == "InvalidSpec" && e["regarding"]["name"] == "bad" && e["note"] == INVALID
+        })
+    })
+    .await;
+
+    // Our own status writes come back as watch events; they must not cause more writes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        (h.api.status_patches("good"), h.api.status_patches("bad")),
+        (1, 1),
+        "no reconcile storm"
+    );
+
+    // Fixing the spec enforces it and flips the condition.
+    h.api.apply(
+        POLICIES,
+        policy("bad", json!({"rules": {"tags": {"requireDigest": true}}})),
+    );
+    eventually("the fixed policy enforced", || {
+        h.enforced() == ["bad", "good"]
+    })
+    .await;
+    eventually("Ready=True after the fix", || {
+        h.ready_condition(POLICIES, "bad")["status"] == "True"
+    })
+    .await;
+    assert_eq!(h.ready_condition(POLICIES, "bad")["observedGeneration"], 2);
+
+    h.api.delete(POLICIES, "good");
+    eventually("the deleted policy gone", || h.enforced() == ["bad"]).await;
+    let metrics = h.metrics.render();
+    assert!(
+        metrics.contains("portcullis_objects{kind=\"ContainerPolicy\",state=\"enforced\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_snapshot_swap_seconds_count"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn broken_watches_keep_the_last_snapshot_and_resume() {
+    let h = Harness::start(&[
+        (POLICIES, policy("a", json!({}))),
+        (POLICIES, policy("b", json!({}))),
+    ])
+    .await;
+    eventually("ready", || h.ready.load(Ordering::Acquire)).await;
+    assert_eq!(h.enforced(), ["a", "b"]);
+
+    // The API server goes away: watches end with 410 Gone, lists fail.
+    h.api.set_failing(true);
+    h.api.delete_unseen(POLICIES, "b");
+    h.api.apply(POLICIES, policy("c", json!({})));
+    eventually("watch errors counted", || {
+        h.metrics
+            .render()
+            .contains("portcullis_watch_errors_total{kind=\"ContainerPolicy\"}")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.enforced(),
+        ["a", "b"],
+        "the last snapshot keeps enforcing"
+    );
+    assert!(
+        h.ready.load(Ordering::Acquire),
+        "still ready: the snapshot is the real set, only stale"
+    );
+
+    // It comes back: the re-list brings c in and drops b, deleted while nobody watched.
+    h.api.set_failing(false);
+    eventually("resumed after the outage", || h.enforced() == ["a", "c"]).await;
+}
+
+#[tokio::test]
+async fn the_webhook_answer_changes_with_the_policies() {
+    let h = Harness::start(&[(NAMESPACES, namespace("team-a", json!({"env": "prod"})))]).await;
+    eventually("ready", || h.ready.load(Ordering::Acquire)).await;
+    let app = router(AppState {
+        policies: h.shared.clone(),
+        scans: Arc::new(NoScanResults),
+        ready: h.ready.clone(),
+    });
+    let fixture = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/admission/validate-create-deployment.json"),
+    )
+    .unwrap();
+    let allowed = |app: axum::Router| {
+        let fixture = fixture.clone();
+        async move {
+            let request = axum::http::Request::post("/validate")
+                .body(Body::from(fixture))
+                .unwrap();
+            let body = app
+                .oneshot(request)
+                .await
+                .unwrap()
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
+            serde_json::from_slice::<Value>(&body).unwrap()["response"]["allowed"]
+                .as_bool()
+                .unwrap()
+        }
+    };
+    assert!(allowed(app.clone()).await);
+
+    h.api.apply(POLICIES, policy("prod-digests", json!({"match": {"namespaceSelector": {"matchLabels": {"env": "prod"}}}, "rules": {"tags": {"requireDigest": true}}})));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while allowed(app.clone()).await {
+        assert!(Instant::now() < deadline, "the new policy was not enforced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Relabelling the namespace takes it out of the policy's reach.
+    h.api
+        .apply(NAMESPACES, namespace("team-a", json!({"env": "staging"})));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !allowed(app.clone()).await {
+        assert!(
+            Instant::now() < deadline,
+            "the namespace label change was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,3 @@
+//! Shared by the controller tests.
+
+pub mod fake_api;
