@@ -79,6 +79,10 @@ pub struct TlsArgs {
     /// PEM private key; reloaded when the file changes.
     #[arg(long, env = "PORTCULLIS_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for the generated certificate (the name the API
+    /// server dials, e.g. `host.docker.internal`). Repeat or separate with commas.
+    #[arg(long, env = "PORTCULLIS_SELF_SIGNED_NAMES", value_delimiter = ',')]
+    pub self_signed_name: Vec<String>,
     /// Where a generated CA and certificate are written when no files are given.
     #[arg(long, env = "PORTCULLIS_SELF_SIGNED_DIR", default_value_os_t = std::env::temp_dir().join("portcullis"))]
     pub self_signed_dir: PathBuf,

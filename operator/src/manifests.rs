@@ -226,8 +226,8 @@ pub fn build_set<'d>(documents: impl IntoIterator<Item = &'d Document>) -> Loade
         }
     }
     let set = PolicySet::new(
-        policies.into_values().collect(),
-        integrations.into_values().collect(),
+        policies.into_values(),
+        integrations.into_values(),
         Arc::new(namespaces),
     );
     Loaded { set, problems }

@@ -28,7 +28,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("binding metrics to {}", args.metrics_listen))?;
-    tracing::info!(webhook = %args.listen, metrics = %args.metrics_listen, namespace = %args.namespace, "starting");
+    let webhook_addr = listener.local_addr().context("reading the webhook address")?;
+    let metrics_addr = metrics_listener.local_addr().context("reading the metrics address")?;
+    tracing::info!(webhook = %webhook_addr, metrics = %metrics_addr, namespace = %args.namespace, "starting");
 
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
     let ready = Arc::new(AtomicBool::new(false));

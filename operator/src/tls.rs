@@ -37,6 +37,7 @@ pub fn serving_tls(
             if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
                 names.push(listen.ip().to_string());
             }
+            names.extend(args.self_signed_name.iter().cloned());
             let certs = generate(&names).context("generating a self-signed certificate")?;
             let ca = write_generated(&certs, &args.self_signed_dir)
                 .context("writing the generated certificate")?;

@@ -114,8 +114,8 @@ impl<T: Clone> Kind<T> {
 
 /// Everything a snapshot is built from.
 pub struct ClusterIndex {
-    policies: Kind<CompiledPolicy>,
-    integrations: Kind<CompiledIntegration>,
+    policies: Kind<Arc<CompiledPolicy>>,
+    integrations: Kind<Arc<CompiledIntegration>>,
     namespaces: Kind<NamespaceLabels>,
     namespace_map: Arc<HashMap<String, NamespaceLabels>>,
 }
@@ -196,7 +196,7 @@ impl ClusterIndex {
                 let name = p.metadata.name.clone().unwrap_or_default();
                 self.policies
                     .apply(name.clone(), p.metadata.generation, || {
-                        compile(&name, &p.spec)
+                        compile(&name, &p.spec).map(Arc::new)
                     })
             }
             Change::PolicyDeleted(name) => self.policies.delete(&name),
@@ -204,7 +204,7 @@ impl ClusterIndex {
                 let name = i.metadata.name.clone().unwrap_or_default();
                 self.integrations
                     .apply(name.clone(), i.metadata.generation, || {
-                        compile_integration(&name, &i.spec)
+                        compile_integration(&name, &i.spec).map(Arc::new)
                     })
             }
             Change::IntegrationDeleted(name) => self.integrations.delete(&name),
@@ -259,8 +259,8 @@ impl ClusterIndex {
     /// A snapshot of the valid policies and integrations.
     pub fn snapshot(&self) -> PolicySet {
         PolicySet::new(
-            self.policies.valid().cloned().collect(),
-            self.integrations.valid().cloned().collect(),
+            self.policies.valid().cloned(),
+            self.integrations.valid().cloned(),
             self.namespace_map.clone(),
         )
     }

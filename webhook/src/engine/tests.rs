@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use portcullis_crds::{ContainerPolicySpec, Severity};
 
 use super::*;
-use crate::policy::compile;
+use crate::policy::{CompiledIntegration, compile};
 use crate::scan::{Finding, ScanReport, ScanStatus};
 use crate::workload::PodSpec;
 
@@ -34,7 +34,11 @@ fn set(policies: Vec<CompiledPolicy>) -> PolicySet {
             NamespaceLabels::from([("env".to_owned(), "dev".to_owned())]),
         ),
     ]);
-    PolicySet::new(policies, vec![], Arc::new(namespaces))
+    PolicySet::new(
+        policies,
+        Vec::<CompiledIntegration>::new(),
+        Arc::new(namespaces),
+    )
 }
 
 /// Scan results keyed by the image as normalized (`docker.io/library/nginx:1.25`).

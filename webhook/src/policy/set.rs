@@ -18,19 +18,23 @@ pub type SharedPolicySet = Arc<ArcSwap<PolicySet>>;
 /// Compiled policies (by name), integrations (by name) and namespace labels.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
-    policies: Vec<CompiledPolicy>,
-    integrations: Vec<CompiledIntegration>,
+    policies: Vec<Arc<CompiledPolicy>>,
+    integrations: Vec<Arc<CompiledIntegration>>,
     namespaces: Arc<HashMap<String, NamespaceLabels>>,
 }
 
 impl PolicySet {
     /// Builds a set; policies and integrations are kept sorted by name, which fixes the
     /// order of evaluation and of messages, and which integration covers an image first.
+    /// Compiled objects are shared (`Arc`), so a new snapshot copies no policy.
     pub fn new(
-        mut policies: Vec<CompiledPolicy>,
-        mut integrations: Vec<CompiledIntegration>,
+        policies: impl IntoIterator<Item = impl Into<Arc<CompiledPolicy>>>,
+        integrations: impl IntoIterator<Item = impl Into<Arc<CompiledIntegration>>>,
         namespaces: Arc<HashMap<String, NamespaceLabels>>,
     ) -> Self {
+        let mut policies: Vec<Arc<CompiledPolicy>> = policies.into_iter().map(Into::into).collect();
+        let mut integrations: Vec<Arc<CompiledIntegration>> =
+            integrations.into_iter().map(Into::into).collect();
         policies.sort_by(|a, b| a.name.cmp(&b.name));
         integrations.sort_by(|a, b| a.name.cmp(&b.name));
         PolicySet {
@@ -41,12 +45,12 @@ impl PolicySet {
     }
 
     /// The policies, by name.
-    pub fn policies(&self) -> &[CompiledPolicy] {
+    pub fn policies(&self) -> &[Arc<CompiledPolicy>] {
         &self.policies
     }
 
     /// The integrations, by name.
-    pub fn integrations(&self) -> &[CompiledIntegration] {
+    pub fn integrations(&self) -> &[Arc<CompiledIntegration>] {
         &self.integrations
     }
 
@@ -54,6 +58,7 @@ impl PolicySet {
     pub fn integration_for(&self, repository: &str) -> Option<&CompiledIntegration> {
         self.integrations
             .iter()
+            .map(AsRef::as_ref)
             .find(|i| crate::glob::any_match(&i.registries, repository))
     }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use arc_swap::ArcSwap;
 use portcullis_crds::ContainerPolicySpec;
-use portcullis_webhook::policy::{NamespaceLabels, PolicySet, compile};
+use portcullis_webhook::policy::{CompiledIntegration, NamespaceLabels, PolicySet, compile};
 use portcullis_webhook::scan::NoScanResults;
 use portcullis_webhook::server::AppState;
 use serde_json::Value;
@@ -48,18 +48,19 @@ pub fn fixture(name: &str) -> Vec<u8> {
 /// A policy set from `(name, spec JSON)` pairs; namespace team-a is labelled env=prod,
 /// as in the cluster the fixtures were captured from.
 pub fn policy_set(policies: &[(&str, &str)]) -> PolicySet {
-    let compiled = policies
-        .iter()
-        .map(|(name, spec)| {
-            let spec: ContainerPolicySpec = serde_json::from_str(spec).unwrap();
-            compile(name, &spec).unwrap()
-        })
-        .collect();
+    let compiled = policies.iter().map(|(name, spec)| {
+        let spec: ContainerPolicySpec = serde_json::from_str(spec).unwrap();
+        compile(name, &spec).unwrap()
+    });
     let namespaces = HashMap::from([(
         "team-a".to_owned(),
         NamespaceLabels::from([("env".to_owned(), "prod".to_owned())]),
     )]);
-    PolicySet::new(compiled, vec![], Arc::new(namespaces))
+    PolicySet::new(
+        compiled,
+        Vec::<CompiledIntegration>::new(),
+        Arc::new(namespaces),
+    )
 }
 
 pub fn state(policies: &[(&str, &str)]) -> AppState {
