@@ -28,8 +28,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("binding metrics to {}", args.metrics_listen))?;
-    let webhook_addr = listener.local_addr().context("reading the webhook address")?;
-    let metrics_addr = metrics_listener.local_addr().context("reading the metrics address")?;
+    let webhook_addr = listener
+        .local_addr()
+        .context("reading the webhook address")?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .context("reading the metrics address")?;
     tracing::info!(webhook = %webhook_addr, metrics = %metrics_addr, namespace = %args.namespace, "starting");
 
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
