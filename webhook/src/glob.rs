@@ -74,8 +74,7 @@ impl Glob {
 
     /// Whether `name` matches.
     pub fn matches(&self, name: &str) -> bool {
-        let parts: Vec<&str> = name.split('/').collect();
-        match_segments(&self.segments, &parts)
+        match_segments(&self.segments, Some(name))
     }
 
     /// The pattern as the user wrote it.
@@ -90,18 +89,38 @@ impl fmt::Display for Glob {
     }
 }
 
-fn match_segments(pattern: &[Segment], name: &[&str]) -> bool {
+/// Matches `pattern` against the rest of a name (`None` once every segment is used),
+/// walking the string without allocating: this runs for every policy on every request.
+fn match_segments(pattern: &[Segment], name: Option<&str>) -> bool {
     match pattern.split_first() {
-        None => name.is_empty(),
+        None => name.is_none(),
         Some((Segment::Any, rest)) => {
-            (0..=name.len()).any(|skip| match_segments(rest, &name[skip..]))
+            let mut remaining = name;
+            loop {
+                if match_segments(rest, remaining) {
+                    return true;
+                }
+                match remaining {
+                    Some(n) => remaining = first_segment(n).1,
+                    None => return false,
+                }
+            }
         }
-        Some((Segment::Pieces(pieces), rest)) => match name.split_first() {
-            Some((first, name_rest)) => {
-                match_pieces(pieces, first) && match_segments(rest, name_rest)
+        Some((Segment::Pieces(pieces), rest)) => match name {
+            Some(n) => {
+                let (first, remaining) = first_segment(n);
+                match_pieces(pieces, first) && match_segments(rest, remaining)
             }
             None => false,
         },
+    }
+}
+
+/// The first segment of a name, and the rest after its `/`.
+fn first_segment(name: &str) -> (&str, Option<&str>) {
+    match name.split_once('/') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (name, None),
     }
 }
 

@@ -82,14 +82,15 @@ impl ImageRef {
             return Err(ImageError::NameTooLong);
         }
         let (registry, path) = split_registry(name)?;
-        let mut components: Vec<&str> = path.split('/').collect();
-        for component in &components {
+        for component in path.split('/') {
             validate_component(component)?;
         }
-        if registry == DOCKER_HUB && components.len() == 1 {
-            components.insert(0, "library");
-        }
-        let repository = format!("{registry}/{}", components.join("/"));
+        let library = if registry == DOCKER_HUB && !path.contains('/') {
+            "library/"
+        } else {
+            ""
+        };
+        let repository = format!("{registry}/{library}{path}");
         let tag = if tag.is_none() && digest.is_none() {
             Some("latest".to_owned())
         } else {

@@ -143,58 +143,54 @@ impl Evaluation<'_, '_> {
                 .iter()
                 .filter(|f| !rule.ignore.contains(&f.id))
         };
-        let denied: Vec<&Finding> = not_ignored()
-            .filter(|f| rule.deny.contains(&f.id))
-            .collect();
-        if !denied.is_empty() {
-            let detail = format!(
-                "denied {} present: {}",
-                plural(denied.len(), "vulnerability", "vulnerabilities"),
-                ids(&denied)
-            );
-            self.violate(action, "vulnerabilities.deny", target, detail);
-        }
-        let counted: Vec<&Finding> = not_ignored()
-            .filter(|f| !rule.fixable_only || f.fixable)
-            .collect();
-        for (index, severity) in Severity::DESCENDING.into_iter().enumerate() {
-            let found: Vec<&Finding> = counted
-                .iter()
-                .copied()
-                .filter(|f| f.severity == severity)
+        if !rule.deny.is_empty() {
+            let denied: Vec<&Finding> = not_ignored()
+                .filter(|f| rule.deny.contains(&f.id))
                 .collect();
-            if found.is_empty() {
+            if !denied.is_empty() {
+                let detail = format!(
+                    "denied {} present: {}",
+                    plural(denied.len(), "vulnerability", "vulnerabilities"),
+                    ids(&denied)
+                );
+                self.violate(action, "vulnerabilities.deny", target, detail);
+            }
+        }
+        // Counted without allocating; the IDs are collected only for a violation.
+        let counted = |severity: Severity| {
+            not_ignored()
+                .filter(move |f| f.severity == severity && (!rule.fixable_only || f.fixable))
+        };
+        for (index, severity) in Severity::DESCENDING.into_iter().enumerate() {
+            let n = counted(severity).count();
+            let over_severity = rule.max_severity.filter(|max| n > 0 && severity > *max);
+            let over_count = rule.max_count[index].filter(|cap| n as u64 > *cap);
+            if over_severity.is_none() && over_count.is_none() {
                 continue;
             }
-            let counted = || {
-                let fixable = if rule.fixable_only { " fixable" } else { "" };
-                let noun = plural(found.len(), "vulnerability", "vulnerabilities");
-                let verb = if found.len() == 1 {
-                    "exceeds"
-                } else {
-                    "exceed"
-                };
-                format!(
-                    "{} {}{fixable} {noun} ({}) {verb}",
-                    found.len(),
-                    severity.as_str(),
-                    ids(&found)
-                )
-            };
-            if let Some(max) = rule.max_severity.filter(|max| severity > *max) {
+            let found: Vec<&Finding> = counted(severity).collect();
+            let fixable = if rule.fixable_only { " fixable" } else { "" };
+            let noun = plural(n, "vulnerability", "vulnerabilities");
+            let verb = if n == 1 { "exceeds" } else { "exceed" };
+            let what = format!(
+                "{n} {}{fixable} {noun} ({}) {verb}",
+                severity.as_str(),
+                ids(&found)
+            );
+            if let Some(max) = over_severity {
                 self.violate(
                     action,
                     "vulnerabilities.maxSeverity",
                     target,
-                    format!("{} maxSeverity {max:?}", counted()),
+                    format!("{what} maxSeverity {max:?}"),
                 );
             }
-            if let Some(cap) = rule.max_count[index].filter(|cap| found.len() as u64 > *cap) {
+            if let Some(cap) = over_count {
                 self.violate(
                     action,
                     "vulnerabilities.maxCount",
                     target,
-                    format!("{} maxCount.{} {cap}", counted(), severity.as_str()),
+                    format!("{what} maxCount.{} {cap}", severity.as_str()),
                 );
             }
         }
