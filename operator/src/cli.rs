@@ -62,6 +62,10 @@ pub struct RunArgs {
         default_value = "0.0.0.0:9090"
     )]
     pub metrics_listen: SocketAddr,
+    /// After SIGTERM: how long to keep serving while unready, so the API server's
+    /// endpoints drop this replica before it stops accepting requests.
+    #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
     /// Portcullis's own namespace, where its Secrets and Leases live.
     #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis-system")]
     pub namespace: String,

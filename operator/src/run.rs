@@ -79,13 +79,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
 
     let outcome = tokio::select! {
-        _ = crate::shutdown_signal() => Ok(()),
+        _ = crate::shutdown_signal() => {
+            // Unready first, so endpoints drop this replica, while still serving.
+            ready.store(false, Ordering::Release);
+            tracing::info!(grace = ?args.shutdown_grace, "unready; serving until the grace period ends");
+            tokio::time::sleep(args.shutdown_grace).await;
+            Ok(())
+        }
         result = &mut watches => Err(anyhow::anyhow!("the watches ended: {result:?}")),
         result = &mut statuses => Err(anyhow::anyhow!("the status controllers ended: {result:?}")),
         result = &mut webhook => Err(anyhow::anyhow!("the webhook server ended: {result:?}")),
         result = &mut metrics_server => Err(anyhow::anyhow!("the metrics server ended: {result:?}")),
     };
-    // Unready first, so endpoints drop this replica, then drain the webhook.
     ready.store(false, Ordering::Release);
     let _ = stop_webhook.send(());
     let _ = webhook.await;

@@ -1,0 +1,109 @@
+//! `portcullis run` on SIGTERM: unready at once, still answering for the grace period,
+//! then a clean exit. The API is simulated (see `support/fake_api.rs`).
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_webhook::testing::TestClient;
+use support::fake_api::FakeApi;
+
+#[tokio::test]
+async fn sigterm_turns_unready_then_drains() {
+    let api = FakeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\nusers: [{{name: fake, user: {{}}}}]\n",
+            api.addr
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "run",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--shutdown-grace",
+            "2s",
+        ])
+        .arg("--self-signed-dir")
+        .arg(dir.path().join("certs"))
+        .env("KUBECONFIG", &kubeconfig)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || BufReader::new(stderr).lines().for_each(drop));
+
+    let ca = loop {
+        if let Ok(ca) = std::fs::read_to_string(dir.path().join("certs/ca.crt")) {
+            break ca;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let client = TestClient::new(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        &ca,
+        &[&rustls::version::TLS13],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get("/readyz").await.map(|r| r.status).unwrap_or(0) != 200 {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let signalled = Instant::now();
+    let deadline = signalled + Duration::from_secs(1);
+    while client.get("/readyz").await.unwrap().status != 503 {
+        assert!(Instant::now() < deadline, "still ready 1 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fixture = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/admission/validate-create-pod.json"),
+    )
+    .unwrap();
+    let during = client.post("/validate", fixture).await.unwrap();
+    assert_eq!(
+        during.status, 200,
+        "admission requests are still answered during the grace period"
+    );
+    assert!(signalled.elapsed() < Duration::from_secs(2));
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not exit after grace and drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "exited before the grace period ended"
+    );
+}
