@@ -69,6 +69,23 @@ pub struct RunArgs {
     /// Portcullis's own namespace, where its Secrets and Leases live.
     #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis-system")]
     pub namespace: String,
+    /// Self-managed TLS (without --tls-cert-file): the Secret the leader keeps the CA
+    /// and serving certificate in.
+    #[arg(long, env = "PORTCULLIS_TLS_SECRET", default_value = "portcullis-tls")]
+    pub tls_secret: String,
+    /// Self-managed TLS: the ValidatingWebhookConfiguration whose caBundle the leader keeps.
+    #[arg(
+        long,
+        env = "PORTCULLIS_WEBHOOK_CONFIGURATION",
+        default_value = "portcullis"
+    )]
+    pub webhook_configuration: String,
+    /// Self-managed TLS: the Service the API server calls (its DNS names go in the certificate).
+    #[arg(long, env = "PORTCULLIS_SERVICE", default_value = "portcullis")]
+    pub service: String,
+    /// Self-managed TLS: certificate lifetime; renewed at two thirds of it.
+    #[arg(long, env = "PORTCULLIS_CERT_LIFETIME", default_value = "2160h", value_parser = parse_duration)]
+    pub cert_lifetime: Duration,
     /// Serving certificate.
     #[command(flatten)]
     pub tls: TlsArgs,

@@ -1,6 +1,7 @@
 //! The `portcullis` binary's jobs: the in-cluster controller and webhook, local mode,
 //! the manifest checker and CRD generation.
 
+pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod controller;
@@ -8,7 +9,7 @@ pub mod local;
 pub mod manifests;
 pub mod metrics;
 pub mod run;
-mod tls;
+pub mod tls;
 
 use std::process::ExitCode;
 

@@ -3,14 +3,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use portcullis_webhook::policy::PolicySet;
 use portcullis_webhook::scan::NoScanResults;
-use portcullis_webhook::server::{self, AppState};
+use portcullis_webhook::server::{self, AppState, Readiness};
 
 use crate::cli::ServeArgs;
 use crate::manifests::{self, Document, Loaded};
@@ -135,7 +134,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState {
         policies: shared,
         scans: Arc::new(NoScanResults),
-        ready: Arc::new(AtomicBool::new(true)),
+        ready: Readiness::ready_now(),
     };
     server::serve(
         listener,

@@ -1,21 +1,27 @@
 //! `portcullis run`: the controllers and the webhook in one process.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use axum::routing::get;
 use kube::Client;
 use kube::runtime::events::Reporter;
+use kube_lease_manager::LeaseManagerBuilder;
 use portcullis_webhook::policy::PolicySet;
 use portcullis_webhook::scan::NoScanResults;
-use portcullis_webhook::server::{self, AppState};
+use portcullis_webhook::server::{self, AppState, Readiness};
+use portcullis_webhook::tls::{CertStore, certified_key, generate, server_config};
 
+use crate::certs::{self, CertSettings};
 use crate::cli::RunArgs;
 use crate::controller::{status, watch};
 use crate::metrics::Metrics;
-use crate::tls::serving_tls;
+
+/// The Lease the writers (status, certificates) are elected by.
+const LEASE: &str = "portcullis-leader";
+/// How often the leader checks the serving certificate.
+const CERT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs until SIGTERM or Ctrl-C, or until a critical task fails.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -24,7 +30,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG)")?;
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("binding the webhook to {}", args.listen))?;
-    let tls = serving_tls(&args.tls, args.listen)?;
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("binding metrics to {}", args.metrics_listen))?;
@@ -34,14 +39,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics_addr = metrics_listener
         .local_addr()
         .context("reading the metrics address")?;
-    tracing::info!(webhook = %webhook_addr, metrics = %metrics_addr, namespace = %args.namespace, "starting");
+    let identity =
+        std::env::var("POD_NAME").unwrap_or_else(|_| format!("portcullis-{}", std::process::id()));
+    tracing::info!(webhook = %webhook_addr, metrics = %metrics_addr, namespace = %args.namespace, %identity, "starting");
 
+    let lease = LeaseManagerBuilder::new(client.clone(), LEASE)
+        .with_namespace(&args.namespace)
+        .with_identity(&identity)
+        .build()
+        .await
+        .context("setting up leader election")?;
+    let (leader, mut lease_task) = lease.watch().await;
+
+    let ready = Readiness::default();
+    let (tls, store) = serving_certificate(&args, &client, &ready, &leader)?;
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
-    let ready = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::default());
     let reporter = Reporter {
         controller: "portcullis".into(),
-        instance: std::env::var("POD_NAME").ok(),
+        instance: Some(identity),
     };
 
     let mut watches = tokio::spawn(watch::run(
@@ -50,7 +66,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ready.clone(),
         metrics.clone(),
     ));
-    let mut statuses = tokio::spawn(status::run(client, reporter, metrics.clone()));
+    let mut statuses = tokio::spawn(status::run(
+        client,
+        reporter,
+        metrics.clone(),
+        leader.clone(),
+    ));
     let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
         policies: shared,
@@ -77,11 +98,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let mut metrics_server =
         tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
+    drop(store);
 
     let outcome = tokio::select! {
         _ = crate::shutdown_signal() => {
             // Unready first, so endpoints drop this replica, while still serving.
-            ready.store(false, Ordering::Release);
+            ready.stopping();
             tracing::info!(grace = ?args.shutdown_grace, "unready; serving until the grace period ends");
             tokio::time::sleep(args.shutdown_grace).await;
             Ok(())
@@ -90,9 +112,55 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         result = &mut statuses => Err(anyhow::anyhow!("the status controllers ended: {result:?}")),
         result = &mut webhook => Err(anyhow::anyhow!("the webhook server ended: {result:?}")),
         result = &mut metrics_server => Err(anyhow::anyhow!("the metrics server ended: {result:?}")),
+        result = &mut lease_task => Err(anyhow::anyhow!("leader election ended: {result:?}")),
     };
-    ready.store(false, Ordering::Release);
+    ready.stopping();
     let _ = stop_webhook.send(());
     let _ = webhook.await;
+    // Dropping the receiver makes the lease task release the lease for the next leader.
+    drop(leader);
     outcome
+}
+
+/// The serving certificate: from files (cert-manager), or self-managed through a
+/// Secret the leader keeps. Until the Secret's certificate is loaded the replica
+/// serves a throwaway one and stays unready.
+fn serving_certificate(
+    args: &RunArgs,
+    client: &Client,
+    ready: &Readiness,
+    leader: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<CertStore>)> {
+    if args.tls.tls_cert_file.is_some() {
+        let (tls, store) = crate::tls::from_files(&args.tls)?;
+        ready.certificate_loaded();
+        return Ok((tls, store));
+    }
+    let placeholder =
+        generate(&["localhost".to_owned()]).context("generating a placeholder certificate")?;
+    let store = CertStore::new(certified_key(
+        placeholder.cert_pem.as_bytes(),
+        placeholder.key_pem.as_bytes(),
+    )?);
+    let settings = CertSettings {
+        namespace: args.namespace.clone(),
+        secret: args.tls_secret.clone(),
+        webhook: args.webhook_configuration.clone(),
+        service: args.service.clone(),
+        extra_names: args.tls.self_signed_name.clone(),
+        lifetime: args.cert_lifetime,
+    };
+    tokio::spawn(certs::serve_from_secret(
+        client.clone(),
+        settings.clone(),
+        store.clone(),
+        ready.clone(),
+    ));
+    tokio::spawn(certs::manage(
+        client.clone(),
+        settings,
+        leader.clone(),
+        CERT_INTERVAL,
+    ));
+    Ok((server_config(store.clone())?, store))
 }

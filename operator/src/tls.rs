@@ -14,20 +14,27 @@ use crate::cli::TlsArgs;
 /// How often certificate files are checked for changes.
 const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Builds the TLS configuration, validating the certificate before anything binds.
-/// Files are watched for changes; without files a CA and certificate are generated.
+/// The certificate from `--tls-cert-file`/`--tls-key-file`, validated now and
+/// re-read when the files change.
+pub fn from_files(args: &TlsArgs) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<CertStore>)> {
+    let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) else {
+        anyhow::bail!("--tls-cert-file and --tls-key-file go together");
+    };
+    let (files, certified) =
+        FileCert::load(cert, key).context("loading the serving certificate")?;
+    let store = CertStore::new(certified);
+    tokio::spawn(files.watch(store.clone(), CERT_RELOAD_INTERVAL));
+    Ok((server_config(store.clone())?, store))
+}
+
+/// Local mode's TLS configuration: the files when given, else a generated CA and
+/// certificate written to `--self-signed-dir`.
 pub fn serving_tls(
     args: &TlsArgs,
     listen: SocketAddr,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let store = match (&args.tls_cert_file, &args.tls_key_file) {
-        (Some(cert), Some(key)) => {
-            let (files, certified) =
-                FileCert::load(cert, key).context("loading the serving certificate")?;
-            let store = CertStore::new(certified);
-            tokio::spawn(files.watch(store.clone(), CERT_RELOAD_INTERVAL));
-            store
-        }
+    let store = match &args.tls_cert_file {
+        Some(_) => return Ok(from_files(args)?.0),
         _ => {
             let mut names = vec![
                 "localhost".to_owned(),

@@ -6,7 +6,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -17,7 +16,7 @@ use portcullis::controller::{status, watch};
 use portcullis::metrics::Metrics;
 use portcullis_webhook::policy::{PolicySet, SharedPolicySet};
 use portcullis_webhook::scan::NoScanResults;
-use portcullis_webhook::server::{AppState, router};
+use portcullis_webhook::server::{AppState, Readiness, router};
 use serde_json::{Value, json};
 use support::fake_api::{FakeApi, INTEGRATIONS, NAMESPACES, POLICIES};
 use tower::ServiceExt;
@@ -25,8 +24,9 @@ use tower::ServiceExt;
 struct Harness {
     api: Arc<FakeApi>,
     shared: SharedPolicySet,
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
     metrics: Arc<Metrics>,
+    _leader: tokio::sync::watch::Sender<bool>,
 }
 
 impl Harness {
@@ -40,7 +40,8 @@ impl Harness {
         let config = kube::Config::new(format!("http://{}", api.addr).parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
         let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
-        let ready = Arc::new(AtomicBool::new(false));
+        let ready = Readiness::default();
+        ready.certificate_loaded();
         let metrics = Arc::new(Metrics::default());
         tokio::spawn(watch::run(
             client.clone(),
@@ -52,12 +53,14 @@ impl Harness {
             controller: "portcullis".into(),
             instance: Some("test".into()),
         };
-        tokio::spawn(status::run(client, reporter, metrics.clone()));
+        let (leader, elected) = tokio::sync::watch::channel(true);
+        tokio::spawn(status::run(client, reporter, metrics.clone(), elected));
         Harness {
             api,
             shared,
             ready,
             metrics,
+            _leader: leader,
         }
     }
 
@@ -115,7 +118,7 @@ async fn status_events_fixes_and_deletes() {
     .await;
 
     eventually("ready after the first sync of every kind", || {
-        h.ready.load(Ordering::Acquire)
+        h.ready.is_ready()
     })
     .await;
     assert_eq!(
@@ -200,7 +203,7 @@ async fn broken_watches_keep_the_last_snapshot_and_resume() {
         (POLICIES, policy("b", json!({}))),
     ])
     .await;
-    eventually("ready", || h.ready.load(Ordering::Acquire)).await;
+    eventually("ready", || h.ready.is_ready()).await;
     assert_eq!(h.enforced(), ["a", "b"]);
 
     // The API server goes away: watches end with 410 Gone, lists fail.
@@ -220,7 +223,7 @@ async fn broken_watches_keep_the_last_snapshot_and_resume() {
         "the last snapshot keeps enforcing"
     );
     assert!(
-        h.ready.load(Ordering::Acquire),
+        h.ready.is_ready(),
         "still ready: the snapshot is the real set, only stale"
     );
 
@@ -232,7 +235,7 @@ async fn broken_watches_keep_the_last_snapshot_and_resume() {
 #[tokio::test]
 async fn the_webhook_answer_changes_with_the_policies() {
     let h = Harness::start(&[(NAMESPACES, namespace("team-a", json!({"env": "prod"})))]).await;
-    eventually("ready", || h.ready.load(Ordering::Acquire)).await;
+    eventually("ready", || h.ready.is_ready()).await;
     let app = router(AppState {
         policies: h.shared.clone(),
         scans: Arc::new(NoScanResults),

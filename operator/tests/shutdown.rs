@@ -10,7 +10,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portcullis_webhook::testing::TestClient;
+use portcullis_webhook::tls::generate;
 use support::fake_api::FakeApi;
+
+/// The process, killed if the test fails before it exits.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 #[tokio::test]
 async fn sigterm_turns_unready_then_drains() {
@@ -31,7 +42,10 @@ async fn sigterm_turns_unready_then_drains() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let certs = generate(&["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &certs.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &certs.key_pem).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args([
             "run",
             "--listen",
@@ -41,21 +55,20 @@ async fn sigterm_turns_unready_then_drains() {
             "--shutdown-grace",
             "2s",
         ])
-        .arg("--self-signed-dir")
-        .arg(dir.path().join("certs"))
+        .arg("--tls-cert-file")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key-file")
+        .arg(dir.path().join("tls.key"))
+        .arg("--namespace")
+        .arg("portcullis-system")
         .env("KUBECONFIG", &kubeconfig)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || BufReader::new(stderr).lines().for_each(drop));
-
-    let ca = loop {
-        if let Ok(ca) = std::fs::read_to_string(dir.path().join("certs/ca.crt")) {
-            break ca;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut child = KillOnDrop(child);
+    let stderr = child.0.stderr.take();
+    std::thread::spawn(move || stderr.map(|e| BufReader::new(e).lines().for_each(drop)));
+    let ca = certs.ca_pem;
     let client = TestClient::new(
         format!("127.0.0.1:{port}").parse().unwrap(),
         &ca,
@@ -68,7 +81,7 @@ async fn sigterm_turns_unready_then_drains() {
     }
 
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
@@ -92,7 +105,7 @@ async fn sigterm_turns_unready_then_drains() {
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(

@@ -27,8 +27,50 @@ pub struct AppState {
     pub policies: SharedPolicySet,
     /// Scan results the engine may consult.
     pub scans: Arc<dyn ScanResults + Send + Sync>,
-    /// Set once the snapshot reflects the real policy set.
-    pub ready: Arc<AtomicBool>,
+    /// What `/readyz` answers.
+    pub ready: Readiness,
+}
+
+/// Ready means enforcing the real policy set with a certificate clients trust, and not
+/// shutting down. Each part is set by the task that knows it.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    policies: Arc<AtomicBool>,
+    certificate: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// Ready from the start (local mode and tests: policies and certificate are loaded
+    /// before serving).
+    pub fn ready_now() -> Self {
+        let r = Readiness::default();
+        r.policies.store(true, Ordering::Release);
+        r.certificate.store(true, Ordering::Release);
+        r
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.policies.load(Ordering::Acquire)
+            && self.certificate.load(Ordering::Acquire)
+            && !self.stopping.load(Ordering::Acquire)
+    }
+
+    /// The policy set reflects every watched kind; returns whether it already did.
+    pub fn policies_synced(&self) -> bool {
+        self.policies.swap(true, Ordering::AcqRel)
+    }
+
+    /// The serving certificate is one the API server trusts.
+    pub fn certificate_loaded(&self) {
+        self.certificate.store(true, Ordering::Release);
+    }
+
+    /// Shutting down: unready from now on.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
 }
 
 /// The webhook's routes.
@@ -42,7 +84,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
+    if state.ready.is_ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "policies not loaded yet").into_response()

@@ -169,16 +169,37 @@ pub struct GeneratedCerts {
     pub key_pem: String,
 }
 
-/// Generates a CA and a serving certificate for `names` (DNS names or IP addresses).
+/// Generates a CA and a serving certificate for `names` (DNS names or IP addresses),
+/// valid from an hour ago for a year.
 pub fn generate(names: &[String]) -> Result<GeneratedCerts, TlsError> {
+    let now = std::time::SystemTime::now();
+    generate_valid(
+        names,
+        now - Duration::from_secs(3600),
+        now + Duration::from_secs(365 * 86400),
+    )
+}
+
+/// Generates a CA and a serving certificate for `names`, both valid in the given window.
+pub fn generate_valid(
+    names: &[String],
+    not_before: std::time::SystemTime,
+    not_after: std::time::SystemTime,
+) -> Result<GeneratedCerts, TlsError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
         KeyUsagePurpose,
     };
+    let (not_before, not_after) = (
+        time::OffsetDateTime::from(not_before),
+        time::OffsetDateTime::from(not_after),
+    );
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.not_before = not_before;
+    ca.not_after = not_after;
     ca.distinguished_name
-        .push(DnType::CommonName, "portcullis local CA");
+        .push(DnType::CommonName, "portcullis CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key)?;
@@ -186,6 +207,8 @@ pub fn generate(names: &[String]) -> Result<GeneratedCerts, TlsError> {
 
     let key = KeyPair::generate()?;
     let mut leaf = CertificateParams::new(names.to_vec())?;
+    leaf.not_before = not_before;
+    leaf.not_after = not_after;
     leaf.distinguished_name.push(
         DnType::CommonName,
         names.first().map_or("portcullis", String::as_str),

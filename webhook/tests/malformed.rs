@@ -236,7 +236,7 @@ async fn health_and_readiness() {
         app.clone().oneshot(get("/readyz")).await.unwrap().status(),
         StatusCode::OK
     );
-    ready.store(false, std::sync::atomic::Ordering::Release);
+    ready.stopping();
     assert_eq!(
         app.clone().oneshot(get("/readyz")).await.unwrap().status(),
         StatusCode::SERVICE_UNAVAILABLE

@@ -14,6 +14,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use portcullis_crds::{ContainerPolicy, RegistryIntegration};
 use portcullis_webhook::policy::{FieldError, compile, compile_integration, join_errors};
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
@@ -43,14 +44,24 @@ struct Context {
     client: Client,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    leader: watch::Receiver<bool>,
 }
 
-/// Runs both status controllers until the process stops.
-pub async fn run(client: Client, reporter: Reporter, metrics: Arc<Metrics>) {
+/// How often a replica that is not the leader looks again.
+const FOLLOWER_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Runs both status controllers until the process stops; only the leader writes.
+pub async fn run(
+    client: Client,
+    reporter: Reporter,
+    metrics: Arc<Metrics>,
+    leader: watch::Receiver<bool>,
+) {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         metrics,
+        leader,
     });
     let policies = Controller::new(
         Api::<ContainerPolicy>::all(client.clone()),
@@ -107,6 +118,9 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
+    if !*ctx.leader.borrow() {
+        return Ok(Action::requeue(FOLLOWER_RECHECK));
+    }
     let generation = object.meta().generation;
     let previous = conditions.iter().find(|c| c.type_ == READY);
     let desired = ready_condition(errors.as_deref(), generation, previous);

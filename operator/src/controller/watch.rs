@@ -2,7 +2,6 @@
 //! the index and swaps a new snapshot in after every change.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::{FutureExt, Stream, StreamExt};
@@ -12,6 +11,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use portcullis_crds::{ContainerPolicy, RegistryIntegration};
 use portcullis_webhook::policy::SharedPolicySet;
+use portcullis_webhook::server::Readiness;
 use serde::de::DeserializeOwned;
 
 use super::index::{Change, ClusterIndex, WatchedKind};
@@ -47,12 +47,7 @@ where
 /// Watches until the streams end (they retry with backoff on errors, so only when the
 /// process stops). The set is published, and `ready` set, once every kind has synced;
 /// while a watch is broken the last snapshot keeps enforcing.
-pub async fn run(
-    client: Client,
-    shared: SharedPolicySet,
-    ready: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-) {
+pub async fn run(client: Client, shared: SharedPolicySet, ready: Readiness, metrics: Arc<Metrics>) {
     let streams = futures::stream::select_all([
         watch(
             Api::<ContainerPolicy>::all(client.clone()),
@@ -94,7 +89,7 @@ pub async fn run(
         shared.store(Arc::new(index.snapshot()));
         generation += 1;
         metrics.published(generation, index.counts(), received.elapsed());
-        if !ready.swap(true, Ordering::AcqRel) {
+        if !ready.policies_synced() {
             let counts = index.counts();
             tracing::info!(
                 policies = counts.policies,

@@ -39,14 +39,6 @@ pub struct FakeApi {
     pub addr: SocketAddr,
 }
 
-fn list_kind(collection: &str) -> &'static str {
-    match collection {
-        POLICIES => "ContainerPolicyList",
-        INTEGRATIONS => "RegistryIntegrationList",
-        _ => "NamespaceList",
-    }
-}
-
 impl FakeApi {
     pub async fn start() -> Arc<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -174,6 +166,63 @@ impl FakeApi {
     }
 }
 
+/// Resource plurals the fake serves, with their kinds.
+const KINDS: &[(&str, &str)] = &[
+    ("containerpolicies", "ContainerPolicy"),
+    ("registryintegrations", "RegistryIntegration"),
+    ("namespaces", "Namespace"),
+    ("secrets", "Secret"),
+    ("leases", "Lease"),
+    (
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+    ),
+];
+
+fn is_plural(segment: &str) -> bool {
+    KINDS.iter().any(|(plural, _)| *plural == segment)
+}
+
+/// `/…/secrets` → (collection, None); `/…/secrets/name` → (collection, Some(name)).
+fn split_path(path: &str) -> Option<(&str, Option<&str>)> {
+    let (parent, last) = path.rsplit_once('/')?;
+    if is_plural(last) {
+        return Some((path, None));
+    }
+    let (_, plural) = parent.rsplit_once('/')?;
+    is_plural(plural).then_some((parent, Some(last)))
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code, "message": message});
+    (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response()
+}
+
+/// `fieldSelector=metadata.name=x` (URL-encoded), the only field selector used.
+fn name_selector(query: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("fieldSelector="))?;
+    let decoded = raw.replace("%3D", "=").replace("%3d", "=");
+    decoded.strip_prefix("metadata.name=").map(str::to_owned)
+}
+
+/// JSON merge of `patch` into `target` (enough for strategic and apply patches of the
+/// objects used here).
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                match t.get_mut(k) {
+                    Some(existing) if v.is_object() => merge(existing, v),
+                    _ => drop(t.insert(k.clone(), v.clone())),
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
 async fn handle(State(fake): State<Arc<FakeApi>>, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -181,57 +230,127 @@ async fn handle(State(fake): State<Arc<FakeApi>>, request: Request) -> Response 
     let body = axum::body::to_bytes(request.into_body(), 1 << 20)
         .await
         .unwrap_or_default();
-    match (method, path.as_str()) {
-        (Method::GET, POLICIES | INTEGRATIONS | NAMESPACES) => {
+    if method == Method::PATCH && path.ends_with("/status") {
+        return patch_status(&fake, &path, &body);
+    }
+    if method == Method::POST && path.starts_with(EVENTS_PREFIX) && path.ends_with("/events") {
+        let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+        fake.store.lock().unwrap().events.push(event.clone());
+        return (StatusCode::CREATED, axum::Json(event)).into_response();
+    }
+    let Some((collection, name)) = split_path(&path) else {
+        return status(
+            404,
+            "NotFound",
+            &format!("fake API: {method} {path} is not simulated"),
+        );
+    };
+    let key = |name: &str| (collection.to_owned(), name.to_owned());
+    match (method, name) {
+        (Method::GET, None) => {
             if fake.store.lock().unwrap().failing {
-                return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "message": "etcd unavailable"}))).into_response();
+                return status(500, "InternalError", "etcd unavailable");
             }
+            let only = name_selector(&query);
             if query
                 .split('&')
                 .any(|p| p == "watch=true" || p == "watch=1")
             {
-                watch(&fake, &path, &query)
+                watch(&fake, collection, &query, only)
             } else {
-                list(&fake, &path)
+                list(&fake, collection, only)
             }
         }
-        (Method::PATCH, p) if p.ends_with("/status") => patch_status(&fake, p, &body),
-        (Method::POST, p) if p.starts_with(EVENTS_PREFIX) && p.ends_with("/events") => {
-            let event: Value = serde_json::from_slice(&body).unwrap_or_default();
-            fake.store.lock().unwrap().events.push(event.clone());
-            (StatusCode::CREATED, axum::Json(event)).into_response()
+        (Method::GET, Some(name)) => match fake.store.lock().unwrap().objects.get(&key(name)) {
+            Some(object) => axum::Json(object.clone()).into_response(),
+            None => status(404, "NotFound", &format!("{name} not found")),
+        },
+        (Method::POST, None) => {
+            let object: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let mut store = fake.store.lock().unwrap();
+            if store.objects.contains_key(&key(&name)) {
+                return status(409, "AlreadyExists", &format!("{name} already exists"));
+            }
+            FakeApi::commit(
+                &mut store,
+                &fake.feed,
+                collection,
+                key(&name),
+                object,
+                "ADDED",
+            );
+            (
+                StatusCode::CREATED,
+                axum::Json(store.objects[&key(&name)].clone()),
+            )
+                .into_response()
         }
-        (method, path) => (
-            StatusCode::NOT_FOUND,
-            format!("fake API: {method} {path} is not simulated"),
-        )
-            .into_response(),
+        (Method::PUT | Method::PATCH, Some(name)) => {
+            let incoming: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let mut store = fake.store.lock().unwrap();
+            let existing = store.objects.get(&key(name)).cloned();
+            let object = match (existing, incoming) {
+                (Some(mut object), patch)
+                    if patch.get("metadata").is_none() || !body.starts_with(b"{\"apiVersion") =>
+                {
+                    merge(&mut object, &patch);
+                    object
+                }
+                (_, replacement) => replacement,
+            };
+            FakeApi::commit(
+                &mut store,
+                &fake.feed,
+                collection,
+                key(name),
+                object,
+                "MODIFIED",
+            );
+            axum::Json(store.objects[&key(name)].clone()).into_response()
+        }
+        (Method::DELETE, Some(name)) => {
+            fake.delete(collection, name);
+            status(200, "Deleted", name)
+        }
+        (method, _) => status(
+            405,
+            "MethodNotAllowed",
+            &format!("fake API: {method} {path} is not simulated"),
+        ),
     }
 }
 
-fn list(fake: &FakeApi, collection: &str) -> Response {
+fn list(fake: &FakeApi, collection: &str, only: Option<String>) -> Response {
     let store = fake.store.lock().unwrap();
     let items: Vec<Value> = store
         .objects
         .iter()
-        .filter(|((c, _), _)| c == collection)
+        .filter(|((c, name), _)| c == collection && only.as_ref().is_none_or(|only| only == name))
         .map(|(_, o)| o.clone())
         .collect();
-    let api_version = if collection == NAMESPACES {
-        "v1"
-    } else {
-        "portcullis.dev/v1alpha1"
+    let api_version = match collection.strip_prefix("/apis/") {
+        Some(rest) => rest.split('/').take(2).collect::<Vec<_>>().join("/"),
+        None => "v1".to_owned(),
     };
+    let plural = collection.rsplit('/').next().unwrap_or_default();
+    let kind = KINDS
+        .iter()
+        .find(|(p, _)| *p == plural)
+        .map_or("Unknown", |(_, k)| k);
     axum::Json(json!({
         "apiVersion": api_version,
-        "kind": list_kind(collection),
+        "kind": format!("{kind}List"),
         "metadata": {"resourceVersion": store.resource_version.to_string()},
         "items": items,
     }))
     .into_response()
 }
 
-fn watch(fake: &FakeApi, collection: &str, query: &str) -> Response {
+fn watch(fake: &FakeApi, collection: &str, query: &str, only: Option<String>) -> Response {
     let from: u64 = query
         .split('&')
         .find_map(|p| p.strip_prefix("resourceVersion="))
@@ -243,7 +362,7 @@ fn watch(fake: &FakeApi, collection: &str, query: &str) -> Response {
         let backlog: Vec<Value> = store
             .history
             .iter()
-            .filter(|(rv, c, _)| *rv > from && c == collection)
+            .filter(|(rv, c, e)| *rv > from && c == collection && selected(&only, e))
             .map(|(_, _, e)| e.clone())
             .collect();
         (backlog, live)
@@ -252,16 +371,18 @@ fn watch(fake: &FakeApi, collection: &str, query: &str) -> Response {
     let line = |event: &Value| Ok::<_, Infallible>(Bytes::from(format!("{event}\n")));
     let backlog = futures::stream::iter(backlog.iter().map(line).collect::<Vec<_>>());
     let live = futures::stream::unfold(
-        (live, collection.to_owned(), false),
-        move |(mut live, collection, ended)| async move {
+        (live, collection.to_owned(), only, false),
+        move |(mut live, collection, only, ended)| async move {
             if ended {
                 return None;
             }
             loop {
                 match live.recv().await {
-                    Ok((_, c, event)) if c == collection || c == "*" => {
+                    Ok((_, c, event))
+                        if (c == collection && selected(&only, &event)) || c == "*" =>
+                    {
                         let ended = event["type"] == "ERROR";
-                        return Some((line(&event), (live, collection, ended)));
+                        return Some((line(&event), (live, collection, only, ended)));
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return None,
@@ -274,6 +395,12 @@ fn watch(fake: &FakeApi, collection: &str, query: &str) -> Response {
         .header("content-type", "application/json")
         .body(Body::from_stream(backlog.chain(live)))
         .unwrap()
+}
+
+/// Whether a watch event passes the watch's name selector.
+fn selected(only: &Option<String>, event: &Value) -> bool {
+    only.as_ref()
+        .is_none_or(|only| event["object"]["metadata"]["name"] == only.as_str())
 }
 
 fn patch_status(fake: &FakeApi, path: &str, body: &[u8]) -> Response {

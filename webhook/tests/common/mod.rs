@@ -5,13 +5,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use arc_swap::ArcSwap;
 use portcullis_crds::ContainerPolicySpec;
 use portcullis_webhook::policy::{CompiledIntegration, NamespaceLabels, PolicySet, compile};
 use portcullis_webhook::scan::NoScanResults;
-use portcullis_webhook::server::AppState;
+use portcullis_webhook::server::{AppState, Readiness};
 use serde_json::Value;
 
 /// The real AdmissionReviews captured from a kube-apiserver (`../shared/fixtures/admission`).
@@ -67,7 +66,7 @@ pub fn state(policies: &[(&str, &str)]) -> AppState {
     AppState {
         policies: Arc::new(ArcSwap::from_pointee(policy_set(policies))),
         scans: Arc::new(NoScanResults),
-        ready: Arc::new(AtomicBool::new(true)),
+        ready: Readiness::ready_now(),
     }
 }
 
