@@ -1,13 +1,13 @@
 //! `portcullis run` out of cluster against the cluster in `KUBECONFIG`, as a user sees
 //! it: policies applied with kubectl get their status conditions and Events, and — when
 //! `PORTCULLIS_E2E_WEBHOOK_HOST` says how the API server reaches this machine (e.g.
-//! `172.18.0.1` for kind's bridge) — workloads are denied, warned and allowed.
+//! `172.18.0.1` for kind's bridge) — its self-managed certificate lands in the webhook's
+//! caBundle and workloads are denied, warned and allowed.
 //! Works on any conformant cluster from v1.19 (CronJob may be batch/v1beta1 there).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use portcullis_e2e::{
     cluster_available, install_crds, kubectl, kubectl_ok, portcullis_bin, unique,
 };
@@ -140,8 +140,25 @@ fn run_reports_status_and_enforces_kubectl_applied_policies() {
     }
 
     let port = free_port();
-    let certs = std::env::temp_dir().join(unique("pc-e2e-certs"));
     let host = std::env::var("PORTCULLIS_E2E_WEBHOOK_HOST").ok();
+    let webhook = unique("pc-e2e-webhook");
+    if let Some(host) = &host {
+        // No caBundle: the leader writes it (self-managed TLS).
+        let configuration = format!(
+            r#"{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": {{"name": "{webhook}"}},
+              "webhooks": [{{"name": "validate.portcullis.dev", "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
+                "failurePolicy": "Fail", "matchPolicy": "Equivalent", "timeoutSeconds": 5,
+                "clientConfig": {{"url": "https://{host}:{port}/validate"}},
+                "namespaceSelector": {{"matchLabels": {{"kubernetes.io/metadata.name": "{namespace}"}}}},
+                "rules": [
+                  {{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods", "pods/ephemeralcontainers", "replicationcontrollers"]}},
+                  {{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"]}},
+                  {{"apiGroups": ["batch"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"], "resources": ["jobs", "cronjobs"]}}]}}]}}"#
+        );
+        kubectl_ok(&["apply", "-f", "-"], Some(&configuration));
+        cleanup.webhook = Some(webhook.clone());
+    }
+    // Portcullis's own namespace (Secret, Lease) is the test namespace.
     let mut command = Command::new(portcullis_bin());
     command
         .args([
@@ -151,8 +168,12 @@ fn run_reports_status_and_enforces_kubectl_applied_policies() {
             "--metrics-listen",
             &format!("127.0.0.1:{}", free_port()),
         ])
-        .arg("--self-signed-dir")
-        .arg(&certs)
+        .args([
+            "--namespace",
+            &namespace,
+            "--webhook-configuration",
+            &webhook,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     if let Some(host) = &host {
@@ -193,29 +214,41 @@ fn run_reports_status_and_enforces_kubectl_applied_policies() {
         .trim()
         .is_empty()
     });
+    eventually(
+        "the serving certificate Secret",
+        Duration::from_secs(30),
+        || {
+            kubectl(&["get", "secret", "portcullis-tls", "-n", &namespace], None)
+                .status
+                .success()
+        },
+    );
 
-    let Some(host) = host else {
+    if host.is_none() {
         eprintln!(
             "admission checks skipped: set PORTCULLIS_E2E_WEBHOOK_HOST to the address the API server reaches this machine at"
         );
         return;
-    };
-    let ca = std::fs::read(certs.join("ca.crt")).expect("the generated CA");
-    let webhook = unique("pc-e2e-webhook");
-    let configuration = format!(
-        r#"{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": {{"name": "{webhook}"}},
-          "webhooks": [{{"name": "validate.portcullis.dev", "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
-            "failurePolicy": "Fail", "matchPolicy": "Equivalent", "timeoutSeconds": 5,
-            "clientConfig": {{"url": "https://{host}:{port}/validate", "caBundle": "{ca}"}},
-            "namespaceSelector": {{"matchLabels": {{"kubernetes.io/metadata.name": "{namespace}"}}}},
-            "rules": [
-              {{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods", "pods/ephemeralcontainers", "replicationcontrollers"]}},
-              {{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"]}},
-              {{"apiGroups": ["batch"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"], "resources": ["jobs", "cronjobs"]}}]}}]}}"#,
-        ca = base64::engine::general_purpose::STANDARD.encode(ca),
+    }
+    eventually(
+        "the leader writes the caBundle",
+        Duration::from_secs(30),
+        || {
+            let jsonpath = "jsonpath={.webhooks[0].clientConfig.caBundle}";
+            !kubectl_ok(
+                &[
+                    "get",
+                    "validatingwebhookconfiguration",
+                    &webhook,
+                    "-o",
+                    jsonpath,
+                ],
+                None,
+            )
+            .trim()
+            .is_empty()
+        },
     );
-    kubectl_ok(&["apply", "-f", "-"], Some(&configuration));
-    cleanup.webhook = Some(webhook);
 
     // Denied, with the precise message (retried until the API server uses the new webhook).
     let denied = deployment(&namespace, "web", "nginx:1.25");

@@ -57,6 +57,19 @@ fn start(policies: &Path, certs: &Path) -> (Serve, SocketAddr) {
     (server, addr.parse().unwrap())
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            std::fs::create_dir(&target).unwrap();
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, target).unwrap();
+        }
+    }
+}
+
 fn fixture(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/fixtures/admission")
@@ -79,10 +92,7 @@ async fn serves_the_samples_and_reloads_edits_without_restart() {
     let policies = tempfile::tempdir().unwrap();
     let certs = tempfile::tempdir().unwrap();
     let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/samples");
-    for entry in std::fs::read_dir(&samples).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, policies.path().join(path.file_name().unwrap())).unwrap();
-    }
+    copy_dir(&samples, policies.path());
     let (_server, addr) = start(policies.path(), certs.path());
     let ca = std::fs::read_to_string(certs.path().join("ca.crt")).unwrap();
     let client = TestClient::new(
