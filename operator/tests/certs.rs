@@ -45,30 +45,20 @@ async fn setup(lifetime: Duration) -> (Arc<FakeApi>, kube::Client, CertSettings)
     (api, client, settings)
 }
 
+/// A base64 field of an API object, decoded (empty when absent).
+fn decoded(field: &serde_json::Value) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(field.as_str().unwrap_or_default())
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
 fn ca_bundle(api: &FakeApi) -> String {
-    let encoded = api.object(WEBHOOKS, "portcullis")["webhooks"][0]["clientConfig"]["caBundle"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .unwrap(),
-    )
-    .unwrap()
+    decoded(&api.object(WEBHOOKS, "portcullis")["webhooks"][0]["clientConfig"]["caBundle"])
 }
 
 fn secret_field(api: &FakeApi, key: &str) -> String {
-    let encoded = api.object(SECRETS, "portcullis-tls")["data"][key]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .unwrap(),
-    )
-    .unwrap()
+    decoded(&api.object(SECRETS, "portcullis-tls")["data"][key])
 }
 
 fn certificates(pem: &str) -> usize {

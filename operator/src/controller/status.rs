@@ -67,53 +67,52 @@ pub async fn run(
         Api::<ContainerPolicy>::all(client.clone()),
         watcher::Config::default(),
     )
-    .run(reconcile_policy, error_policy, ctx.clone())
+    .run(reconcile, error_policy, ctx.clone())
     .for_each(|_| async {});
     let integrations = Controller::new(
         Api::<RegistryIntegration>::all(client),
         watcher::Config::default(),
     )
-    .run(reconcile_integration, error_policy, ctx)
+    .run(reconcile, error_policy, ctx)
     .for_each(|_| async {});
     futures::join!(policies, integrations);
 }
 
-async fn reconcile_policy(
-    policy: Arc<ContainerPolicy>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
-    let errors = compile(&policy.name_any(), &policy.spec).err();
-    let status = policy.status.as_ref();
-    let current = (
-        status.and_then(|s| s.observed_generation),
-        status.map_or(&[][..], |s| &s.conditions[..]),
-    );
-    reconcile(&*policy, errors, current, &ctx).await
+/// What the status writer needs from each kind: its spec's field errors and its
+/// current `observedGeneration` and conditions.
+trait Reported {
+    fn spec_errors(&self) -> Option<Vec<FieldError>>;
+    fn reported(&self) -> (Option<i64>, &[Condition]);
 }
 
-async fn reconcile_integration(
-    integration: Arc<RegistryIntegration>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
-    let errors = compile_integration(&integration.name_any(), &integration.spec).err();
-    let status = integration.status.as_ref();
-    let current = (
-        status.and_then(|s| s.observed_generation),
-        status.map_or(&[][..], |s| &s.conditions[..]),
-    );
-    reconcile(&*integration, errors, current, &ctx).await
+impl Reported for ContainerPolicy {
+    fn spec_errors(&self) -> Option<Vec<FieldError>> {
+        compile(&self.name_any(), &self.spec).err()
+    }
+    fn reported(&self) -> (Option<i64>, &[Condition]) {
+        self.status
+            .as_ref()
+            .map_or((None, &[]), |s| (s.observed_generation, &s.conditions))
+    }
+}
+
+impl Reported for RegistryIntegration {
+    fn spec_errors(&self) -> Option<Vec<FieldError>> {
+        compile_integration(&self.name_any(), &self.spec).err()
+    }
+    fn reported(&self) -> (Option<i64>, &[Condition]) {
+        self.status
+            .as_ref()
+            .map_or((None, &[]), |s| (s.observed_generation, &s.conditions))
+    }
 }
 
 /// Patches status when it differs from what the spec deserves; publishes an Event when
 /// the object becomes (or stays, with new errors) invalid.
-async fn reconcile<K>(
-    object: &K,
-    errors: Option<Vec<FieldError>>,
-    (observed, conditions): (Option<i64>, &[Condition]),
-    ctx: &Context,
-) -> Result<Action, Error>
+async fn reconcile<K>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error>
 where
-    K: Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+    K: Reported
+        + Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
@@ -121,6 +120,8 @@ where
     if !*ctx.leader.borrow() {
         return Ok(Action::requeue(FOLLOWER_RECHECK));
     }
+    let errors = object.spec_errors();
+    let (observed, conditions) = object.reported();
     let generation = object.meta().generation;
     let previous = conditions.iter().find(|c| c.type_ == READY);
     let desired = ready_condition(errors.as_deref(), generation, previous);
