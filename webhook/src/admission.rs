@@ -135,7 +135,7 @@ impl Verdict {
             Verdict::Skipped(_) => "skip",
             Verdict::Decided(d) if !d.allowed() => "deny",
             Verdict::Unreadable(_) => "deny",
-            Verdict::Decided(d) if !d.warnings().is_empty() => "warn",
+            Verdict::Decided(d) if d.has_warnings() => "warn",
             Verdict::Decided(_) => "allow",
         }
     }

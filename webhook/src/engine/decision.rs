@@ -86,6 +86,11 @@ impl Decision {
         Some(truncate(message, MAX_MESSAGE))
     }
 
+    /// Whether any violation is a Warn.
+    pub fn has_warnings(&self) -> bool {
+        self.with_action(Action::Warn).next().is_some()
+    }
+
     /// One warning per Warn violation, at most `MAX_WARNINGS`.
     pub fn warnings(&self) -> Vec<String> {
         lines(&self.object, self.with_action(Action::Warn))

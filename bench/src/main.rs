@@ -1,0 +1,205 @@
+//! `portcullis-bench`: the ceiling servers and the load client of BENCHMARKS.md.
+//!
+//! - `echo --listen ADDR`: reads the body, answers a fixed `allowed: true` review.
+//! - `typed --listen ADDR`: deserializes the review into typed Kubernetes objects
+//!   (`AdmissionReview<Pod>`), answers `allowed: true` with the request's uid.
+//! - `load --url URL --ca FILE --body FILE [--rate N]`: keep-alive HTTPS POSTs over
+//!   N connections, at saturation or at a fixed rate; prints throughput and latency
+//!   percentiles. At a fixed rate, latency counts from the intended send time, so a
+//!   server that falls behind is not hidden by the client waiting for it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::routing::post;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{AdmissionResponse, AdmissionReview};
+use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The echo ceiling server.
+    Echo(ServerArgs),
+    /// The typed ceiling server.
+    Typed(ServerArgs),
+    /// The load client.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Where the generated CA is written.
+    #[arg(long)]
+    ca_out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// `https://127.0.0.1:PORT/validate`.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// The CA the server's certificate chains to.
+    #[arg(long)]
+    ca: PathBuf,
+    /// The request body (an AdmissionReview).
+    #[arg(long)]
+    body: PathBuf,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// Requests per second in total; absent = as fast as the server answers.
+    #[arg(long)]
+    rate: Option<u64>,
+}
+
+const FIXED: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Echo(args) => {
+            serve(
+                args,
+                post(|_body: Bytes| async { ([("content-type", "application/json")], FIXED) }),
+            )
+            .await
+        }
+        Command::Typed(args) => serve(args, post(typed)).await,
+        Command::Load(args) => load(args).await,
+    }
+}
+
+async fn typed(body: Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match serde_json::from_slice::<AdmissionReview<Pod>>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|r| {
+            let request = r.request.ok_or("no request")?;
+            serde_json::to_vec(&AdmissionResponse::from(&request).into_review())
+                .map_err(|e| e.to_string())
+        }) {
+        Ok(json) => ([("content-type", "application/json")], json).into_response(),
+        Err(error) => (axum::http::StatusCode::BAD_REQUEST, error).into_response(),
+    }
+}
+
+async fn serve(args: ServerArgs, route: axum::routing::MethodRouter) -> anyhow::Result<()> {
+    let certs = portcullis_webhook::tls::generate(&["localhost".into(), "127.0.0.1".into()])?;
+    std::fs::write(&args.ca_out, &certs.ca_pem).context("writing the CA")?;
+    let key = portcullis_webhook::tls::certified_key(
+        certs.cert_pem.as_bytes(),
+        certs.key_pem.as_bytes(),
+    )?;
+    let tls = portcullis_webhook::tls::server_config(portcullis_webhook::tls::CertStore::new(key))?;
+    let router = axum::Router::new()
+        .route("/validate", route)
+        .layer(axum::extract::DefaultBodyLimit::max(7 << 20));
+    let listener = std::net::TcpListener::bind(args.listen)?;
+    portcullis_webhook::server::serve(listener, tls, router, std::future::pending()).await?;
+    Ok(())
+}
+
+async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    let body = Bytes::from(std::fs::read(&args.body).context("reading the body")?);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls::pki_types::CertificateDer::pem_file_iter(&args.ca).context("reading the CA")?
+    {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let started = Instant::now();
+    let end = started + Duration::from_secs(args.seconds);
+    let interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(args.connections as f64 / rate as f64));
+    let mut tasks = Vec::new();
+    for connection in 0..args.connections {
+        let (connector, body) = (connector.clone(), body.clone());
+        let offset = interval.map(|i| i.mul_f64(connection as f64 / args.connections as f64));
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(args.addr).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector
+                .connect(ServerName::try_from("localhost")?, tcp)
+                .await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+            tokio::spawn(conn);
+            let mut latencies = Vec::new();
+            let mut next = started + offset.unwrap_or_default();
+            while Instant::now() < end {
+                if interval.is_some() {
+                    // tokio's timer fires up to 1 ms late: sleep to just before the
+                    // slot, then yield until it, so the client's error is not measured.
+                    tokio::time::sleep_until((next - Duration::from_millis(2)).into()).await;
+                    while Instant::now() < next {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                let intended = if interval.is_some() {
+                    next
+                } else {
+                    Instant::now()
+                };
+                let request = hyper::Request::post("/validate")
+                    .header("host", "localhost")
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))?;
+                let response = sender.send_request(request).await?;
+                anyhow::ensure!(response.status() == 200, "status {}", response.status());
+                response.into_body().collect().await?;
+                latencies.push(intended.elapsed());
+                next += interval.unwrap_or_default();
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let at = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "requests {} in {elapsed:.1}s: {:.0} req/s, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        latencies.len() as f64 / elapsed,
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        latencies.last().copied().unwrap_or_default()
+    );
+    Ok(())
+}
