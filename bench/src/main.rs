@@ -74,19 +74,31 @@ struct LoadArgs {
 
 const FIXED: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Echo(args) => {
-            serve(
-                args,
-                post(|_body: Bytes| async { ([("content-type", "application/json")], FIXED) }),
-            )
-            .await
+fn main() -> anyhow::Result<()> {
+    let command = Cli::parse().command;
+    // The client runs on one thread: two workers sharing its one pinned core would
+    // preempt each other and show up as server latency.
+    let runtime = match command {
+        Command::Load(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(async {
+        match command {
+            Command::Echo(args) => {
+                serve(
+                    args,
+                    post(|_body: Bytes| async { ([("content-type", "application/json")], FIXED) }),
+                )
+                .await
+            }
+            Command::Typed(args) => serve(args, post(typed)).await,
+            Command::Load(args) => load(args).await,
         }
-        Command::Typed(args) => serve(args, post(typed)).await,
-        Command::Load(args) => load(args).await,
-    }
+    })
 }
 
 async fn typed(body: Bytes) -> axum::response::Response {
@@ -133,24 +145,28 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    // Connect everything first: handshakes are not part of any request's latency.
+    let mut senders = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let tcp = tokio::net::TcpStream::connect(args.addr).await?;
+        tcp.set_nodelay(true)?;
+        let tls = connector
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        senders.push(sender);
+    }
     let started = Instant::now();
     let end = started + Duration::from_secs(args.seconds);
     let interval = args
         .rate
         .map(|rate| Duration::from_secs_f64(args.connections as f64 / rate as f64));
     let mut tasks = Vec::new();
-    for connection in 0..args.connections {
-        let (connector, body) = (connector.clone(), body.clone());
+    for (connection, mut sender) in senders.into_iter().enumerate() {
+        let body = body.clone();
         let offset = interval.map(|i| i.mul_f64(connection as f64 / args.connections as f64));
         tasks.push(tokio::spawn(async move {
-            let tcp = tokio::net::TcpStream::connect(args.addr).await?;
-            tcp.set_nodelay(true)?;
-            let tls = connector
-                .connect(ServerName::try_from("localhost")?, tcp)
-                .await?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-            tokio::spawn(conn);
             let mut latencies = Vec::new();
             let mut next = started + offset.unwrap_or_default();
             while Instant::now() < end {
