@@ -1,7 +1,9 @@
 //! Against the cluster in `KUBECONFIG`: the CRDs install, the samples validate, and the
 //! schema rejects a typo. Skipped, with a message, when no cluster is given.
 
-use portcullis_e2e::{cluster_available, install_crds, kubectl, kubectl_ok};
+mod support;
+
+use support::{cluster_available, install_crds, kubectl, kubectl_ok};
 
 #[test]
 fn crds_install_and_samples_validate() {

@@ -1,7 +1,9 @@
 //! Against the cluster in `KUBECONFIG`: `config/default` passes a server-side dry-run
 //! apply (schemas, RBAC objects, webhook configuration all accepted).
 
-use portcullis_e2e::{cluster_available, install_crds, kubectl, kubectl_ok};
+mod support;
+
+use support::{cluster_available, install_crds, kubectl, kubectl_ok};
 
 #[test]
 fn config_default_passes_a_server_side_dry_run() {

@@ -8,9 +8,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use portcullis_e2e::{
-    cluster_available, install_crds, kubectl, kubectl_ok, portcullis_bin, unique,
-};
+mod support;
+
+use support::{cluster_available, install_crds, kubectl, kubectl_ok, portcullis_bin, unique};
 
 /// Everything the test created; removed even when an assertion fails (a leftover
 /// webhook configuration would block its namespace).

@@ -193,6 +193,7 @@ async fn replicas_serve_the_rotated_secret_and_clients_never_fail() {
     // Like the API server: trust whatever the webhook's caBundle says, handshake again
     // and again while the leader rotates. No request may fail.
     let first_served = TestClient::new(addr, &ca_bundle(&api), &[&rustls::version::TLS13])
+        .unwrap()
         .get("/healthz")
         .await
         .unwrap()
@@ -202,7 +203,8 @@ async fn replicas_serve_the_rotated_secret_and_clients_never_fail() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last_served = first_served.clone();
     while Instant::now() < deadline && (!renewed || last_served == first_served) {
-        let client_now = TestClient::new(addr, &ca_bundle(&api), &[&rustls::version::TLS13]);
+        let client_now =
+            TestClient::new(addr, &ca_bundle(&api), &[&rustls::version::TLS13]).unwrap();
         let reply = client_now
             .get("/healthz")
             .await

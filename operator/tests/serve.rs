@@ -99,7 +99,8 @@ async fn serves_the_samples_and_reloads_edits_without_restart() {
         addr,
         &ca,
         &[&rustls::version::TLS13, &rustls::version::TLS12],
-    );
+    )
+    .unwrap();
     assert_eq!(client.get("/readyz").await.unwrap().status, 200);
 
     // The samples: a Deployment from an untrusted registry is denied in env=prod.
@@ -211,6 +212,6 @@ async fn a_second_instance_on_a_taken_port_leaves_the_first_untouched() {
         ca_before,
         "the CA in use was overwritten"
     );
-    let client = TestClient::new(addr, &ca_before, &[&rustls::version::TLS13]);
+    let client = TestClient::new(addr, &ca_before, &[&rustls::version::TLS13]).unwrap();
     assert_eq!(client.get("/healthz").await.unwrap().status, 200);
 }

@@ -73,7 +73,8 @@ async fn sigterm_turns_unready_then_drains() {
         format!("127.0.0.1:{port}").parse().unwrap(),
         &ca,
         &[&rustls::version::TLS13],
-    );
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while client.get("/readyz").await.map(|r| r.status).unwrap_or(0) != 200 {
         assert!(Instant::now() < deadline, "never became ready");

@@ -28,29 +28,29 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts the webhook router for `state` on 127.0.0.1 with a fresh CA.
-    pub async fn start(state: AppState) -> Self {
-        let certs = generate(&["localhost".into(), "127.0.0.1".into()])
-            .expect("generate test certificates");
+    pub async fn start(state: AppState) -> std::io::Result<Self> {
+        let certs =
+            generate(&["localhost".into(), "127.0.0.1".into()]).map_err(std::io::Error::other)?;
         let key = certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes())
-            .expect("load test certificate");
+            .map_err(std::io::Error::other)?;
         let store = CertStore::new(key);
-        let tls = server_config(store.clone()).expect("TLS config");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local address");
+        let tls = server_config(store.clone()).map_err(std::io::Error::other)?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(server::serve(listener, tls, server::router(state), async {
             let _ = stopped.await;
         }));
-        TestServer {
+        Ok(TestServer {
             addr,
             certs,
             store,
             _stop: stop,
-        }
+        })
     }
 
     /// A client trusting this server's CA.
-    pub fn client(&self) -> TestClient {
+    pub fn client(&self) -> std::io::Result<TestClient> {
         TestClient::new(
             self.addr,
             &self.certs.ca_pem,
@@ -82,23 +82,25 @@ impl TestClient {
         addr: SocketAddr,
         ca_pem: &str,
         versions: &[&'static rustls::SupportedProtocolVersion],
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.expect("CA PEM")).expect("CA certificate");
+            roots
+                .add(cert.map_err(std::io::Error::other)?)
+                .map_err(std::io::Error::other)?;
         }
         let mut config =
             rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
                 .with_protocol_versions(versions)
-                .expect("protocol versions")
+                .map_err(std::io::Error::other)?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
         // A full handshake every time: resumed sessions skip the certificate check.
         config.resumption = rustls::client::Resumption::disabled();
-        TestClient {
+        Ok(TestClient {
             addr,
             config: Arc::new(config),
-        }
+        })
     }
 
     /// `POST path` with a JSON body.

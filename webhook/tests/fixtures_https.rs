@@ -195,6 +195,7 @@ fn uid(body: &[u8]) -> String {
 async fn answer(server: &TestServer, body: &[u8]) -> Value {
     let reply = server
         .client()
+        .unwrap()
         .post("/validate", body.to_vec())
         .await
         .unwrap();
@@ -225,17 +226,20 @@ async fn every_fixture_allowed_warned_and_denied() {
         "trusted",
         r#"{"rules":{"registries":{"allow":["**"]}}}"#,
     )]))
-    .await;
+    .await
+    .unwrap();
     let warn = TestServer::start(state(&[(
         "deny-all",
         r#"{"action":"Warn","rules":{"registries":{"deny":["**"]}}}"#,
     )]))
-    .await;
+    .await
+    .unwrap();
     let deny = TestServer::start(state(&[(
         "deny-all",
         r#"{"rules":{"registries":{"deny":["**"]}}}"#,
     )]))
-    .await;
+    .await
+    .unwrap();
 
     for ((file, body), expected) in fixtures.iter().zip(EXPECTED) {
         let Expected(name, kind, object, slot, container, image, repository, evaluated) = *expected;
@@ -281,7 +285,7 @@ async fn privileged_pod_is_denied_for_each_setting() {
         "restricted",
         r#"{"rules":{"workload":{"denyPrivileged":true,"denyHostNamespaces":true,"denyHostPath":true,"requireRunAsNonRoot":true}}}"#,
     )]))
-    .await;
+    .await.unwrap();
     let denied = answer(&server, &fixture("validate-create-pod.json")).await;
     assert_eq!(denied["allowed"], false);
     let message = denied["status"]["message"].as_str().unwrap();
@@ -306,7 +310,7 @@ async fn namespace_selector_kinds_and_update_rule() {
         ("prod-only", r#"{"match":{"namespaceSelector":{"matchLabels":{"env":"prod"}},"kinds":["Deployment"]},"rules":{"tags":{"requireDigest":true}}}"#),
         ("staging-only", r#"{"match":{"namespaceSelector":{"matchLabels":{"env":"staging"}}},"rules":{"registries":{"deny":["**"]}}}"#),
     ]))
-    .await;
+    .await.unwrap();
     let deployment = answer(&by_label, &fixture("validate-create-deployment.json")).await;
     assert_eq!(deployment["allowed"], false);
     assert!(
@@ -322,7 +326,7 @@ async fn namespace_selector_kinds_and_update_rule() {
     );
 
     // The image change on UPDATE is evaluated against the new image only.
-    let pinned = TestServer::start(state(&[("no-v124", r#"{"rules":{"registries":{"deny":["registry.example.com:5000/**"]},"tags":{"denyLatest":true}}}"#)])).await;
+    let pinned = TestServer::start(state(&[("no-v124", r#"{"rules":{"registries":{"deny":["registry.example.com:5000/**"]},"tags":{"denyLatest":true}}}"#)])).await.unwrap();
     let update = answer(&pinned, &fixture("validate-update-deployment.json")).await;
     let message = update["status"]["message"].as_str().unwrap();
     assert!(

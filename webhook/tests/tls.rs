@@ -16,9 +16,9 @@ use rustls::version::{TLS12, TLS13};
 
 #[tokio::test]
 async fn serves_tls12_and_tls13() {
-    let server = TestServer::start(state(&[])).await;
+    let server = TestServer::start(state(&[])).await.unwrap();
     for version in [&TLS12, &TLS13] {
-        let client = TestClient::new(server.addr, &server.certs.ca_pem, &[version]);
+        let client = TestClient::new(server.addr, &server.certs.ca_pem, &[version]).unwrap();
         let reply = client
             .get("/healthz")
             .await
@@ -32,6 +32,7 @@ async fn serves_tls12_and_tls13() {
     let other = generate(&["localhost".into()]).unwrap();
     assert!(
         TestClient::new(server.addr, &other.ca_pem, &[&TLS13, &TLS12])
+            .unwrap()
             .get("/healthz")
             .await
             .is_err()
@@ -94,8 +95,8 @@ async fn rotated_certificate_files_are_served_without_restart() {
         },
     ));
 
-    let old_client = TestClient::new(addr, &first.ca_pem, &[&TLS13]);
-    let new_client = TestClient::new(addr, &second.ca_pem, &[&TLS13]);
+    let old_client = TestClient::new(addr, &first.ca_pem, &[&TLS13]).unwrap();
+    let new_client = TestClient::new(addr, &second.ca_pem, &[&TLS13]).unwrap();
     let served_first = until_trusted(&old_client).await;
     assert!(new_client.get("/healthz").await.is_err(), "not rotated yet");
 
