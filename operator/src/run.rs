@@ -52,7 +52,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (leader, mut lease_task) = lease.watch().await;
 
     let ready = Readiness::default();
-    let (tls, store) = serving_certificate(&args, &client, &ready, &leader)?;
+    let tls = serving_certificate(&args, &client, &ready, &leader)?;
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
     let metrics = Arc::new(Metrics::default());
     let reporter = Reporter {
@@ -98,7 +98,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let mut metrics_server =
         tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
-    drop(store);
 
     let outcome = tokio::select! {
         _ = crate::shutdown_signal() => {
@@ -130,11 +129,11 @@ fn serving_certificate(
     client: &Client,
     ready: &Readiness,
     leader: &tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<CertStore>)> {
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     if args.tls.tls_cert_file.is_some() {
-        let (tls, store) = crate::tls::from_files(&args.tls)?;
+        let tls = crate::tls::from_files(&args.tls)?;
         ready.certificate_loaded();
-        return Ok((tls, store));
+        return Ok(tls);
     }
     let placeholder =
         generate(&["localhost".to_owned()]).context("generating a placeholder certificate")?;
@@ -162,5 +161,5 @@ fn serving_certificate(
         leader.clone(),
         CERT_INTERVAL,
     ));
-    Ok((server_config(store.clone())?, store))
+    Ok(server_config(store)?)
 }

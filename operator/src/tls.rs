@@ -16,7 +16,7 @@ const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The certificate from `--tls-cert-file`/`--tls-key-file`, validated now and
 /// re-read when the files change.
-pub fn from_files(args: &TlsArgs) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<CertStore>)> {
+pub fn from_files(args: &TlsArgs) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) else {
         anyhow::bail!("--tls-cert-file and --tls-key-file go together");
     };
@@ -24,7 +24,7 @@ pub fn from_files(args: &TlsArgs) -> anyhow::Result<(Arc<rustls::ServerConfig>, 
         FileCert::load(cert, key).context("loading the serving certificate")?;
     let store = CertStore::new(certified);
     tokio::spawn(files.watch(store.clone(), CERT_RELOAD_INTERVAL));
-    Ok((server_config(store.clone())?, store))
+    Ok(server_config(store)?)
 }
 
 /// Local mode's TLS configuration: the files when given, else a generated CA and
@@ -34,7 +34,7 @@ pub fn serving_tls(
     listen: SocketAddr,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let store = match &args.tls_cert_file {
-        Some(_) => return Ok(from_files(args)?.0),
+        Some(_) => return from_files(args),
         _ => {
             let mut names = vec![
                 "localhost".to_owned(),
