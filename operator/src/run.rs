@@ -12,6 +12,7 @@ use portcullis_webhook::policy::PolicySet;
 use portcullis_webhook::scan::NoScanResults;
 use portcullis_webhook::server::{self, AppState, Readiness};
 use portcullis_webhook::tls::{CertStore, certified_key, generate, server_config};
+use tokio::task::JoinHandle;
 
 use crate::certs::{self, CertSettings};
 use crate::cli::RunArgs;
@@ -20,6 +21,8 @@ use crate::metrics::Metrics;
 
 /// The Lease the writers (status, certificates) are elected by.
 const LEASE: &str = "portcullis-leader";
+/// How long shutdown waits for the leader lease to be released.
+const LEASE_RELEASE: std::time::Duration = std::time::Duration::from_secs(3);
 /// How often the leader checks the serving certificate.
 const CERT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -52,7 +55,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (leader, mut lease_task) = lease.watch().await;
 
     let ready = Readiness::default();
-    let tls = serving_certificate(&args, &client, &ready, &leader)?;
+    let (tls, cert_manager) = serving_certificate(&args, &client, &ready, &leader)?;
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
     let metrics = Arc::new(Metrics::default());
     let reporter = Reporter {
@@ -116,24 +119,37 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ready.stopping();
     let _ = stop_webhook.send(());
     let _ = webhook.await;
-    // Dropping the receiver makes the lease task release the lease for the next leader.
+    // The lease task releases the lease once every receiver is gone, so the next leader
+    // need not wait for it to expire: stop the writers holding one, then wait briefly.
+    statuses.abort();
+    let _ = statuses.await;
+    if let Some(manager) = cert_manager {
+        manager.abort();
+        let _ = manager.await;
+    }
     drop(leader);
+    if tokio::time::timeout(LEASE_RELEASE, &mut lease_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the leader lease was not released in time; it will expire");
+    }
     outcome
 }
 
 /// The serving certificate: from files (cert-manager), or self-managed through a
-/// Secret the leader keeps. Until the Secret's certificate is loaded the replica
-/// serves a throwaway one and stays unready.
+/// Secret the leader keeps, with the leader's certificate task. Until the Secret's
+/// certificate is loaded the replica serves a throwaway one and stays unready.
 fn serving_certificate(
     args: &RunArgs,
     client: &Client,
     ready: &Readiness,
     leader: &tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, Option<JoinHandle<()>>)> {
     if args.tls.tls_cert_file.is_some() {
         let tls = crate::tls::from_files(&args.tls)?;
         ready.certificate_loaded();
-        return Ok(tls);
+        return Ok((tls, None));
     }
     let placeholder =
         generate(&["localhost".to_owned()]).context("generating a placeholder certificate")?;
@@ -155,11 +171,11 @@ fn serving_certificate(
         store.clone(),
         ready.clone(),
     ));
-    tokio::spawn(certs::manage(
+    let manager = tokio::spawn(certs::manage(
         client.clone(),
         settings,
         leader.clone(),
         CERT_INTERVAL,
     ));
-    Ok(server_config(store)?)
+    Ok((server_config(store)?, Some(manager)))
 }

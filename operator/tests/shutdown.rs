@@ -13,6 +13,8 @@ use portcullis_webhook::testing::TestClient;
 use portcullis_webhook::tls::generate;
 use support::fake_api::FakeApi;
 
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/portcullis-system/leases";
+
 /// The process, killed if the test fails before it exits.
 struct KillOnDrop(std::process::Child);
 
@@ -81,6 +83,13 @@ async fn sigterm_turns_unready_then_drains() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    let holder = || api.object(LEASES, "portcullis-leader")["spec"]["holderIdentity"].clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !holder().is_string() {
+        assert!(Instant::now() < deadline, "never became the leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     let killed = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status()
@@ -116,6 +125,11 @@ async fn sigterm_turns_unready_then_drains() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status}");
+    assert!(
+        holder().is_null(),
+        "the lease is released on shutdown, not left to expire: {}",
+        holder()
+    );
     assert!(
         signalled.elapsed() >= Duration::from_secs(2),
         "exited before the grace period ended"
