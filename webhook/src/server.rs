@@ -52,9 +52,20 @@ impl Readiness {
 
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
-        self.policies.load(Ordering::Acquire)
-            && self.certificate.load(Ordering::Acquire)
-            && !self.stopping.load(Ordering::Acquire)
+        self.not_ready_because().is_none()
+    }
+
+    /// Why `/readyz` answers 503, if it does.
+    fn not_ready_because(&self) -> Option<&'static str> {
+        if self.stopping.load(Ordering::Acquire) {
+            Some("shutting down")
+        } else if !self.policies.load(Ordering::Acquire) {
+            Some("policies not loaded yet")
+        } else if !self.certificate.load(Ordering::Acquire) {
+            Some("serving certificate not loaded yet")
+        } else {
+            None
+        }
     }
 
     /// The policy set reflects every watched kind; returns whether it already did.
@@ -84,10 +95,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.is_ready() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "policies not loaded yet").into_response()
+    match state.ready.not_ready_because() {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     }
 }
 

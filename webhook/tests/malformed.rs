@@ -237,10 +237,28 @@ async fn health_and_readiness() {
         StatusCode::OK
     );
     ready.stopping();
-    assert_eq!(
-        app.clone().oneshot(get("/readyz")).await.unwrap().status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    let response = app.clone().oneshot(get("/readyz")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.as_ref(), b"shutting down", "the 503 says why");
+
+    // A replica whose certificate is not loaded yet says so.
+    let waiting = portcullis_webhook::server::Readiness::default();
+    waiting.policies_synced();
+    let app_waiting = router(portcullis_webhook::server::AppState {
+        ready: waiting,
+        ..common::state(&[])
+    });
+    let body = app_waiting
+        .oneshot(get("/readyz"))
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body.as_ref(), b"serving certificate not loaded yet");
     assert_eq!(
         app.oneshot(get("/validate")).await.unwrap().status(),
         StatusCode::METHOD_NOT_ALLOWED
