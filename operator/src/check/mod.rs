@@ -243,14 +243,15 @@ impl ScanResults for ScanIndex {
     }
 }
 
+/// Trivy reports: the file given, or the `.json` files under a directory (recursively,
+/// as manifests are found).
 fn json_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
-    if std::fs::metadata(path)?.is_file() {
-        return Ok(vec![path.to_owned()]);
+    let files = manifests::find_files(path)?;
+    if files.len() == 1 && files[0] == path {
+        return Ok(files);
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
+    Ok(files
+        .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    Ok(files)
+        .collect())
 }
