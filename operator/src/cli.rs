@@ -47,6 +47,36 @@ pub struct ServeArgs {
     /// Serving certificate.
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Scan results.
+    #[command(flatten)]
+    pub scan: ScanArgs,
+}
+
+/// The scan-result cache and lookups.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Directory of the on-disk scan cache (results survive restarts and outages);
+    /// without it results are kept in memory only.
+    #[arg(long, env = "PORTCULLIS_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most scan results (and as many tag digests) held in memory.
+    #[arg(long, env = "PORTCULLIS_CACHE_ENTRIES", default_value_t = 200_000)]
+    pub cache_entries: u64,
+    /// The most time one admission request waits for missing scan results, in total
+    /// (each backend call is also bounded by its integration's timeout).
+    #[arg(long, env = "PORTCULLIS_SCAN_DEADLINE", default_value = "3s", value_parser = parse_duration)]
+    pub scan_deadline: Duration,
+}
+
+impl ScanArgs {
+    /// The scan service's settings.
+    pub fn settings(&self) -> portcullis_webhook::scan::ScanSettings {
+        portcullis_webhook::scan::ScanSettings {
+            cache_dir: self.cache_dir.clone(),
+            capacity: self.cache_entries,
+            deadline: self.scan_deadline,
+        }
+    }
 }
 
 /// `portcullis run`.
@@ -89,6 +119,9 @@ pub struct RunArgs {
     /// Serving certificate.
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Scan results.
+    #[command(flatten)]
+    pub scan: ScanArgs,
 }
 
 /// The serving certificate: files, or a generated self-signed CA.

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use portcullis_webhook::policy::PolicySet;
-use portcullis_webhook::scan::NoScanResults;
+use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{self, AppState, Readiness};
 
 use crate::cli::ServeArgs;
@@ -84,14 +84,21 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn publish(dir: &PolicyDir, shared: &ArcSwap<PolicySet>, parse_errors: &[String]) {
+fn publish(
+    dir: &PolicyDir,
+    shared: &ArcSwap<PolicySet>,
+    scans: &ScanService,
+    parse_errors: &[String],
+) {
     let loaded = dir.build();
+    scans.credentials().replace(loaded.secrets);
     for problem in parse_errors.iter().chain(&loaded.problems) {
         tracing::error!("{problem}");
     }
     tracing::info!(
         policies = loaded.set.policies().len(),
         integrations = loaded.set.integrations().len(),
+        secrets = scans.credentials().len(),
         left_out = loaded.problems.len(),
         "policy set loaded"
     );
@@ -103,7 +110,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut dir = PolicyDir::new(args.policies.clone());
     let (_, parse_errors) = dir.refresh()?;
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
-    publish(&dir, &shared, &parse_errors);
+    let scans = ScanService::new(&args.scan.settings()).context("opening the scan cache")?;
+    publish(&dir, &shared, &scans, &parse_errors);
 
     // Bind before writing any generated certificate: a second instance that cannot
     // bind must not overwrite the CA of the one that is serving.
@@ -119,13 +127,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!("portcullis: serving https://{addr}/validate");
 
     let reload_shared = shared.clone();
+    let reload_scans = scans.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(args.reload_interval.max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             match dir.refresh() {
-                Ok((true, errors)) => publish(&dir, &reload_shared, &errors),
+                Ok((true, errors)) => publish(&dir, &reload_shared, &reload_scans, &errors),
                 Ok((false, _)) => {}
                 Err(error) => tracing::error!("{error:#}; the current policies keep enforcing"),
             }
@@ -133,17 +142,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let state = AppState {
         policies: shared,
-        scans: Arc::new(NoScanResults),
+        scans: scans.clone(),
         ready: Readiness::ready_now(),
     };
-    server::serve(
+    let served = server::serve(
         listener,
         tls,
         server::router(state),
         crate::shutdown_signal(),
     )
     .await
-    .context("webhook server")
+    .context("webhook server");
+    scans.cache().flush();
+    served
 }
 
 #[cfg(test)]

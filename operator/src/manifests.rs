@@ -5,8 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use base64::Engine;
 use portcullis_crds::{ContainerPolicy, RegistryIntegration};
 use portcullis_webhook::policy::{PolicySet, compile, compile_integration, join_errors};
+use portcullis_webhook::scan::credentials::{
+    DOCKER_CONFIG_JSON_KEY, DOCKER_CONFIG_JSON_TYPE, DockerConfig,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -40,6 +44,8 @@ pub enum Manifest {
     Integration(RegistryIntegration),
     /// A Namespace: its name and labels.
     Namespace(String, BTreeMap<String, String>),
+    /// A `kubernetes.io/dockerconfigjson` Secret (local mode's registry credentials).
+    Secret(String, Arc<DockerConfig>),
     /// Any other object (workloads, for `check`), as read.
     Object(Value),
 }
@@ -99,6 +105,7 @@ fn collect(location: String, doc: Value, out: &mut Vec<Document>) {
             strict::<RegistryIntegration>(&doc).map(Manifest::Integration)
         }
         ("", "Namespace") => namespace(&doc),
+        ("", "Secret") => secret(&doc),
         _ if api_version.is_empty() || kind.is_empty() => {
             Err("not a Kubernetes object: apiVersion or kind is missing".to_owned())
         }
@@ -119,6 +126,37 @@ fn namespace(doc: &Value) -> Result<Manifest, String> {
             .map_err(|e| format!("Namespace {name:?}: metadata.labels: {e}"))?,
     };
     Ok(Manifest::Namespace(name.to_owned(), labels))
+}
+
+/// A pull-credentials Secret: `data` (base64) or `stringData` `.dockerconfigjson`.
+/// Errors never quote the Secret's contents.
+fn secret(doc: &Value) -> Result<Manifest, String> {
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .ok_or("Secret: metadata.name is required")?;
+    let type_ = doc.get("type").and_then(Value::as_str).unwrap_or_default();
+    if type_ != DOCKER_CONFIG_JSON_TYPE {
+        return Err(format!(
+            "Secret {name:?}: type is {type_:?}; only {DOCKER_CONFIG_JSON_TYPE} Secrets are read"
+        ));
+    }
+    let json = match (
+        doc.pointer(&format!("/stringData/{DOCKER_CONFIG_JSON_KEY}")),
+        doc.pointer(&format!("/data/{DOCKER_CONFIG_JSON_KEY}")),
+    ) {
+        (Some(Value::String(text)), _) => text.clone().into_bytes(),
+        (_, Some(Value::String(encoded))) => base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| format!("Secret {name:?}: data.{DOCKER_CONFIG_JSON_KEY} is not base64"))?,
+        _ => {
+            return Err(format!(
+                "Secret {name:?}: data.{DOCKER_CONFIG_JSON_KEY} (or stringData) is required"
+            ));
+        }
+    };
+    let config = DockerConfig::parse(&json).map_err(|e| format!("Secret {name:?}: {e}"))?;
+    Ok(Manifest::Secret(name.to_owned(), Arc::new(config)))
 }
 
 /// Decodes one of our kinds, naming the field of any type error, and rejects fields the
@@ -176,6 +214,8 @@ pub struct Loaded {
     pub set: PolicySet,
     /// Each object left out, with its location and field errors.
     pub problems: Vec<String>,
+    /// Pull-credential Secrets by name.
+    pub secrets: HashMap<String, Arc<DockerConfig>>,
 }
 
 /// Compiles the policies, integrations and namespaces among `documents` (other objects
@@ -186,6 +226,7 @@ pub fn build_set<'d>(documents: impl IntoIterator<Item = &'d Document>) -> Loade
     let mut policies = BTreeMap::new();
     let mut integrations = BTreeMap::new();
     let mut namespaces = HashMap::new();
+    let mut secrets = HashMap::new();
     for (location, document) in documents {
         let manifest = match document {
             Ok(manifest) => manifest,
@@ -222,6 +263,13 @@ pub fn build_set<'d>(documents: impl IntoIterator<Item = &'d Document>) -> Loade
             Manifest::Namespace(name, labels) => {
                 drop(namespaces.insert(name.clone(), labels.clone()))
             }
+            Manifest::Secret(name, config) => {
+                if secrets.insert(name.clone(), config.clone()).is_some() {
+                    problems.push(format!(
+                        "{location}: Secret {name:?} is defined twice; the last one counts"
+                    ));
+                }
+            }
             Manifest::Object(_) => {}
         }
     }
@@ -230,7 +278,11 @@ pub fn build_set<'d>(documents: impl IntoIterator<Item = &'d Document>) -> Loade
         integrations.into_values(),
         Arc::new(namespaces),
     );
-    Loaded { set, problems }
+    Loaded {
+        set,
+        problems,
+        secrets,
+    }
 }
 
 /// Keeps the first valid definition of each name; reports duplicates and field errors.

@@ -9,7 +9,7 @@ use kube::Client;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 use portcullis_webhook::policy::PolicySet;
-use portcullis_webhook::scan::NoScanResults;
+use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{self, AppState, Readiness};
 use portcullis_webhook::tls::{CertStore, certified_key, generate, server_config};
 use tokio::task::JoinHandle;
@@ -78,7 +78,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
         policies: shared,
-        scans: Arc::new(NoScanResults),
+        scans: ScanService::in_memory(),
         ready: ready.clone(),
     };
     let mut webhook = tokio::spawn(server::serve(listener, tls, server::router(state), async {

@@ -164,7 +164,7 @@ async fn replicas_serve_the_rotated_secret_and_clients_never_fail() {
     let addr = listener.local_addr().unwrap();
     let state = server::AppState {
         policies: Arc::new(arc_swap::ArcSwap::from_pointee(Default::default())),
-        scans: Arc::new(portcullis_webhook::scan::NoScanResults),
+        scans: portcullis_webhook::scan::ScanService::in_memory(),
         ready: ready.clone(),
     };
     tokio::spawn(server::serve(

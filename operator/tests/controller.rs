@@ -15,7 +15,7 @@ use kube::runtime::events::Reporter;
 use portcullis::controller::{status, watch};
 use portcullis::metrics::Metrics;
 use portcullis_webhook::policy::{PolicySet, SharedPolicySet};
-use portcullis_webhook::scan::NoScanResults;
+use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{AppState, Readiness, router};
 use serde_json::{Value, json};
 use support::fake_api::{FakeApi, INTEGRATIONS, NAMESPACES, POLICIES};
@@ -238,7 +238,7 @@ async fn the_webhook_answer_changes_with_the_policies() {
     eventually("ready", || h.ready.is_ready()).await;
     let app = router(AppState {
         policies: h.shared.clone(),
-        scans: Arc::new(NoScanResults),
+        scans: ScanService::in_memory(),
         ready: h.ready.clone(),
     });
     let fixture = std::fs::read(

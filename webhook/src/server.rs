@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 
 use crate::admission::{self, Verdict};
 use crate::policy::SharedPolicySet;
-use crate::scan::ScanResults;
+use crate::scan::ScanService;
 
 /// Largest AdmissionReview accepted; the API server's own request limit is 3 MiB of
 /// object, and a review carries the object twice on UPDATE.
@@ -25,8 +25,8 @@ pub const MAX_BODY: usize = 7 * 1024 * 1024;
 pub struct AppState {
     /// The policy snapshot, loaded once per request.
     pub policies: SharedPolicySet,
-    /// Scan results the engine may consult.
-    pub scans: Arc<dyn ScanResults + Send + Sync>,
+    /// Scan results: the cache, and the backends behind it.
+    pub scans: Arc<ScanService>,
     /// What `/readyz` answers.
     pub ready: Readiness,
 }
@@ -111,7 +111,10 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
         }
     };
     let snapshot = state.policies.load();
-    let verdict = admission::evaluate(&request, &snapshot, state.scans.as_ref(), SystemTime::now());
+    let verdict = state
+        .scans
+        .evaluate(&request, &snapshot, SystemTime::now(), started)
+        .await;
     log_verdict(&request, &verdict, started);
     match serde_json::to_vec(&admission::respond(&request.uid, &verdict)) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),

@@ -29,6 +29,12 @@ pub struct TestServer {
 impl TestServer {
     /// Starts the webhook router for `state` on 127.0.0.1 with a fresh CA.
     pub async fn start(state: AppState) -> std::io::Result<Self> {
+        Self::start_router(server::router(state)).await
+    }
+
+    /// Serves any router (a simulated scanner, say) over HTTPS on 127.0.0.1 with a
+    /// fresh CA whose certificate is `certs.ca_pem`.
+    pub async fn start_router(router: axum::Router) -> std::io::Result<Self> {
         let certs =
             generate(&["localhost".into(), "127.0.0.1".into()]).map_err(std::io::Error::other)?;
         let key = certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes())
@@ -38,7 +44,7 @@ impl TestServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(server::serve(listener, tls, server::router(state), async {
+        tokio::spawn(server::serve(listener, tls, router, async {
             let _ = stopped.await;
         }));
         Ok(TestServer {

@@ -105,7 +105,7 @@ pub fn check(args: &CheckArgs, now: SystemTime) -> Result<CheckReport, Vec<Strin
                 now,
                 &mut report,
             ),
-            Ok(Manifest::Namespace(..)) => {}
+            Ok(Manifest::Namespace(..) | Manifest::Secret(..)) => {}
             Ok(Manifest::Policy(p)) => report.skip(
                 location,
                 "ContainerPolicy",

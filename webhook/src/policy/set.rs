@@ -55,10 +55,9 @@ impl PolicySet {
     }
 
     /// The first integration (by name) whose registries cover `repository`.
-    pub fn integration_for(&self, repository: &str) -> Option<&CompiledIntegration> {
+    pub fn integration_for(&self, repository: &str) -> Option<&Arc<CompiledIntegration>> {
         self.integrations
             .iter()
-            .map(AsRef::as_ref)
             .find(|i| crate::glob::any_match(&i.registries, repository))
     }
 

@@ -1,6 +1,15 @@
 //! Scan results as the engine sees them, and the lookup its caller fills.
 
+pub mod backend;
+pub mod breaker;
+pub mod cache;
+pub mod credentials;
+pub mod metrics;
+pub mod registry;
+pub mod service;
 pub mod trivy;
+
+pub use service::{Health, ScanService, ScanSettings};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod scanners;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use portcullis_crds::ContainerPolicySpec;
 use portcullis_webhook::policy::{CompiledIntegration, NamespaceLabels, PolicySet, compile};
-use portcullis_webhook::scan::NoScanResults;
+use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{AppState, Readiness};
 use serde_json::Value;
 
@@ -65,7 +67,7 @@ pub fn policy_set(policies: &[(&str, &str)]) -> PolicySet {
 pub fn state(policies: &[(&str, &str)]) -> AppState {
     AppState {
         policies: Arc::new(ArcSwap::from_pointee(policy_set(policies))),
-        scans: Arc::new(NoScanResults),
+        scans: ScanService::in_memory(),
         ready: Readiness::ready_now(),
     }
 }

@@ -1,0 +1,669 @@
+//! The scan service: what the webhook consults before deciding. A request first reads
+//! the in-memory cache only; images it lacks are fetched (tag → digest, then the
+//! scanner) within the webhook's deadline, one call per digest however many requests
+//! wait, behind a circuit breaker; stale results serve while a refresh runs behind.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
+use super::backend::harbor::Harbor;
+use super::backend::http::HttpScanner;
+use super::backend::trivy_operator::{ReportIndex, TrivyOperator};
+use super::backend::{Backend, BackendError, Outcome, Target};
+use super::breaker::{Admit, Breaker};
+use super::cache::{CacheError, CachedDigest, CachedScan, ScanCache};
+use super::credentials::{CredentialStore, DockerConfig};
+use super::metrics::ScanMetrics;
+use super::registry::{RegistryClient, Resolved};
+use super::{ScanResults, ScanStatus};
+use crate::admission::{self, Request, Verdict};
+use crate::image::ImageRef;
+use crate::policy::{CompiledIntegration, PolicySet, ScannerKind};
+
+/// How long "the scanner has no result" is believed before asking again.
+const NOT_FOUND_TTL: Duration = Duration::from_secs(300);
+/// How long "a scan is pending" is believed before asking again.
+const PENDING_TTL: Duration = Duration::from_secs(15);
+/// How long a tag's digest is used before it is resolved again (in the background).
+const TAG_TTL: Duration = Duration::from_secs(300);
+
+/// How the service is set up.
+#[derive(Debug, Clone)]
+pub struct ScanSettings {
+    /// Where the on-disk store lives; `None` keeps results in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Most scan results (and as many tags) held in memory.
+    pub capacity: u64,
+    /// The most time one admission request spends fetching missing results.
+    pub deadline: Duration,
+}
+
+impl Default for ScanSettings {
+    fn default() -> Self {
+        ScanSettings {
+            cache_dir: None,
+            capacity: 200_000,
+            deadline: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What one replica knows about an integration's backend, for its status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Whether the last call succeeded (`None`: not called yet).
+    pub reachable: Option<bool>,
+    /// When a call last succeeded.
+    pub last_contact: Option<SystemTime>,
+    /// The last failure, as logged (never shown in deny messages).
+    pub last_error: Option<String>,
+}
+
+/// Scan results for admission requests: cache, backends, registries.
+pub struct ScanService {
+    cache: ScanCache,
+    credentials: CredentialStore,
+    reports: Arc<ReportIndex>,
+    integrations: Mutex<HashMap<String, Arc<IntegrationState>>>,
+    scans_in_flight: Flights<Result<CachedScan, BackendError>>,
+    digests_in_flight: Flights<Result<CachedDigest, BackendError>>,
+    metrics: ScanMetrics,
+    deadline: Duration,
+}
+
+#[derive(Default)]
+struct IntegrationState {
+    breaker: Breaker,
+    health: Mutex<Health>,
+    connection: Mutex<Option<Arc<Connection>>>,
+}
+
+/// Clients built from one compiled spec and one version of its credentials.
+struct Connection {
+    spec: Arc<CompiledIntegration>,
+    credentials: Option<Arc<DockerConfig>>,
+    backend: Result<Arc<dyn Backend>, String>,
+    registries: Mutex<HashMap<String, Arc<RegistryClient>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ScanService {
+    /// A service with the given settings; opens and loads the disk store if any.
+    pub fn new(settings: &ScanSettings) -> Result<Arc<Self>, CacheError> {
+        let cache = match &settings.cache_dir {
+            None => ScanCache::in_memory(settings.capacity),
+            Some(dir) => {
+                let (cache, loaded) = ScanCache::open(dir, settings.capacity)?;
+                tracing::info!(loaded, dir = %dir.display(), "scan cache loaded");
+                cache
+            }
+        };
+        Ok(Arc::new(ScanService {
+            cache,
+            credentials: CredentialStore::default(),
+            reports: Arc::default(),
+            integrations: Mutex::default(),
+            scans_in_flight: Flights::default(),
+            digests_in_flight: Flights::default(),
+            metrics: ScanMetrics::default(),
+            deadline: settings.deadline,
+        }))
+    }
+
+    /// A memory-only service with default settings.
+    pub fn in_memory() -> Arc<Self> {
+        let settings = ScanSettings::default();
+        Arc::new(ScanService {
+            cache: ScanCache::in_memory(settings.capacity),
+            credentials: CredentialStore::default(),
+            reports: Arc::default(),
+            integrations: Mutex::default(),
+            scans_in_flight: Flights::default(),
+            digests_in_flight: Flights::default(),
+            metrics: ScanMetrics::default(),
+            deadline: settings.deadline,
+        })
+    }
+
+    /// The credential Secrets (filled by the Secret watch, or local mode's directory).
+    pub fn credentials(&self) -> &CredentialStore {
+        &self.credentials
+    }
+
+    /// The VulnerabilityReport index (filled by the trivy-operator watch).
+    pub fn reports(&self) -> &Arc<ReportIndex> {
+        &self.reports
+    }
+
+    /// The metrics, to register.
+    pub fn metrics(&self) -> &ScanMetrics {
+        &self.metrics
+    }
+
+    /// The cache (benchmarks fill it; shutdown flushes it).
+    pub fn cache(&self) -> &ScanCache {
+        &self.cache
+    }
+
+    /// What this replica knows about an integration's backend.
+    pub fn health(&self, integration: &str) -> Option<Health> {
+        let state = lock(&self.integrations).get(integration)?.clone();
+        Some(lock(&state.health).clone())
+    }
+
+    /// Decides a request: from memory when every needed result is cached, else after
+    /// fetching what is missing within the deadline measured from `started`.
+    pub async fn evaluate(
+        self: &Arc<Self>,
+        request: &Request<'_>,
+        set: &PolicySet,
+        now: SystemTime,
+        started: Instant,
+    ) -> Verdict {
+        let dry_run = request.dry_run == Some(true);
+        let no_failures = HashMap::new();
+        let (verdict, wanted) = self.pass(request, set, now, &no_failures, true);
+        let mut waits: Vec<Wanted> = Vec::new();
+        for want in wanted {
+            if !want.wait {
+                self.refresh(want, dry_run);
+            } else if !waits.iter().any(|w| w.image == want.image) {
+                waits.push(want);
+            }
+        }
+        if waits.is_empty() {
+            return verdict;
+        }
+        drop(verdict);
+        let deadline = tokio::time::Instant::from_std(started + self.deadline);
+        let fetched = futures::future::join_all(waits.into_iter().map(|want| async move {
+            let result = self.fetch_within(&want, deadline, dry_run).await;
+            result.err().map(|reason| (want.image.to_string(), reason))
+        }))
+        .await;
+        let failures: HashMap<String, Cow<'static, str>> = fetched.into_iter().flatten().collect();
+        self.pass(request, set, SystemTime::now(), &failures, false)
+            .0
+    }
+
+    fn pass(
+        &self,
+        request: &Request<'_>,
+        set: &PolicySet,
+        now: SystemTime,
+        failures: &HashMap<String, Cow<'static, str>>,
+        first: bool,
+    ) -> (Verdict, Vec<Wanted>) {
+        let view = View {
+            service: self,
+            set,
+            now,
+            failures,
+            first,
+            wanted: Mutex::default(),
+        };
+        let verdict = admission::evaluate(request, set, &view, now);
+        (
+            verdict,
+            view.wanted.into_inner().unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    fn state(&self, integration: &str) -> Arc<IntegrationState> {
+        lock(&self.integrations)
+            .entry(integration.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The clients for `spec`, rebuilt when the spec or its credentials changed.
+    fn connection(&self, spec: &Arc<CompiledIntegration>) -> Arc<Connection> {
+        let state = self.state(&spec.name);
+        let credentials = spec
+            .credentials_secret
+            .as_deref()
+            .and_then(|secret| self.credentials.get(secret));
+        let mut current = lock(&state.connection);
+        if let Some(connection) = current.as_ref()
+            && Arc::ptr_eq(&connection.spec, spec)
+            && match (&connection.credentials, &credentials) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        {
+            return connection.clone();
+        }
+        let connection = Arc::new(Connection::new(spec, credentials, &self.reports));
+        *current = Some(connection.clone());
+        connection
+    }
+
+    /// Waits for `want` until `deadline`, unless the breaker says the backend is down.
+    async fn fetch_within(
+        self: &Arc<Self>,
+        want: &Wanted,
+        deadline: tokio::time::Instant,
+        dry_run: bool,
+    ) -> Result<(), Cow<'static, str>> {
+        let state = self.state(&want.spec.name);
+        match state.breaker.admit(Instant::now()) {
+            Admit::Call => {}
+            Admit::Reject => return Err(unreachable(&want.spec)),
+            Admit::Probe => {
+                let service = self.clone();
+                let (spec, image) = (want.spec.clone(), want.image.clone());
+                tokio::spawn(async move { service.lookup(&spec, &image, dry_run).await });
+                return Err(unreachable(&want.spec));
+            }
+        }
+        match tokio::time::timeout_at(deadline, self.lookup(&want.spec, &want.image, dry_run)).await
+        {
+            Ok(result) => result,
+            Err(_) => Err(Cow::Owned(format!(
+                "RegistryIntegration {:?} did not answer within the webhook's deadline",
+                want.spec.name
+            ))),
+        }
+    }
+
+    /// Refreshes a stale entry in the background (unless the backend is known down).
+    fn refresh(self: &Arc<Self>, want: Wanted, dry_run: bool) {
+        if self.state(&want.spec.name).breaker.admit(Instant::now()) == Admit::Reject {
+            return;
+        }
+        let service = self.clone();
+        tokio::spawn(async move { service.lookup(&want.spec, &want.image, dry_run).await });
+    }
+
+    /// Makes sure the cache holds a fresh answer for `image` (tag, then scan).
+    async fn lookup(
+        self: &Arc<Self>,
+        spec: &Arc<CompiledIntegration>,
+        image: &ImageRef,
+        dry_run: bool,
+    ) -> Result<(), Cow<'static, str>> {
+        let now = SystemTime::now();
+        let digest = match (image.digest(), image.tag()) {
+            (Some(digest), _) => digest.to_owned(),
+            (None, tag) => {
+                let tag = tag.unwrap_or("latest");
+                let key = digest_key(spec, image.repository(), tag);
+                let cached = self
+                    .cache
+                    .digest(&key)
+                    .filter(|e| fresh(e.fetched_at, tag_ttl(spec), now));
+                let entry = match cached {
+                    Some(entry) => entry,
+                    None => self.resolve(spec, image, tag, key).await?,
+                };
+                match entry.resolved {
+                    Resolved::Digest(digest) => digest,
+                    Resolved::NotFound => return Ok(()),
+                }
+            }
+        };
+        let key = scan_key(spec, image.repository(), &digest);
+        if self
+            .cache
+            .scan(&key)
+            .is_some_and(|e| fresh(e.fetched_at, scan_ttl(spec, &e.outcome), now))
+        {
+            return Ok(());
+        }
+        self.scan(spec, image, digest, key, dry_run).await.map(drop)
+    }
+
+    async fn resolve(
+        self: &Arc<Self>,
+        spec: &Arc<CompiledIntegration>,
+        image: &ImageRef,
+        tag: &str,
+        key: String,
+    ) -> Result<CachedDigest, Cow<'static, str>> {
+        let service = self.clone();
+        let spec_owned = spec.clone();
+        let (registry, path, tag) = (
+            image.registry().to_owned(),
+            image.path().to_owned(),
+            tag.to_owned(),
+        );
+        let flight = self
+            .digests_in_flight
+            .join(&key.clone(), move || async move {
+                let connection = service.connection(&spec_owned);
+                let work = async {
+                    let client = connection.registry(&registry)?;
+                    client.resolve(&registry, &path, &tag).await
+                };
+                let result = service
+                    .call(&spec_owned, "resolve", work)
+                    .await
+                    .map(|resolved| CachedDigest {
+                        resolved,
+                        fetched_at: SystemTime::now(),
+                    });
+                if let Ok(entry) = &result {
+                    service.cache.put_digest(key.clone(), entry.clone());
+                }
+                service.digests_in_flight.done(&key);
+                result
+            });
+        match flight.await {
+            Some(Ok(entry)) => Ok(entry),
+            _ => Err(unreachable(spec)),
+        }
+    }
+
+    async fn scan(
+        self: &Arc<Self>,
+        spec: &Arc<CompiledIntegration>,
+        image: &ImageRef,
+        digest: String,
+        key: String,
+        dry_run: bool,
+    ) -> Result<CachedScan, Cow<'static, str>> {
+        let scan_on_demand = spec.scan_on_demand && !dry_run;
+        let service = self.clone();
+        let spec_owned = spec.clone();
+        let target = Target {
+            registry: image.registry().to_owned(),
+            path: image.path().to_owned(),
+            digest,
+        };
+        // A dry-run lookup never triggers a scan, so it does not stand in for one that may.
+        let flight_key = format!("{key}\n{scan_on_demand}");
+        let flight = self
+            .scans_in_flight
+            .join(&flight_key.clone(), move || async move {
+                let connection = service.connection(&spec_owned);
+                let work = async {
+                    let backend = connection.backend.clone().map_err(BackendError::Config)?;
+                    backend.fetch(&target, scan_on_demand).await
+                };
+                let result = service
+                    .call(&spec_owned, "scan", work)
+                    .await
+                    .map(|outcome| CachedScan {
+                        outcome,
+                        fetched_at: SystemTime::now(),
+                    });
+                if let Ok(entry) = &result {
+                    service.cache.put_scan(key, entry.clone());
+                }
+                service.scans_in_flight.done(&flight_key);
+                result
+            });
+        match flight.await {
+            Some(Ok(entry)) => Ok(entry),
+            _ => Err(unreachable(spec)),
+        }
+    }
+
+    /// Runs one backend or registry call under the integration's timeout, and records
+    /// its outcome in the breaker, the health and the metrics.
+    async fn call<T>(
+        &self,
+        spec: &CompiledIntegration,
+        what: &'static str,
+        work: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(spec.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::Timeout(spec.timeout)),
+        };
+        self.metrics
+            .call(&spec.name, what, started.elapsed().as_secs_f64());
+        let state = self.state(&spec.name);
+        let mut health = lock(&state.health);
+        match &result {
+            Ok(_) => {
+                state.breaker.success();
+                health.reachable = Some(true);
+                health.last_contact = Some(SystemTime::now());
+            }
+            Err(error) => {
+                state.breaker.failure(Instant::now());
+                self.metrics.error(&spec.name, what, error.label());
+                tracing::warn!(integration = %spec.name, call = what, %error, breaker_open = state.breaker.is_open(), "scan backend call failed");
+                health.reachable = Some(false);
+                health.last_error = Some(format!("{what}: {error}"));
+            }
+        }
+        result
+    }
+}
+
+impl Connection {
+    fn new(
+        spec: &Arc<CompiledIntegration>,
+        credentials: Option<Arc<DockerConfig>>,
+        reports: &Arc<ReportIndex>,
+    ) -> Self {
+        let login = |url: &str| {
+            let host = url
+                .parse::<axum::http::Uri>()
+                .ok()?
+                .authority()?
+                .as_str()
+                .to_ascii_lowercase();
+            credentials.as_ref()?.login_for(&host).cloned()
+        };
+        let backend: Result<Arc<dyn Backend>, String> = match &spec.scanner {
+            ScannerKind::Harbor(s) => {
+                Harbor::new(&s.url, s.ca_bundle.as_deref(), login(&s.url), spec.timeout)
+                    .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            }
+            ScannerKind::Http(s) => HttpScanner::new(&s.url, s.ca_bundle.as_deref(), spec.timeout)
+                .map(|b| Arc::new(b) as Arc<dyn Backend>),
+            ScannerKind::TrivyOperator => Ok(Arc::new(TrivyOperator::new(reports.clone()))),
+        };
+        Connection {
+            spec: spec.clone(),
+            credentials,
+            backend,
+            registries: Mutex::default(),
+        }
+    }
+
+    /// The registry client for `host`, with the integration's login for it.
+    fn registry(&self, host: &str) -> Result<Arc<RegistryClient>, BackendError> {
+        if let Some(secret) = &self.spec.credentials_secret
+            && self.credentials.is_none()
+        {
+            return Err(BackendError::Credentials(format!(
+                "Secret {secret:?} is missing from Portcullis's namespace or is not a valid {} Secret",
+                super::credentials::DOCKER_CONFIG_JSON_TYPE
+            )));
+        }
+        let login = self.credentials.as_ref().and_then(|c| c.login_for(host));
+        let mut clients = lock(&self.registries);
+        let client = clients.entry(host.to_owned()).or_insert_with(|| {
+            Arc::new(RegistryClient::new(
+                login,
+                self.spec.ca_bundle.as_deref(),
+                self.spec.plain_http,
+                self.spec.timeout,
+            ))
+        });
+        Ok(client.clone())
+    }
+}
+
+fn unreachable(spec: &CompiledIntegration) -> Cow<'static, str> {
+    Cow::Owned(format!(
+        "the scanner or registry of RegistryIntegration {:?} is unreachable",
+        spec.name
+    ))
+}
+
+fn digest_key(spec: &CompiledIntegration, repository: &str, tag: &str) -> String {
+    format!("{}\n{repository}:{tag}", spec.name)
+}
+
+fn scan_key(spec: &CompiledIntegration, repository: &str, digest: &str) -> String {
+    format!("{}\n{repository}@{digest}", spec.name)
+}
+
+fn tag_ttl(spec: &CompiledIntegration) -> Duration {
+    spec.cache_ttl.min(TAG_TTL)
+}
+
+fn scan_ttl(spec: &CompiledIntegration, outcome: &Outcome) -> Duration {
+    match outcome {
+        Outcome::Report(_) => spec.cache_ttl,
+        Outcome::NotFound => spec.cache_ttl.min(NOT_FOUND_TTL),
+        Outcome::Pending => spec.cache_ttl.min(PENDING_TTL),
+    }
+}
+
+/// Fresh while younger than `ttl` (a time in the future, from clock skew, is fresh).
+fn fresh(fetched_at: SystemTime, ttl: Duration, now: SystemTime) -> bool {
+    now.duration_since(fetched_at).is_ok_and(|age| age <= ttl) || fetched_at > now
+}
+
+/// An image a request needs: `wait` for a miss, else a stale entry to refresh.
+struct Wanted {
+    spec: Arc<CompiledIntegration>,
+    image: ImageRef,
+    wait: bool,
+}
+
+/// The cache as one pass of the engine sees it; records what it lacked.
+struct View<'a> {
+    service: &'a ScanService,
+    set: &'a PolicySet,
+    now: SystemTime,
+    failures: &'a HashMap<String, Cow<'static, str>>,
+    first: bool,
+    wanted: Mutex<Vec<Wanted>>,
+}
+
+impl View<'_> {
+    fn want(&self, spec: &Arc<CompiledIntegration>, image: &ImageRef, wait: bool) {
+        if self.first {
+            let result = if wait { "miss" } else { "stale" };
+            self.service.metrics.lookup(&spec.name, result);
+        }
+        lock(&self.wanted).push(Wanted {
+            spec: spec.clone(),
+            image: image.clone(),
+            wait,
+        });
+    }
+
+    fn miss(&self, spec: &Arc<CompiledIntegration>, image: &ImageRef) -> ScanStatus {
+        self.want(spec, image, true);
+        let reason = self.failures.get(&image.to_string()).cloned();
+        ScanStatus::Unavailable(reason.unwrap_or(Cow::Borrowed("no result was fetched in time")))
+    }
+}
+
+impl ScanResults for View<'_> {
+    fn lookup(&self, image: &ImageRef) -> ScanStatus {
+        let Some(spec) = self.set.integration_for(image.repository()) else {
+            return ScanStatus::Unavailable(Cow::Borrowed(
+                "no RegistryIntegration covers this image's registry",
+            ));
+        };
+        let cache = &self.service.cache;
+        let digest = match (image.digest(), image.tag()) {
+            (Some(digest), _) => Cow::Borrowed(digest),
+            (None, tag) => {
+                let key = digest_key(spec, image.repository(), tag.unwrap_or("latest"));
+                let Some(entry) = cache.digest(&key) else {
+                    return self.miss(spec, image);
+                };
+                let is_fresh = fresh(entry.fetched_at, tag_ttl(spec), self.now);
+                match entry.resolved {
+                    Resolved::Digest(digest) => {
+                        if !is_fresh {
+                            self.want(spec, image, false);
+                        }
+                        Cow::Owned(digest)
+                    }
+                    Resolved::NotFound if is_fresh => {
+                        return ScanStatus::Unavailable(Cow::Owned(format!(
+                            "the tag is not found in registry {}",
+                            image.registry()
+                        )));
+                    }
+                    Resolved::NotFound => return self.miss(spec, image),
+                }
+            }
+        };
+        let Some(entry) = cache.scan(&scan_key(spec, image.repository(), &digest)) else {
+            return self.miss(spec, image);
+        };
+        let is_fresh = fresh(entry.fetched_at, scan_ttl(spec, &entry.outcome), self.now);
+        match entry.outcome {
+            Outcome::Report(report) => {
+                if is_fresh {
+                    if self.first {
+                        self.service.metrics.lookup(&spec.name, "hit");
+                    }
+                } else {
+                    self.want(spec, image, false);
+                }
+                ScanStatus::Found(report)
+            }
+            _ if !is_fresh => self.miss(spec, image),
+            Outcome::NotFound => ScanStatus::Unavailable(Cow::Owned(format!(
+                "the scanner of RegistryIntegration {:?} has no result for {digest}",
+                spec.name
+            ))),
+            Outcome::Pending => ScanStatus::Unavailable(Cow::Owned(format!(
+                "a scan of {digest} is pending in RegistryIntegration {:?}",
+                spec.name
+            ))),
+        }
+    }
+}
+
+/// Calls in flight by key: the first caller starts a task, later ones share its result.
+/// The task runs to completion even if every caller stops waiting, so its result still
+/// lands in the cache.
+struct Flights<V: Clone> {
+    running: Mutex<HashMap<String, Shared<BoxFuture<'static, Option<V>>>>>,
+}
+
+impl<V: Clone> Default for Flights<V> {
+    fn default() -> Self {
+        Flights {
+            running: Mutex::default(),
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> Flights<V> {
+    /// Joins the call for `key`, starting it with `start` if none runs. The task must
+    /// call [`Self::done`] once its result is cached.
+    fn join<F>(&self, key: &str, start: impl FnOnce() -> F) -> Shared<BoxFuture<'static, Option<V>>>
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
+        let mut running = lock(&self.running);
+        if let Some(flight) = running.get(key) {
+            return flight.clone();
+        }
+        let task = tokio::spawn(start());
+        let flight = async move { task.await.ok() }.boxed().shared();
+        running.insert(key.to_owned(), flight.clone());
+        flight
+    }
+
+    fn done(&self, key: &str) {
+        lock(&self.running).remove(key);
+    }
+}
