@@ -113,6 +113,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Adds the scan service's metrics to the registry.
+    pub fn register_scans(&self, scans: &portcullis_webhook::scan::metrics::ScanMetrics) {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        scans.register(&mut registry);
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

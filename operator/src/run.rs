@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::certs::{self, CertSettings};
 use crate::cli::RunArgs;
-use crate::controller::{status, watch};
+use crate::controller::{scans as scan_inputs, status, watch};
 use crate::metrics::Metrics;
 
 /// The Lease the writers (status, certificates) are elected by.
@@ -58,6 +58,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (tls, cert_manager) = serving_certificate(&args, &client, &ready, &leader)?;
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
     let metrics = Arc::new(Metrics::default());
+    let scans = ScanService::new(&args.scan.settings()).context("opening the scan cache")?;
+    metrics.register_scans(scans.metrics());
+    tokio::spawn(scan_inputs::credentials(
+        client.clone(),
+        args.namespace.clone(),
+        scans.clone(),
+        metrics.clone(),
+    ));
+    tokio::spawn(scan_inputs::vulnerability_reports(
+        client.clone(),
+        shared.clone(),
+        scans.clone(),
+        metrics.clone(),
+    ));
     let reporter = Reporter {
         controller: "portcullis".into(),
         instance: Some(identity),
@@ -74,11 +88,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         reporter,
         metrics.clone(),
         leader.clone(),
+        scans.clone(),
     ));
     let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
         policies: shared,
-        scans: ScanService::in_memory(),
+        scans: scans.clone(),
         ready: ready.clone(),
     };
     let mut webhook = tokio::spawn(server::serve(listener, tls, server::router(state), async {
@@ -119,6 +134,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ready.stopping();
     let _ = stop_webhook.send(());
     let _ = webhook.await;
+    scans.cache().flush();
     // The lease task releases the lease once every receiver is gone, so the next leader
     // need not wait for it to expire: stop the writers holding one, then wait briefly.
     statuses.abort();

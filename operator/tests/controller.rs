@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use axum::body::Body;
 use http_body_util::BodyExt;
 use kube::runtime::events::Reporter;
-use portcullis::controller::{status, watch};
+use portcullis::controller::{scans as scan_inputs, status, watch};
 use portcullis::metrics::Metrics;
 use portcullis_webhook::policy::{PolicySet, SharedPolicySet};
 use portcullis_webhook::scan::ScanService;
@@ -26,6 +26,7 @@ struct Harness {
     shared: SharedPolicySet,
     ready: Readiness,
     metrics: Arc<Metrics>,
+    scans: Arc<ScanService>,
     _leader: tokio::sync::watch::Sender<bool>,
 }
 
@@ -54,12 +55,26 @@ impl Harness {
             instance: Some("test".into()),
         };
         let (leader, elected) = tokio::sync::watch::channel(true);
-        tokio::spawn(status::run(client, reporter, metrics.clone(), elected));
+        let scans = ScanService::in_memory();
+        tokio::spawn(scan_inputs::credentials(
+            client.clone(),
+            "portcullis-system".into(),
+            scans.clone(),
+            metrics.clone(),
+        ));
+        tokio::spawn(status::run(
+            client,
+            reporter,
+            metrics.clone(),
+            elected,
+            scans.clone(),
+        ));
         Harness {
             api,
             shared,
             ready,
             metrics,
+            scans,
             _leader: leader,
         }
     }
@@ -286,4 +301,81 @@ async fn the_webhook_answer_changes_with_the_policies() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+const SECRETS: &str = "/api/v1/namespaces/portcullis-system/secrets";
+
+fn condition(h: &Harness, name: &str, type_: &str) -> Value {
+    h.api.object(INTEGRATIONS, name)["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn integrations_report_missing_credentials_and_their_backend_until_the_secret_appears() {
+    let integration = json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "RegistryIntegration",
+        "metadata": {"name": "acme", "generation": 1},
+        "spec": {"registries": ["registry.acme.test/**"], "credentials": {"secretRef": {"name": "pull"}},
+                 "scanner": {"http": {"url": "https://scans.acme.test/reports"}}}
+    });
+    let h = Harness::start(&[(INTEGRATIONS, integration)]).await;
+    eventually("Ready=False CredentialsNotFound", || {
+        condition(&h, "acme", "Ready")["reason"] == "CredentialsNotFound"
+    })
+    .await;
+    assert!(
+        condition(&h, "acme", "Ready")["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"pull\" is missing")
+    );
+    let backend = condition(&h, "acme", "BackendReachable");
+    assert_eq!(
+        (backend["status"].as_str(), backend["reason"].as_str()),
+        (Some("Unknown"), Some("NotContacted"))
+    );
+    eventually("a CredentialsNotFound Event", || {
+        h.api
+            .events()
+            .iter()
+            .any(|e| e["reason"] == "CredentialsNotFound" && e["regarding"]["name"] == "acme")
+    })
+    .await;
+
+    // The Secret is created (as `kubectl create secret docker-registry` writes it).
+    let config = r#"{"auths":{"registry.acme.test":{"username":"ci","password":"s3cret"}}}"#;
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(config);
+    h.api.apply(
+        SECRETS,
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"name": "pull", "namespace": "portcullis-system"},
+            "data": {".dockerconfigjson": encoded}
+        }),
+    );
+    eventually("the credentials are indexed", || {
+        h.scans.credentials().get("pull").is_some()
+    })
+    .await;
+    let login = h.scans.credentials().get("pull").unwrap();
+    assert_eq!(
+        login.login_for("registry.acme.test").unwrap().username,
+        "ci"
+    );
+    // The status is rechecked on its own schedule; touching the object rechecks now.
+    let mut touched = h.api.object(INTEGRATIONS, "acme");
+    touched["metadata"]["generation"] = json!(2);
+    h.api.apply(INTEGRATIONS, touched);
+    eventually("Ready=True once the Secret exists", || {
+        condition(&h, "acme", "Ready")["status"] == "True"
+    })
+    .await;
+    h.api.delete(SECRETS, "pull");
+    eventually("a deleted Secret is forgotten", || {
+        h.scans.credentials().get("pull").is_none()
+    })
+    .await;
 }

@@ -127,21 +127,40 @@ async fn a_tagged_image_is_resolved_then_scanned_and_rotated_credentials_apply_w
         .replace("nginx:1.25", &image)
         .into_bytes();
     let decide = || async {
-        let answer = server.client().unwrap().post("/validate", body.clone()).await.unwrap();
+        let answer = server
+            .client()
+            .unwrap()
+            .post("/validate", body.clone())
+            .await
+            .unwrap();
         let response = common::response(&answer.body);
-        response["status"]["message"].as_str().unwrap_or_default().to_owned()
+        response["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     };
 
     // No Secret yet, then a Secret with an old password: the registry is not usable.
     let unreachable = "the scanner or registry of RegistryIntegration \"local\" is unreachable";
     assert!(decide().await.contains(unreachable));
-    scans.credentials().set("pull", Some(docker_config(&registry, "ci", "old")));
+    scans
+        .credentials()
+        .set("pull", Some(docker_config(&registry, "ci", "old")));
     assert!(decide().await.contains(unreachable));
     assert_eq!(sim.hits(), 0, "no digest, no scan lookup");
-    assert!(scans.health("local").unwrap().last_error.unwrap().contains("resolve"));
+    assert!(
+        scans
+            .health("local")
+            .unwrap()
+            .last_error
+            .unwrap()
+            .contains("resolve")
+    );
 
     // The Secret is rotated: the next request uses the new password.
-    scans.credentials().set("pull", Some(docker_config(&registry, "ci", "s3cret")));
+    scans
+        .credentials()
+        .set("pull", Some(docker_config(&registry, "ci", "s3cret")));
     let message = decide().await;
     assert!(
         message.contains(&format!("image {image} violates ContainerPolicy \"prod\": 1 high vulnerability (CVE-2024-9) exceeds maxSeverity Medium")),

@@ -74,11 +74,19 @@ fn review(fixture: &str, image: &str) -> Vec<u8> {
 /// Posts and returns (allowed, message, elapsed).
 async fn decide(server: &TestServer, body: Vec<u8>) -> (bool, String, Duration) {
     let started = Instant::now();
-    let answer = server.client().unwrap().post("/validate", body).await.unwrap();
+    let answer = server
+        .client()
+        .unwrap()
+        .post("/validate", body)
+        .await
+        .unwrap();
     let elapsed = started.elapsed();
     assert_eq!(answer.status, 200);
     let response = common::response(&answer.body);
-    let message = response["status"]["message"].as_str().unwrap_or_default().to_owned();
+    let message = response["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     (response["allowed"] == true, message, elapsed)
 }
 
@@ -99,7 +107,10 @@ async fn a_warm_cache_keeps_deciding_while_the_backend_hangs_then_dies() {
     for _ in 0..5 {
         let (allowed, again, elapsed) = decide(&server, body.clone()).await;
         assert!(!allowed && again == message, "{again}");
-        assert!(elapsed < TIMEOUT, "a stale result is served without waiting ({elapsed:?})");
+        assert!(
+            elapsed < TIMEOUT,
+            "a stale result is served without waiting ({elapsed:?})"
+        );
     }
     drop(scanner);
     for _ in 0..5 {
@@ -121,20 +132,26 @@ async fn a_cold_cache_with_the_backend_down_takes_the_unscanned_action_inside_th
     // opens; then it is not waited on at all.
     let deadline = ScanSettings::default().deadline;
     for _ in 0..3 {
-        let (allowed, message, elapsed) = decide(&server, review("validate-create-pod.json", IMAGE)).await;
+        let (allowed, message, elapsed) =
+            decide(&server, review("validate-create-pod.json", IMAGE)).await;
         assert!(!allowed && message.contains(unreachable), "{message}");
         assert!(elapsed >= TIMEOUT && elapsed < deadline, "{elapsed:?}");
     }
     let hits = sim.hits();
-    let (allowed, message, elapsed) = decide(&server, review("validate-create-pod.json", IMAGE)).await;
+    let (allowed, message, elapsed) =
+        decide(&server, review("validate-create-pod.json", IMAGE)).await;
     assert!(!allowed && message.contains(unreachable), "{message}");
-    assert!(elapsed < TIMEOUT / 2, "the open breaker answers at once ({elapsed:?})");
+    assert!(
+        elapsed < TIMEOUT / 2,
+        "the open breaker answers at once ({elapsed:?})"
+    );
     assert_eq!(sim.hits(), hits, "no call while the breaker is open");
 
     // Down (connection refused) with a fresh service: answered fast, same reason.
     drop(scanner);
     let server = webhook(policies(trivy_json_at(1), "24h"), ScanService::in_memory()).await;
-    let (allowed, message, elapsed) = decide(&server, review("validate-create-pod.json", IMAGE)).await;
+    let (allowed, message, elapsed) =
+        decide(&server, review("validate-create-pod.json", IMAGE)).await;
     assert!(!allowed && message.contains(unreachable), "{message}");
     assert!(elapsed < TIMEOUT, "{elapsed:?}");
 }
@@ -170,7 +187,11 @@ async fn after_a_restart_with_the_backend_down_verdicts_come_from_the_disk_cache
             break;
         }
     }
-    let server = webhook(policies(scanner_spec, "24h"), restarted.expect("the store reopens")).await;
+    let server = webhook(
+        policies(scanner_spec, "24h"),
+        restarted.expect("the store reopens"),
+    )
+    .await;
     let (allowed, again, _) = decide(&server, review("validate-create-pod.json", IMAGE)).await;
     assert!(!allowed && again == message, "{again}");
     assert_eq!(sim.hits(), 1, "the backend was not asked again");
@@ -181,10 +202,18 @@ async fn a_hundred_concurrent_requests_for_a_new_image_make_one_backend_call() {
     let sim = critical();
     sim.set_mode(Mode::Slow(Duration::from_millis(300)));
     let scanner = scanners::serve(scanners::trivy_json(sim.clone())).await;
-    let server = Arc::new(webhook(policies(trivy_json(&scanner), "24h"), ScanService::in_memory()).await);
+    let server = Arc::new(
+        webhook(
+            policies(trivy_json(&scanner), "24h"),
+            ScanService::in_memory(),
+        )
+        .await,
+    );
     let requests = (0..100).map(|_| {
         let server = server.clone();
-        tokio::spawn(async move { decide(&server, review("validate-create-pod.json", IMAGE)).await })
+        tokio::spawn(
+            async move { decide(&server, review("validate-create-pod.json", IMAGE)).await },
+        )
     });
     for answer in futures::future::join_all(requests).await {
         let (allowed, message, _) = answer.unwrap();
@@ -199,8 +228,12 @@ async fn dry_run_requests_never_trigger_a_scan() {
     let harbor = scanners::serve(scanners::harbor(sim.clone())).await;
     let spec = json!({"harbor": {"url": format!("https://localhost:{}", harbor.addr.port()), "caBundle": harbor.certs.ca_pem}});
     let server = webhook(policies(spec, "24h"), ScanService::in_memory()).await;
-    let (allowed, message, _) = decide(&server, review("validate-create-pod-dryrun.json", IMAGE)).await;
-    assert!(!allowed && message.contains("has no result for"), "{message}");
+    let (allowed, message, _) =
+        decide(&server, review("validate-create-pod-dryrun.json", IMAGE)).await;
+    assert!(
+        !allowed && message.contains("has no result for"),
+        "{message}"
+    );
     assert_eq!(sim.scan_requests.load(Ordering::SeqCst), 0);
 
     let server = webhook(policies(json!({"harbor": {"url": format!("https://localhost:{}", harbor.addr.port()), "caBundle": harbor.certs.ca_pem}}), "24h"), ScanService::in_memory()).await;

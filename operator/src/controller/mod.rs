@@ -1,6 +1,8 @@
 //! `portcullis run`'s controllers: the watches that feed the webhook's policy set, and
-//! the status writers.
+//! the status writers,
+//! and the cluster inputs of the scan service (credentials, VulnerabilityReports).
 
 pub mod index;
+pub mod scans;
 pub mod status;
 pub mod watch;

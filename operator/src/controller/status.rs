@@ -12,7 +12,9 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use portcullis_crds::{ContainerPolicy, RegistryIntegration};
-use portcullis_webhook::policy::{FieldError, compile, compile_integration, join_errors};
+use portcullis_webhook::policy::{compile, compile_integration, join_errors};
+use portcullis_webhook::scan::credentials::DOCKER_CONFIG_JSON_TYPE;
+use portcullis_webhook::scan::{Health, ScanService};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -23,6 +25,12 @@ pub const READY: &str = "Ready";
 /// The reason of `Ready=False` for a spec that does not validate.
 pub const INVALID_SPEC: &str = "InvalidSpec";
 const COMPILED: &str = "Compiled";
+/// The reason of `Ready=False` for an integration whose credentials Secret is missing.
+pub const CREDENTIALS_NOT_FOUND: &str = "CredentialsNotFound";
+/// The condition integrations report about their scanner and registries.
+pub const BACKEND_REACHABLE: &str = "BackendReachable";
+/// How often an integration's backend condition is refreshed.
+const BACKEND_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why a reconcile failed (retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +53,7 @@ struct Context {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     leader: watch::Receiver<bool>,
+    scans: Arc<ScanService>,
 }
 
 /// How often a replica that is not the leader looks again.
@@ -56,12 +65,14 @@ pub async fn run(
     reporter: Reporter,
     metrics: Arc<Metrics>,
     leader: watch::Receiver<bool>,
+    scans: Arc<ScanService>,
 ) {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         metrics,
         leader,
+        scans,
     });
     let policies = Controller::new(
         Api::<ContainerPolicy>::all(client.clone()),
@@ -78,37 +89,62 @@ pub async fn run(
     futures::join!(policies, integrations);
 }
 
-/// What the status writer needs from each kind: its spec's field errors and its
-/// current `observedGeneration` and conditions.
+/// What the status writer needs from each kind: why it is not Ready (if so), what this
+/// replica observed of its backend (integrations), and its current status.
 trait Reported {
-    fn spec_errors(&self) -> Option<Vec<FieldError>>;
-    fn reported(&self) -> (Option<i64>, &[Condition]);
+    /// `(reason, message)` of `Ready=False`, or `None` when ready.
+    fn problem(&self, scans: &ScanService) -> Option<(&'static str, String)>;
+    /// The backend's health as this replica saw it; `None` for kinds without one.
+    fn backend(&self, _scans: &ScanService) -> Option<Health> {
+        None
+    }
+    fn reported(&self) -> (Option<i64>, &[Condition], Option<&Time>);
 }
 
 impl Reported for ContainerPolicy {
-    fn spec_errors(&self) -> Option<Vec<FieldError>> {
-        compile(&self.name_any(), &self.spec).err()
+    fn problem(&self, _scans: &ScanService) -> Option<(&'static str, String)> {
+        let errors = compile(&self.name_any(), &self.spec).err()?;
+        Some((INVALID_SPEC, join_errors(&errors)))
     }
-    fn reported(&self) -> (Option<i64>, &[Condition]) {
-        self.status
-            .as_ref()
-            .map_or((None, &[]), |s| (s.observed_generation, &s.conditions))
+    fn reported(&self) -> (Option<i64>, &[Condition], Option<&Time>) {
+        self.status.as_ref().map_or((None, &[], None), |s| {
+            (s.observed_generation, &s.conditions, None)
+        })
     }
 }
 
 impl Reported for RegistryIntegration {
-    fn spec_errors(&self) -> Option<Vec<FieldError>> {
-        compile_integration(&self.name_any(), &self.spec).err()
+    fn problem(&self, scans: &ScanService) -> Option<(&'static str, String)> {
+        if let Err(errors) = compile_integration(&self.name_any(), &self.spec) {
+            return Some((INVALID_SPEC, join_errors(&errors)));
+        }
+        let secret = &self.spec.credentials.as_ref()?.secret_ref.name;
+        scans.credentials().get(secret).is_none().then(|| {
+            (
+                CREDENTIALS_NOT_FOUND,
+                format!(
+                    "credentials Secret {secret:?} is missing from Portcullis's namespace, or is not a valid {DOCKER_CONFIG_JSON_TYPE} Secret"
+                ),
+            )
+        })
     }
-    fn reported(&self) -> (Option<i64>, &[Condition]) {
-        self.status
-            .as_ref()
-            .map_or((None, &[]), |s| (s.observed_generation, &s.conditions))
+    fn backend(&self, scans: &ScanService) -> Option<Health> {
+        Some(scans.health(&self.name_any()).unwrap_or_default())
+    }
+    fn reported(&self) -> (Option<i64>, &[Condition], Option<&Time>) {
+        self.status.as_ref().map_or((None, &[], None), |s| {
+            (
+                s.observed_generation,
+                &s.conditions,
+                s.last_contact_time.as_ref(),
+            )
+        })
     }
 }
 
-/// Patches status when it differs from what the spec deserves; publishes an Event when
-/// the object becomes (or stays, with new errors) invalid.
+/// Patches status when it differs from what the object deserves; publishes an Event
+/// when it becomes (or stays, with new errors) not Ready. Integrations are looked at
+/// again periodically, since their backend's health changes without any watch event.
 async fn reconcile<K>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error>
 where
     K: Reported
@@ -120,60 +156,127 @@ where
     if !*ctx.leader.borrow() {
         return Ok(Action::requeue(FOLLOWER_RECHECK));
     }
-    let errors = object.spec_errors();
-    let (observed, conditions) = object.reported();
+    let problem = object.problem(&ctx.scans);
+    let backend = object.backend(&ctx.scans);
+    let done = if backend.is_some() {
+        Action::requeue(BACKEND_RECHECK)
+    } else {
+        Action::await_change()
+    };
+    let (observed, conditions, reported_contact) = object.reported();
     let generation = object.meta().generation;
     let previous = conditions.iter().find(|c| c.type_ == READY);
-    let desired = ready_condition(errors.as_deref(), generation, previous);
-    if observed == generation && previous == Some(&desired) {
-        return Ok(Action::await_change());
+    let desired = ready_condition(problem.as_ref(), generation, previous);
+    let mut all: Vec<Condition> = vec![desired.clone()];
+    let mut last_contact = reported_contact.cloned();
+    if let Some(health) = &backend {
+        let previous = conditions.iter().find(|c| c.type_ == BACKEND_REACHABLE);
+        all.push(backend_condition(health, generation, previous));
+        if let Some(contact) = health
+            .last_contact
+            .and_then(|t| jiff::Timestamp::try_from(t).ok())
+        {
+            // metav1.Time has whole seconds.
+            last_contact = jiff::Timestamp::from_second(contact.as_second())
+                .ok()
+                .map(Time);
+        }
     }
-    let mut all: Vec<Condition> = conditions
-        .iter()
-        .filter(|c| c.type_ != READY)
-        .cloned()
-        .collect();
-    all.insert(0, desired.clone());
+    all.extend(
+        conditions
+            .iter()
+            .filter(|c| c.type_ != READY && c.type_ != BACKEND_REACHABLE)
+            .cloned(),
+    );
+    if observed == generation
+        && conditions == all.as_slice()
+        && last_contact.as_ref() == reported_contact
+    {
+        return Ok(done);
+    }
     let api: Api<K> = Api::all(ctx.client.clone());
-    let patch = json!({"status": {"observedGeneration": generation, "conditions": all}});
+    let mut status = json!({"observedGeneration": generation, "conditions": all});
+    if let Some(contact) = &last_contact {
+        status["lastContactTime"] = json!(contact);
+    }
     api.patch_status(
         &object.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(&patch),
+        &Patch::Merge(&json!({ "status": status })),
     )
     .await?;
-    if desired.status == "False" && previous.is_none_or(|p| p.message != desired.message) {
+    if let Some((reason, _)) = problem
+        && previous.is_none_or(|p| p.message != desired.message)
+    {
         let event = Event {
             type_: EventType::Warning,
-            reason: INVALID_SPEC.into(),
+            reason: reason.into(),
             note: Some(desired.message.clone()),
             action: "Validate".into(),
             secondary: None,
         };
         if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
-            tracing::warn!(%error, object = %object.name_any(), "could not publish the InvalidSpec event");
+            tracing::warn!(%error, object = %object.name_any(), reason, "could not publish the event");
         }
     }
-    Ok(Action::await_change())
+    Ok(done)
 }
 
-/// The `Ready` condition a spec deserves; the transition time moves only when the
+/// The `Ready` condition an object deserves; the transition time moves only when the
 /// status does.
 fn ready_condition(
-    errors: Option<&[FieldError]>,
+    problem: Option<&(&'static str, String)>,
     generation: Option<i64>,
     previous: Option<&Condition>,
 ) -> Condition {
-    let (status, reason, message) = match errors {
+    let (status, reason, message) = match problem {
         None => ("True", COMPILED, "compiled and enforced".to_owned()),
-        Some(errors) => ("False", INVALID_SPEC, join_errors(errors)),
+        Some((reason, message)) => ("False", *reason, message.clone()),
     };
+    condition(READY, status, reason, message, generation, previous)
+}
+
+/// `BackendReachable` from the last call this replica made to the scanner or registry.
+/// The error text is for operators: it names the call and the failure, never a secret.
+fn backend_condition(
+    health: &Health,
+    generation: Option<i64>,
+    previous: Option<&Condition>,
+) -> Condition {
+    let (status, reason, message) = match (health.reachable, &health.last_error) {
+        (Some(true), _) => ("True", "Answered", "the last call succeeded".to_owned()),
+        (Some(false), Some(error)) => ("False", "CallFailed", error.clone()),
+        (Some(false), None) => ("False", "CallFailed", "the last call failed".to_owned()),
+        (None, _) => (
+            "Unknown",
+            "NotContacted",
+            "no admission request has needed this backend since this replica started".to_owned(),
+        ),
+    };
+    condition(
+        BACKEND_REACHABLE,
+        status,
+        reason,
+        message,
+        generation,
+        previous,
+    )
+}
+
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: Option<&Condition>,
+) -> Condition {
     let last_transition_time = match previous {
         Some(p) if p.status == status => p.last_transition_time.clone(),
         _ => Time(jiff::Timestamp::now()),
     };
     Condition {
-        type_: READY.into(),
+        type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
         message,

@@ -63,13 +63,20 @@ impl Registry {
     /// Starts a registry over TLS; with `login`, htpasswd basic auth is required.
     pub fn start(login: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let certs = generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
         std::fs::write(dir.path().join("cert.pem"), &certs.cert_pem).unwrap();
         std::fs::write(dir.path().join("key.pem"), &certs.key_pem).unwrap();
         let mut auth = String::new();
         if let Some((user, pass)) = login {
-            let line = Command::new("htpasswd").args(["-Bbn", user, pass]).output().unwrap();
+            let line = Command::new("htpasswd")
+                .args(["-Bbn", user, pass])
+                .output()
+                .unwrap();
             assert!(line.status.success());
             std::fs::write(dir.path().join("htpasswd"), line.stdout).unwrap();
             auth = format!(
@@ -93,7 +100,10 @@ impl Registry {
             .unwrap();
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "the registry did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the registry did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Registry {
@@ -109,13 +119,27 @@ impl Registry {
     pub fn push(&self, name: &str, tag: &str) -> String {
         let work = tempfile::tempdir().unwrap();
         let layout = work.path().join("layout");
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/tools/make-oci-layout.sh");
-        let made = Command::new("sh").arg(script).arg(&layout).arg(tag).output().unwrap();
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/make-oci-layout.sh");
+        let made = Command::new("sh")
+            .arg(script)
+            .arg(&layout)
+            .arg(tag)
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
         let digest = String::from_utf8(made.stdout).unwrap().trim().to_owned();
         let mut copy = Command::new("skopeo");
-        copy.args(["--insecure-policy", "copy", "--dest-tls-verify=false", "--preserve-digests"]);
+        copy.args([
+            "--insecure-policy",
+            "copy",
+            "--dest-tls-verify=false",
+            "--preserve-digests",
+        ]);
         if let Some((user, pass)) = &self.login {
             copy.arg(format!("--dest-creds={user}:{pass}"));
         }
@@ -124,7 +148,11 @@ impl Registry {
             .arg(format!("docker://{}/{name}:{tag}", self.host))
             .output()
             .unwrap();
-        assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+        assert!(
+            pushed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&pushed.stderr)
+        );
         digest
     }
 }
