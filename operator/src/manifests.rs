@@ -398,4 +398,32 @@ mod tests {
             "{message}"
         );
     }
+
+    #[test]
+    fn reads_pull_secrets_and_names_what_is_wrong_without_their_contents() {
+        let docs = read_text(
+            "s.yaml",
+            "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/dockerconfigjson\nmetadata: {name: pull}\n\
+             stringData: {.dockerconfigjson: '{\"auths\":{\"r.example\":{\"username\":\"u\",\"password\":\"hunter2\"}}}'}\n---\n\
+             apiVersion: v1\nkind: Secret\ntype: kubernetes.io/dockerconfigjson\nmetadata: {name: b64}\n\
+             data: {.dockerconfigjson: eyJhdXRocyI6e319}\n---\n\
+             apiVersion: v1\nkind: Secret\ntype: Opaque\nmetadata: {name: other}\ndata: {password: aHVudGVyMg==}\n---\n\
+             apiVersion: v1\nkind: Secret\ntype: kubernetes.io/dockerconfigjson\nmetadata: {name: broken}\n\
+             stringData: {.dockerconfigjson: 'hunter2'}\n",
+        )
+        .unwrap();
+        let loaded = build_set(&docs);
+        assert_eq!(
+            loaded.secrets["pull"]
+                .login_for("r.example")
+                .unwrap()
+                .username,
+            "u"
+        );
+        assert!(loaded.secrets.contains_key("b64"));
+        assert_eq!(loaded.problems.len(), 2, "{:?}", loaded.problems);
+        assert!(loaded.problems[0].contains("Secret \"other\": type is \"Opaque\""));
+        assert!(loaded.problems[1].contains("Secret \"broken\""));
+        assert!(loaded.problems.iter().all(|p| !p.contains("hunter2")));
+    }
 }

@@ -23,6 +23,11 @@ impl Drop for Serve {
 
 /// Starts `portcullis serve` on an ephemeral port and returns it with its address.
 fn start(policies: &Path, certs: &Path) -> (Serve, SocketAddr) {
+    start_with(policies, certs, &[])
+}
+
+/// [`start`] with more flags.
+fn start_with(policies: &Path, certs: &Path, extra: &[&str]) -> (Serve, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args([
             "serve",
@@ -35,6 +40,7 @@ fn start(policies: &Path, certs: &Path) -> (Serve, SocketAddr) {
         .arg(policies)
         .arg("--self-signed-dir")
         .arg(certs)
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn portcullis");
@@ -214,4 +220,76 @@ async fn a_second_instance_on_a_taken_port_leaves_the_first_untouched() {
     );
     let client = TestClient::new(addr, &ca_before, &[&rustls::version::TLS13]).unwrap();
     assert_eq!(client.get("/healthz").await.unwrap().status, 200);
+}
+
+/// A digest-pinned image covered by a RegistryIntegration whose Trivy-JSON backend (a
+/// simulated one, `portcullis_webhook::testing::scanners`) is up for the first process
+/// and gone for the second: the second decides from the disk cache.
+#[tokio::test]
+async fn scan_results_survive_a_restart_with_the_scanner_down() {
+    use portcullis_webhook::testing::scanners::{self, Scan, Sim};
+    const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    let sim = Sim::with(&[(DIGEST, Scan::Done(vec![("CVE-2024-1", "Critical", "")]))]);
+    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
+    let policies = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let ca_bundle = serde_json::to_string(&scanner.certs.ca_pem).unwrap();
+    std::fs::write(
+        policies.path().join("scans.yaml"),
+        format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: ContainerPolicy\nmetadata: {{name: no-criticals}}\n\
+             spec: {{match: {{images: [\"registry.acme.test/**\"]}}, rules: {{vulnerabilities: {{maxCount: {{critical: 0}}, unscanned: Block}}}}}}\n---\n\
+             apiVersion: portcullis.dev/v1alpha1\nkind: RegistryIntegration\nmetadata: {{name: scans}}\n\
+             spec: {{registries: [\"registry.acme.test/**\"], timeout: 1s, scanner: {{http: {{url: \"https://localhost:{}/reports\", caBundle: {ca_bundle}}}}}}}\n",
+            scanner.addr.port()
+        ),
+    )
+    .unwrap();
+    let body = String::from_utf8(fixture("validate-create-pod.json"))
+        .unwrap()
+        .replace(
+            "nginx:1.25",
+            &format!("registry.acme.test/prod/api@{DIGEST}"),
+        )
+        .into_bytes();
+    let cache_dir = cache.path().to_str().unwrap();
+    let decide = |addr| {
+        let ca = std::fs::read_to_string(certs.path().join("ca.crt")).unwrap();
+        let body = body.clone();
+        async move {
+            let client = TestClient::new(addr, &ca, &[&rustls::version::TLS13]).unwrap();
+            let (ok, response) = allowed(&client, &body).await;
+            (
+                ok,
+                response["status"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }
+    };
+
+    let (mut first, addr) = start_with(policies.path(), certs.path(), &["--cache-dir", cache_dir]);
+    let (ok, message) = decide(addr).await;
+    assert!(
+        !ok && message
+            .contains("1 critical vulnerability (CVE-2024-1) exceeds maxCount.critical 0"),
+        "{message}"
+    );
+    // SIGTERM: the process drains, flushes the cache and exits.
+    let stopped = Command::new("kill")
+        .arg(first.0.id().to_string())
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(first.0.wait().unwrap().success(), "a clean exit on SIGTERM");
+    drop(scanner);
+
+    let (_second, addr) = start_with(policies.path(), certs.path(), &["--cache-dir", cache_dir]);
+    let (ok, again) = decide(addr).await;
+    assert!(!ok && again == message, "{again}");
+    assert_eq!(sim.hits(), 1);
 }

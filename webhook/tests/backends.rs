@@ -1,5 +1,5 @@
 //! Each scanner backend against a simulated server over HTTPS (see
-//! `common/scanners.rs` for the documented shapes they follow): found, not found,
+//! `portcullis_webhook::testing::scanners` for the documented shapes they follow): found, not found,
 //! pending, garbage, slow, down, huge, wrong digest.
 
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
@@ -8,11 +8,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::scanners::{self, Mode, Scan, Sim};
 use portcullis_crds::Severity;
 use portcullis_webhook::scan::backend::harbor::Harbor;
 use portcullis_webhook::scan::backend::http::HttpScanner;
 use portcullis_webhook::scan::backend::{Backend, BackendError, MAX_RESPONSE, Outcome, Target};
+use portcullis_webhook::testing::scanners::{self, Mode, Scan, Sim};
 
 const FOUND: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const PENDING: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -103,7 +103,9 @@ async fn common_cases(backend: &dyn Backend, sim: &Sim) {
 #[tokio::test]
 async fn harbor_v2_answers_found_not_found_pending_and_refuses_bad_answers() {
     let sim = sim();
-    let server = scanners::serve(scanners::harbor(sim.clone())).await;
+    let server = scanners::serve(scanners::harbor(sim.clone()))
+        .await
+        .unwrap();
     let url = format!("https://127.0.0.1:{}", server.addr.port());
     let harbor = Harbor::new(&url, Some(&server.certs.ca_pem), None, TIMEOUT).unwrap();
     common_cases(&harbor, &sim).await;
@@ -149,7 +151,9 @@ async fn harbor_v2_answers_found_not_found_pending_and_refuses_bad_answers() {
 #[tokio::test]
 async fn trivy_json_endpoint_answers_found_not_found_pending_and_refuses_bad_answers() {
     let sim = sim();
-    let server = scanners::serve(scanners::trivy_json(sim.clone())).await;
+    let server = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
     let url = format!("https://localhost:{}/reports/", server.addr.port());
     let http = HttpScanner::new(&url, Some(&server.certs.ca_pem), TIMEOUT).unwrap();
     common_cases(&http, &sim).await;
@@ -164,7 +168,9 @@ async fn trivy_json_endpoint_answers_found_not_found_pending_and_refuses_bad_ans
 #[tokio::test]
 async fn backends_trust_only_what_they_are_told_and_never_follow_redirects() {
     let sim = sim();
-    let server = scanners::serve(scanners::trivy_json(sim.clone())).await;
+    let server = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
     let url = format!("https://localhost:{}/reports", server.addr.port());
     // Without the private CA the certificate is not trusted.
     let untrusting = HttpScanner::new(&url, None, TIMEOUT).unwrap();
@@ -177,7 +183,8 @@ async fn backends_trust_only_what_they_are_told_and_never_follow_redirects() {
     let redirector = scanners::serve(axum::Router::new().fallback(|| async {
         axum::response::Redirect::temporary("https://elsewhere.example/reports")
     }))
-    .await;
+    .await
+    .unwrap();
     let redirecting = HttpScanner::new(
         &format!("https://localhost:{}/reports", redirector.addr.port()),
         Some(&redirector.certs.ca_pem),

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use common::registry::{self, Registry};
-use common::scanners::{self, Scan, Sim};
 use portcullis_crds::RegistryIntegrationSpec;
 use portcullis_webhook::policy::{PolicySet, compile, compile_integration};
 use portcullis_webhook::scan::ScanService;
@@ -20,6 +19,7 @@ use portcullis_webhook::scan::credentials::{DockerConfig, Login};
 use portcullis_webhook::scan::registry::{RegistryClient, Resolved};
 use portcullis_webhook::server::{AppState, Readiness};
 use portcullis_webhook::testing::TestServer;
+use portcullis_webhook::testing::scanners::{self, Scan, Sim};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,9 +94,11 @@ async fn a_tagged_image_is_resolved_then_scanned_and_rotated_credentials_apply_w
     let registry = Registry::start(Some(("ci", "s3cret")));
     let digest = registry.push("acme/api", "v1");
     let sim = Sim::with(&[(&digest, Scan::Done(vec![("CVE-2024-9", "High", "2.0")]))]);
-    let scanner = scanners::serve(scanners::trivy_json(sim.clone())).await;
+    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
     let policy = serde_json::from_value(json!({
-        "images": ["127.0.0.1:*/**"],
+        "match": {"images": ["127.0.0.1:*/**"]},
         "rules": {"vulnerabilities": {"maxSeverity": "Medium", "unscanned": "Block"}}
     }))
     .unwrap();

@@ -1,6 +1,6 @@
 //! Scan faults end to end through the webhook over HTTPS: a real captured Pod review
 //! whose image is covered by a RegistryIntegration with a simulated Trivy-JSON or Harbor
-//! backend (shapes in `common/scanners.rs`).
+//! backend (shapes in `portcullis_webhook::testing::scanners`).
 
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
@@ -11,12 +11,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use common::scanners::{self, Mode, Scan, Sim};
 use portcullis_crds::RegistryIntegrationSpec;
 use portcullis_webhook::policy::{PolicySet, compile, compile_integration};
 use portcullis_webhook::scan::{ScanService, ScanSettings};
 use portcullis_webhook::server::{AppState, Readiness};
 use portcullis_webhook::testing::TestServer;
+use portcullis_webhook::testing::scanners::{self, Mode, Scan, Sim};
 use serde_json::{Value, json};
 
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -31,7 +31,7 @@ fn critical() -> Arc<Sim> {
 /// One policy on registry.acme.test and one integration pointing at `scanner`.
 fn policies(scanner: Value, cache_ttl: &str) -> PolicySet {
     let policy = serde_json::from_value(json!({
-        "images": ["registry.acme.test/**"],
+        "match": {"images": ["registry.acme.test/**"]},
         "rules": {"vulnerabilities": {"maxCount": {"critical": 0}, "unscanned": "Block"}}
     }))
     .unwrap();
@@ -93,7 +93,9 @@ async fn decide(server: &TestServer, body: Vec<u8>) -> (bool, String, Duration) 
 #[tokio::test]
 async fn a_warm_cache_keeps_deciding_while_the_backend_hangs_then_dies() {
     let sim = critical();
-    let scanner = scanners::serve(scanners::trivy_json(sim.clone())).await;
+    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
     let set = policies(trivy_json(&scanner), "1s");
     let server = webhook(set, ScanService::in_memory()).await;
     let body = review("validate-create-pod.json", IMAGE);
@@ -123,7 +125,9 @@ async fn a_warm_cache_keeps_deciding_while_the_backend_hangs_then_dies() {
 #[tokio::test]
 async fn a_cold_cache_with_the_backend_down_takes_the_unscanned_action_inside_the_deadline() {
     let sim = critical();
-    let scanner = scanners::serve(scanners::trivy_json(sim.clone())).await;
+    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
     sim.set_mode(Mode::Slow(Duration::from_secs(30)));
     let set = policies(trivy_json(&scanner), "24h");
     let server = webhook(set, ScanService::in_memory()).await;
@@ -169,7 +173,9 @@ async fn after_a_restart_with_the_backend_down_verdicts_come_from_the_disk_cache
         ..ScanSettings::default()
     };
     let sim = critical();
-    let scanner = scanners::serve(scanners::trivy_json(sim.clone())).await;
+    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
     let scanner_spec = trivy_json(&scanner);
     let first = ScanService::new(&settings).unwrap();
     let server = webhook(policies(scanner_spec.clone(), "24h"), first.clone()).await;
@@ -201,7 +207,9 @@ async fn after_a_restart_with_the_backend_down_verdicts_come_from_the_disk_cache
 async fn a_hundred_concurrent_requests_for_a_new_image_make_one_backend_call() {
     let sim = critical();
     sim.set_mode(Mode::Slow(Duration::from_millis(300)));
-    let scanner = scanners::serve(scanners::trivy_json(sim.clone())).await;
+    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
     let server = Arc::new(
         webhook(
             policies(trivy_json(&scanner), "24h"),
@@ -225,7 +233,9 @@ async fn a_hundred_concurrent_requests_for_a_new_image_make_one_backend_call() {
 #[tokio::test]
 async fn dry_run_requests_never_trigger_a_scan() {
     let sim = Sim::with(&[(DIGEST, Scan::NotScanned)]);
-    let harbor = scanners::serve(scanners::harbor(sim.clone())).await;
+    let harbor = scanners::serve(scanners::harbor(sim.clone()))
+        .await
+        .unwrap();
     let spec = json!({"harbor": {"url": format!("https://localhost:{}", harbor.addr.port()), "caBundle": harbor.certs.ca_pem}});
     let server = webhook(policies(spec, "24h"), ScanService::in_memory()).await;
     let (allowed, message, _) =

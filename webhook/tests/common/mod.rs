@@ -3,7 +3,6 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod registry;
-pub mod scanners;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

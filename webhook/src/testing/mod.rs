@@ -1,5 +1,7 @@
 //! Test support (feature `testing`): the webhook on an ephemeral loopback port with a
-//! generated CA, and a minimal HTTPS client that trusts that CA.
+//! generated CA, a minimal HTTPS client that trusts that CA, and simulated scanners.
+
+pub mod scanners;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -12,19 +12,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::TestServer;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use portcullis_webhook::testing::TestServer;
 use serde_json::json;
 
+/// The Harbor report MIME type the simulator answers with.
 pub const MIME: &str = "application/vnd.security.vulnerability.report; version=1.1";
 
 /// How the simulated scanner misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Answers as the API does.
     Normal,
     /// Not JSON.
     Garbage,
@@ -50,7 +52,9 @@ pub enum Scan {
 /// Shared state of a simulated scanner; tests change it while it runs.
 #[derive(Default)]
 pub struct Sim {
+    /// The scans by digest.
     pub scans: Mutex<HashMap<String, Scan>>,
+    /// The current misbehaviour.
     pub mode: Mutex<Option<Mode>>,
     /// GETs answered (each backend call of a lookup counts).
     pub hits: AtomicUsize,
@@ -59,19 +63,22 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// A simulator holding `scans`.
     pub fn with(scans: &[(&str, Scan)]) -> Arc<Self> {
         let sim = Sim::default();
-        *sim.scans.lock().unwrap() = scans
+        *sim.scans.lock().unwrap_or_else(|e| e.into_inner()) = scans
             .iter()
             .map(|(d, s)| ((*d).to_owned(), s.clone()))
             .collect();
         Arc::new(sim)
     }
 
+    /// Changes how it answers from now on.
     pub fn set_mode(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = Some(mode);
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner()) = Some(mode);
     }
 
+    /// GETs answered so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
@@ -79,7 +86,11 @@ impl Sim {
     /// Counts the hit and applies the mode: `Some(response)` answers instead.
     async fn misbehave(&self) -> Option<Response> {
         self.hits.fetch_add(1, Ordering::SeqCst);
-        let mode = self.mode.lock().unwrap().unwrap_or(Mode::Normal);
+        let mode = self
+            .mode
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(Mode::Normal);
         match mode {
             Mode::Garbage => Some((StatusCode::OK, "<html>502 Bad Gateway</html>").into_response()),
             Mode::Slow(delay) => {
@@ -99,10 +110,11 @@ impl Sim {
     }
 
     fn wrong_digest(&self) -> bool {
-        *self.mode.lock().unwrap() == Some(Mode::WrongDigest)
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner()) == Some(Mode::WrongDigest)
     }
 }
 
+/// The digest a `WrongDigest` simulator names instead of the one asked for.
 pub const OTHER_DIGEST: &str =
     "sha256:9999999999999999999999999999999999999999999999999999999999999999";
 
@@ -131,7 +143,12 @@ async fn harbor_artifact(
     if let Some(response) = sim.misbehave().await {
         return response;
     }
-    let scan = sim.scans.lock().unwrap().get(&reference).cloned();
+    let scan = sim
+        .scans
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&reference)
+        .cloned();
     let Some(scan) = scan else {
         return (
             StatusCode::NOT_FOUND,
@@ -173,7 +190,12 @@ async fn harbor_vulnerabilities(
     if let Some(response) = sim.misbehave().await {
         return response;
     }
-    let scan = sim.scans.lock().unwrap().get(&reference).cloned();
+    let scan = sim
+        .scans
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&reference)
+        .cloned();
     let Some(Scan::Done(findings)) = scan else {
         return axum::Json(json!({})).into_response();
     };
@@ -198,7 +220,10 @@ async fn harbor_scan(
     Path((_project, _repository, reference)): Path<(String, String, String)>,
 ) -> StatusCode {
     sim.scan_requests.fetch_add(1, Ordering::SeqCst);
-    sim.scans.lock().unwrap().insert(reference, Scan::Pending);
+    sim.scans
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(reference, Scan::Pending);
     StatusCode::ACCEPTED
 }
 
@@ -213,7 +238,12 @@ async fn trivy_report(State(sim): State<Arc<Sim>>, Path(digest): Path<String>) -
     if let Some(response) = sim.misbehave().await {
         return response;
     }
-    let scan = sim.scans.lock().unwrap().get(&digest).cloned();
+    let scan = sim
+        .scans
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&digest)
+        .cloned();
     let findings = match scan {
         None | Some(Scan::NotScanned) => return StatusCode::NOT_FOUND.into_response(),
         Some(Scan::Pending) => return StatusCode::ACCEPTED.into_response(),
@@ -245,6 +275,6 @@ async fn trivy_report(State(sim): State<Arc<Sim>>, Path(digest): Path<String>) -
 }
 
 /// A simulated scanner served over HTTPS; its CA is `server.certs.ca_pem`.
-pub async fn serve(router: Router) -> TestServer {
-    TestServer::start_router(router).await.unwrap()
+pub async fn serve(router: Router) -> std::io::Result<TestServer> {
+    TestServer::start_router(router).await
 }
