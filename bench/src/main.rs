@@ -3,10 +3,13 @@
 //! - `echo --listen ADDR`: reads the body, answers a fixed `allowed: true` review.
 //! - `typed --listen ADDR`: deserializes the review into typed Kubernetes objects
 //!   (`AdmissionReview<Pod>`), answers `allowed: true` with the request's uid.
+//! - `fill --out DIR`: N policies and a scan cache of M results (memory benchmark).
 //! - `load --url URL --ca FILE --body FILE [--rate N]`: keep-alive HTTPS POSTs over
 //!   N connections, at saturation or at a fixed rate; prints throughput and latency
 //!   percentiles. At a fixed rate, latency counts from the intended send time, so a
 //!   server that falls behind is not hidden by the client waiting for it.
+
+mod fill;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +41,8 @@ enum Command {
     Typed(ServerArgs),
     /// The load client.
     Load(LoadArgs),
+    /// Writes N policies and fills a scan cache with M results (memory benchmark).
+    Fill(fill::FillArgs),
 }
 
 #[derive(clap::Args)]
@@ -97,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Typed(args) => serve(args, post(typed)).await,
             Command::Load(args) => load(args).await,
+            Command::Fill(args) => fill::fill(&args),
         }
     })
 }

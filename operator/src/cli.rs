@@ -61,7 +61,7 @@ pub struct ScanArgs {
     pub cache_dir: Option<PathBuf>,
     /// Most scan results (and as many tag digests) held in memory.
     #[arg(long, env = "PORTCULLIS_CACHE_ENTRIES", default_value_t = 200_000)]
-    pub cache_entries: u64,
+    pub cache_entries: usize,
     /// The most time one admission request waits for missing scan results, in total
     /// (each backend call is also bounded by its integration's timeout).
     #[arg(long, env = "PORTCULLIS_SCAN_DEADLINE", default_value = "3s", value_parser = parse_duration)]

@@ -15,7 +15,7 @@ use portcullis_crds::{ContainerPolicySpec, Severity};
 use portcullis_webhook::engine::{Subject, decide};
 use portcullis_webhook::image::ImageRef;
 use portcullis_webhook::policy::{CompiledIntegration, NamespaceLabels, PolicySet, compile};
-use portcullis_webhook::scan::{Finding, ScanReport, ScanResults, ScanStatus};
+use portcullis_webhook::scan::{Finding, ScanReport, ScanResults, ScanStatus, VulnId};
 use portcullis_webhook::workload::{PodSpec, WorkloadKind};
 use serde_json::json;
 
@@ -67,7 +67,7 @@ fn pod(containers: usize) -> (String, Cached) {
     let now = SystemTime::now();
     let findings = |i: usize| {
         (0..5).map(move |j| Finding {
-            id: format!("CVE-2024-{i}{j}"),
+            id: VulnId::new(&format!("CVE-2024-{i}{j}")),
             severity: Severity::Medium,
             fixable: j % 2 == 0,
         })

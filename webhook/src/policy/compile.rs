@@ -1,6 +1,6 @@
 //! `ContainerPolicySpec` → `CompiledPolicy`: the one validation every caller shares.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use portcullis_crds::{
@@ -9,6 +9,7 @@ use portcullis_crds::{
 
 use super::{Errors, FieldError, Selector};
 use crate::glob::Glob;
+use crate::scan::VulnId;
 use crate::workload::WorkloadKind;
 
 /// A validated policy, ready to evaluate.
@@ -50,10 +51,10 @@ pub struct VulnerabilityRule {
     pub max_count: [Option<u64>; 5],
     /// Count only fixable findings.
     pub fixable_only: bool,
-    /// IDs that violate when present (uppercase).
-    pub deny: BTreeSet<String>,
-    /// IDs never counted (uppercase).
-    pub ignore: BTreeSet<String>,
+    /// IDs that violate when present.
+    pub deny: HashSet<VulnId>,
+    /// IDs never counted.
+    pub ignore: HashSet<VulnId>,
     /// Older results count as none.
     pub max_scan_age: Option<Duration>,
     /// What no usable result does; `None` allows.
@@ -272,8 +273,8 @@ fn vulnerability_rule(
         max_severity: v.max_severity,
         max_count,
         fixable_only: v.fixable_only,
-        deny,
-        ignore,
+        deny: deny.iter().map(|id| VulnId::new(id)).collect(),
+        ignore: ignore.iter().map(|id| VulnId::new(id)).collect(),
         max_scan_age,
         unscanned,
     }
@@ -331,7 +332,7 @@ mod tests {
         let v = p.vulnerabilities.unwrap();
         assert_eq!(v.max_count[0], Some(0));
         assert_eq!(v.max_scan_age, Some(Duration::from_secs(168 * 3600)));
-        assert!(v.deny.contains("CVE-2021-44228"));
+        assert!(v.deny.contains(&VulnId::new("CVE-2021-44228")));
         assert_eq!(v.unscanned, Some(Action::Warn));
         assert_eq!(
             p.workload.unwrap().forbidden_capabilities,

@@ -2,6 +2,7 @@
 //! path reads, without I/O) written through to an embedded store on disk (redb), which
 //! is loaded at start so decisions survive restarts and outages.
 
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backend::Outcome;
 use super::registry::Resolved;
-use super::{Finding, ScanReport};
+use super::{Finding, ScanReport, VulnId};
 
 const SCANS: TableDefinition<&str, &[u8]> = TableDefinition::new("scans");
 const DIGESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("digests");
@@ -21,6 +22,8 @@ const DIGESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("digests");
 pub const FILE_NAME: &str = "scan-cache.redb";
 /// Entries fetched longer ago than this are dropped from disk at start.
 const KEEP_ON_DISK: Duration = Duration::from_secs(30 * 24 * 3600);
+/// redb's page cache (its default is 1 GiB).
+const STORE_CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// Most writes committed in one transaction.
 const WRITE_BATCH: usize = 1024;
 
@@ -53,30 +56,39 @@ pub enum CacheError {
     Store(PathBuf, redb::Error),
 }
 
-/// The cache: memory first, disk behind it.
+/// The cache: memory first, disk behind it. In memory an entry is keyed by a 128-bit
+/// hash of its key under per-process random keys (a fraction of the key's size, and
+/// not collidable by someone choosing image names); on disk by the key itself.
 pub struct ScanCache {
-    scans: moka::sync::Cache<String, CachedScan>,
-    digests: moka::sync::Cache<String, CachedDigest>,
+    scans: quick_cache::sync::Cache<u128, CachedScan>,
+    digests: quick_cache::sync::Cache<u128, CachedDigest>,
+    hashers: (RandomState, RandomState),
     disk: Option<DiskWriter>,
 }
 
 impl ScanCache {
     /// A memory-only cache holding at most `capacity` scans (and as many tags).
-    pub fn in_memory(capacity: u64) -> Self {
+    pub fn in_memory(capacity: usize) -> Self {
         ScanCache {
-            scans: moka::sync::Cache::new(capacity),
-            digests: moka::sync::Cache::new(capacity),
+            scans: quick_cache::sync::Cache::new(capacity),
+            digests: quick_cache::sync::Cache::new(capacity),
+            hashers: (RandomState::new(), RandomState::new()),
             disk: None,
         }
     }
 
     /// Opens (or creates) the store in `dir` and loads what it holds into memory.
     /// Returns the cache and how many entries were loaded.
-    pub fn open(dir: &Path, capacity: u64) -> Result<(Self, usize), CacheError> {
+    pub fn open(dir: &Path, capacity: usize) -> Result<(Self, usize), CacheError> {
         std::fs::create_dir_all(dir).map_err(|e| CacheError::Directory(dir.to_owned(), e))?;
         let path = dir.join(FILE_NAME);
         let store_error = |e: redb::Error| CacheError::Store(path.clone(), e);
-        let db = Database::create(&path).map_err(|e| store_error(e.into()))?;
+        // redb caches pages it reads; everything is loaded into memory once, so its
+        // own cache only needs to serve the writer.
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| store_error(e.into()))?;
         let mut cache = ScanCache::in_memory(capacity);
         let loaded = load(&db, &cache).map_err(store_error)?;
         let (sender, receiver) = mpsc::channel();
@@ -88,30 +100,41 @@ impl ScanCache {
         Ok((cache, loaded))
     }
 
+    fn memory_key(&self, key: &str) -> u128 {
+        (u128::from(self.hashers.0.hash_one(key)) << 64) | u128::from(self.hashers.1.hash_one(key))
+    }
+
     /// A cached scan, from memory.
     pub fn scan(&self, key: &str) -> Option<CachedScan> {
-        self.scans.get(key)
+        self.scans.get(&self.memory_key(key))
     }
 
     /// A cached tag resolution, from memory.
     pub fn digest(&self, key: &str) -> Option<CachedDigest> {
-        self.digests.get(key)
+        self.digests.get(&self.memory_key(key))
     }
 
     /// Caches a scan answer, in memory now and on disk shortly.
     pub fn put_scan(&self, key: String, value: CachedScan) {
+        let value = CachedScan {
+            outcome: match value.outcome {
+                Outcome::Report(report) => Outcome::Report(report.without_digest()),
+                other => other,
+            },
+            ..value
+        };
+        self.scans.insert(self.memory_key(&key), value.clone());
         if let Some(disk) = &self.disk {
-            disk.send(Write::Scan(key.clone(), encode_scan(&value)));
+            disk.send(Write::Scan(key, encode_scan(&value)));
         }
-        self.scans.insert(key, value);
     }
 
     /// Caches a tag resolution, in memory now and on disk shortly.
     pub fn put_digest(&self, key: String, value: CachedDigest) {
+        self.digests.insert(self.memory_key(&key), value.clone());
         if let Some(disk) = &self.disk {
-            disk.send(Write::Digest(key.clone(), encode_digest(&value)));
+            disk.send(Write::Digest(key, encode_digest(&value)));
         }
-        self.digests.insert(key, value);
     }
 
     /// Waits until every write so far is committed to disk.
@@ -121,12 +144,6 @@ impl ScanCache {
             disk.send(Write::Flush(done));
             let _ = wait.recv_timeout(Duration::from_secs(10));
         }
-    }
-
-    /// Scans held in memory (approximate, as moka counts).
-    pub fn scan_count(&self) -> u64 {
-        self.scans.run_pending_tasks();
-        self.scans.entry_count()
     }
 }
 
@@ -212,11 +229,11 @@ fn load(db: &Database, cache: &ScanCache) -> Result<usize, redb::Error> {
             let kept = if is_scan {
                 decode_scan(value)
                     .filter(|v| v.fetched_at >= cutoff)
-                    .map(|v| cache.scans.insert(key.clone(), v))
+                    .map(|v| cache.scans.insert(cache.memory_key(&key), v))
             } else {
                 decode_digest(value)
                     .filter(|v| v.fetched_at >= cutoff)
-                    .map(|v| cache.digests.insert(key.clone(), v))
+                    .map(|v| cache.digests.insert(cache.memory_key(&key), v))
             };
             match kept {
                 Some(()) => loaded += 1,
@@ -243,21 +260,6 @@ fn load(db: &Database, cache: &ScanCache) -> Result<usize, redb::Error> {
     Ok(loaded)
 }
 
-/// On-disk form of a scan answer (compact JSON; IDs and severities as Trivy writes them).
-#[derive(Serialize, Deserialize)]
-struct StoredScan {
-    /// `report`, `notFound` or `pending`.
-    outcome: String,
-    fetched: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    scanned: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    digest: Option<String>,
-    /// `[id, severity, fixable]`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    findings: Vec<(String, Severity, bool)>,
-}
-
 #[derive(Serialize, Deserialize)]
 struct StoredDigest {
     /// The digest, or none when the tag was not found.
@@ -273,51 +275,76 @@ fn time(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
+/// On-disk form of a scan answer, read without allocating per finding (loading 100,000
+/// results must not leave the heap fragmented):
+/// `[1][outcome: 0 report, 1 not found, 2 pending][fetched: u64][scanned: u64]`
+/// then per finding `[severity: index in Severity::DESCENDING][fixable: 0|1][len: u16][ID]`,
+/// integers little-endian.
+const SCAN_FORMAT: u8 = 1;
+
 fn encode_scan(value: &CachedScan) -> Vec<u8> {
     let (outcome, report) = match &value.outcome {
-        Outcome::Report(report) => ("report", Some(report)),
-        Outcome::NotFound => ("notFound", None),
-        Outcome::Pending => ("pending", None),
+        Outcome::Report(report) => (0u8, Some(report)),
+        Outcome::NotFound => (1, None),
+        Outcome::Pending => (2, None),
     };
-    let stored = StoredScan {
-        outcome: outcome.into(),
-        fetched: secs(value.fetched_at),
-        scanned: report.map(|r| secs(r.scanned_at)),
-        digest: report.and_then(|r| r.digest.clone()),
-        findings: report
-            .map(|r| {
-                r.findings()
-                    .iter()
-                    .map(|f| (f.id.clone(), f.severity, f.fixable))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
-    serde_json::to_vec(&stored).unwrap_or_default()
+    let mut out = vec![SCAN_FORMAT, outcome];
+    out.extend_from_slice(&secs(value.fetched_at).to_le_bytes());
+    let scanned = report.map_or(0, |r| secs(r.scanned_at));
+    out.extend_from_slice(&scanned.to_le_bytes());
+    for finding in report.iter().flat_map(|r| r.findings()) {
+        let id = finding.id.as_str().as_bytes();
+        let Ok(len) = u16::try_from(id.len()) else {
+            continue;
+        };
+        let severity = Severity::DESCENDING
+            .iter()
+            .position(|s| *s == finding.severity)
+            .unwrap_or(4) as u8;
+        out.extend_from_slice(&[severity, u8::from(finding.fixable)]);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(id);
+    }
+    out
+}
+
+/// The first `n` bytes of `bytes`, advancing it.
+fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, tail) = bytes.split_at_checked(n)?;
+    *bytes = tail;
+    Some(head)
 }
 
 fn decode_scan(bytes: &[u8]) -> Option<CachedScan> {
-    let stored: StoredScan = serde_json::from_slice(bytes).ok()?;
-    let outcome = match stored.outcome.as_str() {
-        "report" => Outcome::Report(Arc::new(ScanReport::new(
-            stored.digest,
-            time(stored.scanned?),
-            stored
-                .findings
-                .into_iter()
-                .map(|(id, severity, fixable)| Finding {
-                    id,
-                    severity,
-                    fixable,
-                }),
-        ))),
-        "notFound" => Outcome::NotFound,
-        "pending" => Outcome::Pending,
+    let mut rest = bytes;
+    let header = take(&mut rest, 18)?;
+    if header[0] != SCAN_FORMAT {
+        return None;
+    }
+    let fetched = u64::from_le_bytes(header[2..10].try_into().ok()?);
+    let scanned = u64::from_le_bytes(header[10..18].try_into().ok()?);
+    let outcome = match header[1] {
+        0 => {
+            let mut findings = Vec::new();
+            while !rest.is_empty() {
+                let head = take(&mut rest, 4)?;
+                let len = u16::from_le_bytes([head[2], head[3]]) as usize;
+                let id = std::str::from_utf8(take(&mut rest, len)?).ok()?;
+                findings.push(Finding {
+                    id: VulnId::new(id),
+                    severity: *Severity::DESCENDING.get(head[0] as usize)?,
+                    fixable: head[1] == 1,
+                });
+            }
+            Outcome::Report(Arc::new(ScanReport::new(None, time(scanned), findings)))
+        }
+        1 => Outcome::NotFound,
+        2 => Outcome::Pending,
         _ => return None,
     };
     Some(CachedScan {
         outcome,
-        fetched_at: time(stored.fetched),
+        fetched_at: time(fetched),
     })
 }
 
@@ -351,7 +378,7 @@ mod tests {
                 Some("sha256:aa".into()),
                 time(1_700_000_000),
                 [Finding {
-                    id: "CVE-2024-1".into(),
+                    id: VulnId::new("CVE-2024-1"),
                     severity: Severity::Critical,
                     fixable: true,
                 }],
@@ -404,7 +431,7 @@ mod tests {
         else {
             panic!("the report survives");
         };
-        assert_eq!(r.findings()[0].id, "CVE-2024-1");
+        assert_eq!(r.findings()[0].id.as_str(), "CVE-2024-1");
         assert_eq!(r.scanned_at, time(1_700_000_000));
         assert!(matches!(
             cache.scan("i\nr/b@sha256:bb").unwrap().outcome,

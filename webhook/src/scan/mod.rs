@@ -8,11 +8,13 @@ pub mod metrics;
 pub mod registry;
 pub mod service;
 pub mod trivy;
+pub mod vuln_id;
 
 pub use service::{Health, ScanService, ScanSettings};
+pub use vuln_id::VulnId;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -21,10 +23,10 @@ use portcullis_crds::Severity;
 use crate::image::ImageRef;
 
 /// One known vulnerability of an image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finding {
-    /// The vulnerability ID (`CVE-2024-1`, `GHSA-…`), uppercase.
-    pub id: String,
+    /// The vulnerability ID (`CVE-2024-1`, `GHSA-…`).
+    pub id: VulnId,
     /// Its severity.
     pub severity: Severity,
     /// Whether a fixed version exists.
@@ -38,7 +40,7 @@ pub struct ScanReport {
     pub digest: Option<String>,
     /// When the scanner produced the result.
     pub scanned_at: SystemTime,
-    findings: Vec<Finding>,
+    findings: Box<[Finding]>,
 }
 
 impl ScanReport {
@@ -49,27 +51,41 @@ impl ScanReport {
         scanned_at: SystemTime,
         findings: impl IntoIterator<Item = Finding>,
     ) -> Self {
-        let mut by_id: BTreeMap<String, Finding> = BTreeMap::new();
-        for mut finding in findings {
-            finding.id.make_ascii_uppercase();
+        let mut by_id: HashMap<VulnId, Finding> = HashMap::new();
+        for finding in findings {
             by_id
-                .entry(finding.id.clone())
+                .entry(finding.id)
                 .and_modify(|f| {
                     f.severity = f.severity.max(finding.severity);
                     f.fixable |= finding.fixable;
                 })
                 .or_insert(finding);
         }
+        let mut findings: Vec<(&'static str, Finding)> =
+            by_id.into_values().map(|f| (f.id.as_str(), f)).collect();
+        findings.sort_unstable_by_key(|(id, _)| *id);
         ScanReport {
             digest,
             scanned_at,
-            findings: by_id.into_values().collect(),
+            findings: findings.into_iter().map(|(_, f)| f).collect(),
         }
     }
 
     /// The findings, sorted by ID.
     pub fn findings(&self) -> &[Finding] {
         &self.findings
+    }
+
+    /// The same report without its digest (the cache keys by digest already).
+    pub(crate) fn without_digest(self: Arc<Self>) -> Arc<Self> {
+        match self.digest {
+            None => self,
+            Some(_) => Arc::new(ScanReport {
+                digest: None,
+                scanned_at: self.scanned_at,
+                findings: self.findings.clone(),
+            }),
+        }
     }
 }
 

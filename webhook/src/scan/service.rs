@@ -22,7 +22,7 @@ use super::cache::{CacheError, CachedDigest, CachedScan, ScanCache};
 use super::credentials::{CredentialStore, DockerConfig};
 use super::metrics::ScanMetrics;
 use super::registry::{RegistryClient, Resolved};
-use super::{ScanResults, ScanStatus};
+use super::{ScanReport, ScanResults, ScanStatus};
 use crate::admission::{self, Request, Verdict};
 use crate::image::ImageRef;
 use crate::policy::{CompiledIntegration, PolicySet, ScannerKind};
@@ -40,7 +40,7 @@ pub struct ScanSettings {
     /// Where the on-disk store lives; `None` keeps results in memory only.
     pub cache_dir: Option<PathBuf>,
     /// Most scan results (and as many tags) held in memory.
-    pub capacity: u64,
+    pub capacity: usize,
     /// The most time one admission request spends fetching missing results.
     pub deadline: Duration,
 }
@@ -153,6 +153,35 @@ impl ScanService {
     /// The cache (benchmarks fill it; shutdown flushes it).
     pub fn cache(&self) -> &ScanCache {
         &self.cache
+    }
+
+    /// Records, as fetched now, that `repository:tag` points at `digest` for
+    /// `integration` (benchmarks and warm-up tooling fill the cache this way).
+    pub fn remember_digest(&self, integration: &str, repository: &str, tag: &str, digest: &str) {
+        self.cache.put_digest(
+            digest_key(integration, repository, tag),
+            CachedDigest {
+                resolved: Resolved::Digest(digest.to_owned()),
+                fetched_at: SystemTime::now(),
+            },
+        );
+    }
+
+    /// Records, as fetched now, the scan of `repository@digest` for `integration`.
+    pub fn remember_scan(
+        &self,
+        integration: &str,
+        repository: &str,
+        digest: &str,
+        report: Arc<ScanReport>,
+    ) {
+        self.cache.put_scan(
+            scan_key(integration, repository, digest),
+            CachedScan {
+                outcome: Outcome::Report(report),
+                fetched_at: SystemTime::now(),
+            },
+        );
     }
 
     /// What this replica knows about an integration's backend.
@@ -298,7 +327,7 @@ impl ScanService {
             (Some(digest), _) => digest.to_owned(),
             (None, tag) => {
                 let tag = tag.unwrap_or("latest");
-                let key = digest_key(spec, image.repository(), tag);
+                let key = digest_key(&spec.name, image.repository(), tag);
                 let cached = self
                     .cache
                     .digest(&key)
@@ -313,7 +342,7 @@ impl ScanService {
                 }
             }
         };
-        let key = scan_key(spec, image.repository(), &digest);
+        let key = scan_key(&spec.name, image.repository(), &digest);
         if self
             .cache
             .scan(&key)
@@ -508,12 +537,12 @@ fn unreachable(spec: &CompiledIntegration) -> Cow<'static, str> {
     ))
 }
 
-fn digest_key(spec: &CompiledIntegration, repository: &str, tag: &str) -> String {
-    format!("{}\n{repository}:{tag}", spec.name)
+fn digest_key(integration: &str, repository: &str, tag: &str) -> String {
+    format!("{integration}\n{repository}:{tag}")
 }
 
-fn scan_key(spec: &CompiledIntegration, repository: &str, digest: &str) -> String {
-    format!("{}\n{repository}@{digest}", spec.name)
+fn scan_key(integration: &str, repository: &str, digest: &str) -> String {
+    format!("{integration}\n{repository}@{digest}")
 }
 
 fn tag_ttl(spec: &CompiledIntegration) -> Duration {
@@ -581,7 +610,7 @@ impl ScanResults for View<'_> {
         let digest = match (image.digest(), image.tag()) {
             (Some(digest), _) => Cow::Borrowed(digest),
             (None, tag) => {
-                let key = digest_key(spec, image.repository(), tag.unwrap_or("latest"));
+                let key = digest_key(&spec.name, image.repository(), tag.unwrap_or("latest"));
                 let Some(entry) = cache.digest(&key) else {
                     return self.miss(spec, image);
                 };
@@ -603,7 +632,7 @@ impl ScanResults for View<'_> {
                 }
             }
         };
-        let Some(entry) = cache.scan(&scan_key(spec, image.repository(), &digest)) else {
+        let Some(entry) = cache.scan(&scan_key(&spec.name, image.repository(), &digest)) else {
             return self.miss(spec, image);
         };
         let is_fresh = fresh(entry.fetched_at, scan_ttl(spec, &entry.outcome), self.now);

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use portcullis_crds::Severity;
 use serde::Deserialize;
 
-use super::{Finding, ScanReport};
+use super::{Finding, ScanReport, VulnId};
 
 /// Why a document is not a usable Trivy report.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +102,7 @@ pub fn parse(json: &[u8], fallback: SystemTime) -> Result<TrivyReport, TrivyErro
         .map(|v| Finding {
             severity: severity(&v.severity),
             fixable: v.fixed_version.is_some_and(|f| !f.trim().is_empty()),
-            id: v.vulnerability_id,
+            id: VulnId::new(&v.vulnerability_id),
         });
     Ok(TrivyReport {
         artifact_name: report.artifact_name,

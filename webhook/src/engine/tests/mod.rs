@@ -8,7 +8,7 @@ use portcullis_crds::{ContainerPolicySpec, Severity};
 
 use super::*;
 use crate::policy::{CompiledIntegration, compile};
-use crate::scan::{Finding, ScanReport, ScanStatus};
+use crate::scan::{Finding, ScanReport, ScanStatus, VulnId};
 use crate::workload::PodSpec;
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -48,7 +48,7 @@ struct Scans(HashMap<String, Arc<ScanReport>>);
 impl Scans {
     fn with(mut self, image: &str, age: Duration, findings: &[(&str, Severity, bool)]) -> Self {
         let findings = findings.iter().map(|(id, severity, fixable)| Finding {
-            id: id.to_string(),
+            id: VulnId::new(id),
             severity: *severity,
             fixable: *fixable,
         });

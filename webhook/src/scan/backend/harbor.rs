@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{Backend, BackendError, Outcome, Target, decode, https_client, send_capped};
 use crate::scan::credentials::Login;
-use crate::scan::{Finding, ScanReport};
+use crate::scan::{Finding, ScanReport, VulnId};
 
 /// The report formats asked for, newest first (`X-Accept-Vulnerabilities`).
 const REPORT_MIME_TYPES: [&str; 2] = [
@@ -167,7 +167,7 @@ impl Harbor {
             None => fallback,
         };
         let findings = report.vulnerabilities.iter().flatten().map(|v| Finding {
-            id: v.id.clone(),
+            id: VulnId::new(&v.id),
             severity: severity(&v.severity),
             fixable: v
                 .fix_version

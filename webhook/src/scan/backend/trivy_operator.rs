@@ -12,7 +12,7 @@ use portcullis_crds::Severity;
 use serde::Deserialize;
 
 use super::{Backend, BackendError, Outcome, Target};
-use crate::scan::{Finding, ScanReport};
+use crate::scan::{Finding, ScanReport, VulnId};
 
 /// The API group, version and plural of the watched kind.
 pub const GROUP: &str = "aquasecurity.github.io";
@@ -83,7 +83,7 @@ pub fn parse_report(object: &serde_json::Value) -> Result<ScanReport, String> {
         .into_iter()
         .flatten()
         .map(|v| Finding {
-            id: v.vulnerability_id,
+            id: VulnId::new(&v.vulnerability_id),
             severity: match v.severity.as_str() {
                 "CRITICAL" => Severity::Critical,
                 "HIGH" => Severity::High,
@@ -274,9 +274,15 @@ mod tests {
         );
         index.replace([("team-a/a".to_owned(), old), ("team-b/b".to_owned(), new)]);
         assert!(index.is_synced());
-        assert_eq!(index.newest(DIGEST).unwrap().findings()[0].id, "CVE-2");
+        assert_eq!(
+            index.newest(DIGEST).unwrap().findings()[0].id.as_str(),
+            "CVE-2"
+        );
         index.delete("team-b/b");
-        assert_eq!(index.newest(DIGEST).unwrap().findings()[0].id, "CVE-1");
+        assert_eq!(
+            index.newest(DIGEST).unwrap().findings()[0].id.as_str(),
+            "CVE-1"
+        );
         index.delete("team-a/a");
         assert!(index.newest(DIGEST).is_none() && index.is_empty());
     }

@@ -1,0 +1,91 @@
+//! `fill`: a policy directory with N ContainerPolicies and one RegistryIntegration, and a
+//! scan cache with M results, for the memory benchmark and loads with cached results.
+//! The load body's five images (`ghcr.io/acme/svc-{0..4}:1.{n}.0`) resolve to cached
+//! digests, so a run against it decides from the cache without any backend.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use portcullis_crds::Severity;
+use portcullis_webhook::scan::{Finding, ScanReport, ScanService, ScanSettings, VulnId};
+
+/// The integration the cached results belong to.
+const INTEGRATION: &str = "bench-scans";
+/// Distinct vulnerability IDs findings are drawn from.
+const CVE_POOL: usize = 3000;
+
+#[derive(clap::Args)]
+pub struct FillArgs {
+    /// Output directory: `policies/` and `cache/` are written under it.
+    #[arg(long)]
+    out: PathBuf,
+    /// ContainerPolicies to write.
+    #[arg(long, default_value_t = 1000)]
+    policies: usize,
+    /// Scan results to cache (0–20 findings each, 10 on average).
+    #[arg(long, default_value_t = 100_000)]
+    scans: usize,
+}
+
+/// Writes the policies and fills the cache.
+pub fn fill(args: &FillArgs) -> anyhow::Result<()> {
+    let policies = args.out.join("policies");
+    std::fs::create_dir_all(&policies).context("creating the policy directory")?;
+    std::fs::write(policies.join("policies.yaml"), policy_yaml(args.policies))
+        .context("writing policies.yaml")?;
+    let service = ScanService::new(&ScanSettings {
+        cache_dir: Some(args.out.join("cache")),
+        capacity: args.scans * 2,
+        ..ScanSettings::default()
+    })?;
+    let scanned_at = SystemTime::now() - Duration::from_secs(3600);
+    for i in 0..args.scans {
+        let repository = format!("ghcr.io/acme/svc-{}", i % 5000);
+        let digest = format!("sha256:{i:064x}");
+        let findings = (0..i % 21).map(|k| Finding {
+            id: VulnId::new(&format!("CVE-2024-{}", (i * 7 + k * 13) % CVE_POOL)),
+            severity: Severity::DESCENDING[(i + k) % 5],
+            fixable: (i + k) % 3 == 0,
+        });
+        let report = ScanReport::new(Some(digest.clone()), scanned_at, findings);
+        service.remember_scan(INTEGRATION, &repository, &digest, Arc::new(report));
+        if i < 5 {
+            service.remember_digest(INTEGRATION, &repository, &format!("1.{i}.0"), &digest);
+        }
+    }
+    service.cache().flush();
+    println!(
+        "wrote {} policies to {} and {} scan results to {}",
+        args.policies,
+        policies.display(),
+        args.scans,
+        args.out.join("cache").display()
+    );
+    Ok(())
+}
+
+/// One in ten policies checks vulnerabilities of `ghcr.io/acme/**` (Warn); the rest are
+/// registry, tag and workload rules scoped to other namespaces.
+fn policy_yaml(count: usize) -> String {
+    let mut yaml = format!(
+        "apiVersion: portcullis.dev/v1alpha1\nkind: RegistryIntegration\nmetadata: {{name: {INTEGRATION}}}\n\
+         spec: {{registries: [\"ghcr.io/acme/**\"], scanner: {{http: {{url: \"https://scans.bench.invalid/reports\"}}}}}}\n"
+    );
+    for i in 0..count {
+        let spec = if i % 10 == 0 {
+            "{action: Warn, match: {images: [\"ghcr.io/acme/**\"]}, rules: {vulnerabilities: {maxCount: {critical: 0, high: 10}, maxScanAge: 168h, unscanned: Warn}}}".to_owned()
+        } else {
+            format!(
+                "{{match: {{namespaces: [\"team-{i}-*\"]}}, rules: {{registries: {{allow: [\"ghcr.io/team-{i}/**\"]}}, tags: {{denyLatest: true}}, workload: {{denyPrivileged: true}}}}}}"
+            )
+        };
+        let _ = write!(
+            yaml,
+            "---\napiVersion: portcullis.dev/v1alpha1\nkind: ContainerPolicy\nmetadata: {{name: policy-{i:04}}}\nspec: {spec}\n"
+        );
+    }
+    yaml
+}
