@@ -67,24 +67,36 @@ pub fn fill(args: &FillArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One in ten policies checks vulnerabilities of `ghcr.io/acme/**` (Warn); the rest are
-/// registry, tag and workload rules scoped to other namespaces.
+/// A multi-tenant cluster: ten cluster-wide policies (registries, tags, workload
+/// security, two vulnerability policies on `ghcr.io/acme/**`), and the rest scoped to
+/// one team's namespaces each (`team-N-*`), with the same mix of rules on that team's
+/// images. A Pod in `team-a` is checked against all of them and matched by the ten.
 fn policy_yaml(count: usize) -> String {
     let mut yaml = format!(
         "apiVersion: portcullis.dev/v1alpha1\nkind: RegistryIntegration\nmetadata: {{name: {INTEGRATION}}}\n\
          spec: {{registries: [\"ghcr.io/acme/**\"], scanner: {{http: {{url: \"https://scans.bench.invalid/reports\"}}}}}}\n"
     );
     for i in 0..count {
-        let spec = if i % 10 == 0 {
-            "{action: Warn, match: {images: [\"ghcr.io/acme/**\"]}, rules: {vulnerabilities: {maxCount: {critical: 0, high: 10}, maxScanAge: 168h, unscanned: Warn}}}".to_owned()
+        let (scope, images) = if i < 10 {
+            (String::new(), "ghcr.io/acme/**".to_owned())
         } else {
-            format!(
-                "{{match: {{namespaces: [\"team-{i}-*\"]}}, rules: {{registries: {{allow: [\"ghcr.io/team-{i}/**\"]}}, tags: {{denyLatest: true}}, workload: {{denyPrivileged: true}}}}}}"
+            (
+                format!("namespaces: [\"team-{i}-*\"], "),
+                format!("ghcr.io/team-{i}/**"),
             )
         };
+        let rules = match i % 5 {
+            0 => "vulnerabilities: {maxCount: {critical: 0, high: 10}, maxScanAge: 168h, unscanned: Warn}".to_owned(),
+            1 => format!("registries: {{allow: [\"{images}\", \"registry.k8s.io/**\"]}}"),
+            2 => "tags: {denyLatest: true}".to_owned(),
+            3 => "workload: {denyPrivileged: true, denyPrivilegeEscalation: true}".to_owned(),
+            _ => "vulnerabilities: {maxSeverity: Critical, deny: [\"CVE-2021-44228\"], unscanned: Warn}".to_owned(),
+        };
+        let action = if i % 5 == 0 { "Warn" } else { "Block" };
         let _ = write!(
             yaml,
-            "---\napiVersion: portcullis.dev/v1alpha1\nkind: ContainerPolicy\nmetadata: {{name: policy-{i:04}}}\nspec: {spec}\n"
+            "---\napiVersion: portcullis.dev/v1alpha1\nkind: ContainerPolicy\nmetadata: {{name: policy-{i:04}}}\n\
+             spec: {{action: {action}, match: {{{scope}images: [\"{images}\"]}}, rules: {{{rules}}}}}\n"
         );
     }
     yaml

@@ -164,6 +164,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         senders.push(sender);
     }
     let started = Instant::now();
+    let cpu_at_start = cpu_seconds();
     let end = started + Duration::from_secs(args.seconds);
     let interval = args
         .rate
@@ -214,8 +215,12 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
             .copied()
             .unwrap_or_default()
     };
+    let client_cpu = match (cpu_at_start, cpu_seconds()) {
+        (Some(a), Some(b)) => format!("{:.0}%", (b - a) / elapsed * 100.0),
+        _ => "?".into(),
+    };
     println!(
-        "requests {} in {elapsed:.1}s: {:.0} req/s, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        "requests {} in {elapsed:.1}s: {:.0} req/s, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}, client CPU {client_cpu}",
         latencies.len(),
         latencies.len() as f64 / elapsed,
         at(0.50),
@@ -224,4 +229,14 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         latencies.last().copied().unwrap_or_default()
     );
     Ok(())
+}
+
+/// This process's CPU time (user + system) from `/proc/self/stat`, in seconds, assuming
+/// Linux's 100 clock ticks per second. Above 90 % of a core the figure is client-bound.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesized command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }

@@ -132,7 +132,9 @@ fn log_verdict(request: &admission::Request<'_>, verdict: &Verdict, started: Ins
     let namespace = request.namespace.as_deref().unwrap_or_default();
     let label = verdict.label();
     match verdict {
-        Verdict::Decided(d) if !d.violations.is_empty() => {
+        Verdict::Decided(d)
+            if !d.violations.is_empty() && tracing::enabled!(tracing::Level::INFO) =>
+        {
             let rules: Vec<String> = d
                 .violations
                 .iter()

@@ -103,14 +103,14 @@ impl Decision {
 }
 
 fn lines<'a>(object: &str, violations: impl Iterator<Item = &'a Violation>) -> Vec<String> {
-    let all: Vec<String> = violations
-        .map(|v| format!("{object}: {}", v.describe()))
-        .collect();
+    let all: Vec<&Violation> = violations.collect();
+    let line = |v: &Violation| format!("{object}: {}", v.describe());
     if all.len() <= MAX_WARNINGS {
-        return all;
+        return all.into_iter().map(line).collect();
     }
+    // Only what is shown is formatted.
     let more = all.len() - (MAX_WARNINGS - 1);
-    let mut kept: Vec<String> = all.into_iter().take(MAX_WARNINGS - 1).collect();
+    let mut kept: Vec<String> = all[..MAX_WARNINGS - 1].iter().map(|v| line(v)).collect();
     kept.push(format!("{object}: and {more} more violations"));
     kept
 }

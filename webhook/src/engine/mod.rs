@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use crate::glob::any_match;
 use crate::image::ImageRef;
-use crate::policy::{CompiledPolicy, NamespaceLabels, PolicySet};
+use crate::policy::{CompiledPolicy, PolicySet};
 use crate::scan::ScanResults;
 use crate::workload::{PodSpec, WorkloadKind};
 
@@ -41,10 +41,12 @@ pub fn decide(
         .images()
         .map(|u| (u, ImageRef::parse(u.image)))
         .collect();
-    let mut labels = None;
-    for policy in set.policies() {
-        let labels = labels.get_or_insert_with(|| set.namespace_labels(subject.namespace));
-        if !applies_to_object(policy, subject, labels) {
+    for policy in set.policies_in(subject.namespace) {
+        if !policy
+            .kinds
+            .as_ref()
+            .is_none_or(|kinds| kinds.contains(&subject.kind))
+        {
             continue;
         }
         let mut eval = rules::Evaluation {
@@ -70,26 +72,6 @@ pub fn decide(
         }
     }
     decision
-}
-
-fn applies_to_object(
-    policy: &CompiledPolicy,
-    subject: &Subject<'_>,
-    labels: &NamespaceLabels,
-) -> bool {
-    policy
-        .kinds
-        .as_ref()
-        .is_none_or(|kinds| kinds.contains(&subject.kind))
-        && policy
-            .namespaces
-            .as_ref()
-            .is_none_or(|globs| any_match(globs, subject.namespace))
-        && !any_match(&policy.exclude_namespaces, subject.namespace)
-        && policy
-            .namespace_selector
-            .as_ref()
-            .is_none_or(|s| s.matches(labels))
 }
 
 fn matches_image(policy: &CompiledPolicy, repository: &str) -> bool {

@@ -50,7 +50,7 @@ impl Evaluation<'_, '_> {
     pub fn image(&mut self, image_use: &ImageUse<'_>, image: &ImageRef) {
         let policy = self.policy;
         let action = policy.action;
-        let target = target(image_use);
+        let target = Target::new(image_use);
         let repository = image.repository();
         if let Some(allow) = &policy.registries_allow
             && !allow.iter().any(|g| g.matches(repository))
@@ -117,7 +117,12 @@ impl Evaluation<'_, '_> {
         }
     }
 
-    fn vulnerabilities(&mut self, rule: &VulnerabilityRule, image: &ImageRef, target: &str) {
+    fn vulnerabilities(
+        &mut self,
+        rule: &VulnerabilityRule,
+        image: &ImageRef,
+        target: &Target<'_, '_>,
+    ) {
         let report = match self.scans.lookup(image) {
             ScanStatus::Found(report) => report,
             ScanStatus::Unavailable(reason) => return self.unscanned(rule, target, reason),
@@ -196,7 +201,12 @@ impl Evaluation<'_, '_> {
         }
     }
 
-    fn unscanned(&mut self, rule: &VulnerabilityRule, target: &str, reason: Cow<'static, str>) {
+    fn unscanned(
+        &mut self,
+        rule: &VulnerabilityRule,
+        target: &Target<'_, '_>,
+        reason: Cow<'static, str>,
+    ) {
         if let Some(action) = rule.unscanned {
             self.violate(action, "vulnerabilities.unscanned", target, format!("no usable scan result ({reason}); rules.vulnerabilities.unscanned is {action:?}"));
         }
@@ -206,7 +216,7 @@ impl Evaluation<'_, '_> {
         &mut self,
         rule: &WorkloadRule,
         security: Option<&SecurityContext>,
-        target: &str,
+        target: &Target<'_, '_>,
     ) {
         let default = SecurityContext::default();
         let sc = security.unwrap_or(&default);
@@ -326,6 +336,29 @@ impl Evaluation<'_, '_> {
                 self.violate(action, "workload.denyHostPath", "pod spec", detail);
             }
         }
+    }
+}
+
+/// "container \"api\" image …", formatted only when a rule is violated: most
+/// (policy, image) pairs violate nothing.
+struct Target<'u, 'a> {
+    image_use: &'u ImageUse<'a>,
+    text: std::cell::OnceCell<String>,
+}
+
+impl<'u, 'a> Target<'u, 'a> {
+    fn new(image_use: &'u ImageUse<'a>) -> Self {
+        Target {
+            image_use,
+            text: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for Target<'_, '_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.text.get_or_init(|| target(self.image_use))
     }
 }
 

@@ -33,6 +33,21 @@ pub struct CompiledPolicy {
     pub(crate) workload: Option<WorkloadRule>,
 }
 
+impl CompiledPolicy {
+    /// Whether `match.namespaces`, `match.excludeNamespaces` and
+    /// `match.namespaceSelector` let `namespace` (with `labels`) in.
+    pub fn admits_namespace(&self, namespace: &str, labels: &super::NamespaceLabels) -> bool {
+        self.namespaces
+            .as_ref()
+            .is_none_or(|globs| crate::glob::any_match(globs, namespace))
+            && !crate::glob::any_match(&self.exclude_namespaces, namespace)
+            && self
+                .namespace_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(labels))
+    }
+}
+
 /// Compiled `rules.tags`.
 #[derive(Debug, Clone, Copy)]
 pub struct TagRule {

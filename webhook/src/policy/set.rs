@@ -21,6 +21,34 @@ pub struct PolicySet {
     policies: Vec<Arc<CompiledPolicy>>,
     integrations: Vec<Arc<CompiledIntegration>>,
     namespaces: Arc<HashMap<String, NamespaceLabels>>,
+    by_namespace: NamespaceIndex,
+}
+
+/// Namespaces most remembered by [`NamespaceIndex`].
+const INDEXED_NAMESPACES: usize = 4096;
+
+/// Which policies' namespace filters (`namespaces`, `excludeNamespaces`,
+/// `namespaceSelector`) let a namespace in, worked out on first use per snapshot: with
+/// many team-scoped policies, a request then visits only its namespace's.
+struct NamespaceIndex(quick_cache::sync::Cache<String, Arc<[u32]>>);
+
+impl Default for NamespaceIndex {
+    fn default() -> Self {
+        NamespaceIndex(quick_cache::sync::Cache::new(INDEXED_NAMESPACES))
+    }
+}
+
+/// A copy of a set starts with an empty index (it is only a cache).
+impl Clone for NamespaceIndex {
+    fn clone(&self) -> Self {
+        NamespaceIndex::default()
+    }
+}
+
+impl std::fmt::Debug for NamespaceIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NamespaceIndex({} namespaces)", self.0.len())
+    }
 }
 
 impl PolicySet {
@@ -41,7 +69,31 @@ impl PolicySet {
             policies,
             integrations,
             namespaces,
+            by_namespace: NamespaceIndex::default(),
         }
+    }
+
+    /// The policies whose namespace filters admit `namespace`, by name.
+    pub fn policies_in(&self, namespace: &str) -> impl Iterator<Item = &CompiledPolicy> {
+        let indices = match self.by_namespace.0.get(namespace) {
+            Some(indices) => indices,
+            None => {
+                let labels = self.namespace_labels(namespace);
+                let indices: Arc<[u32]> = (0u32..)
+                    .zip(&self.policies)
+                    .filter(|(_, p)| p.admits_namespace(namespace, &labels))
+                    .map(|(i, _)| i)
+                    .collect();
+                self.by_namespace
+                    .0
+                    .insert(namespace.to_owned(), indices.clone());
+                indices
+            }
+        };
+        (0..indices.len()).filter_map(move |k| {
+            let index = *indices.get(k)? as usize;
+            self.policies.get(index).map(AsRef::as_ref)
+        })
     }
 
     /// The policies, by name.

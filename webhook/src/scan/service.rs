@@ -240,6 +240,7 @@ impl ScanService {
             failures,
             first,
             wanted: Mutex::default(),
+            seen: Mutex::default(),
         };
         let verdict = admission::evaluate(request, set, &view, now);
         (
@@ -569,7 +570,8 @@ struct Wanted {
     wait: bool,
 }
 
-/// The cache as one pass of the engine sees it; records what it lacked.
+/// The cache as one pass of the engine sees it; records what it lacked. Every policy
+/// asks about the same few images, so each image is looked up once per pass.
 struct View<'a> {
     service: &'a ScanService,
     set: &'a PolicySet,
@@ -577,6 +579,7 @@ struct View<'a> {
     failures: &'a HashMap<String, Cow<'static, str>>,
     first: bool,
     wanted: Mutex<Vec<Wanted>>,
+    seen: Mutex<Vec<(ImageRef, ScanStatus)>>,
 }
 
 impl View<'_> {
@@ -601,6 +604,17 @@ impl View<'_> {
 
 impl ScanResults for View<'_> {
     fn lookup(&self, image: &ImageRef) -> ScanStatus {
+        if let Some((_, status)) = lock(&self.seen).iter().find(|(seen, _)| seen == image) {
+            return status.clone();
+        }
+        let status = self.look_up(image);
+        lock(&self.seen).push((image.clone(), status.clone()));
+        status
+    }
+}
+
+impl View<'_> {
+    fn look_up(&self, image: &ImageRef) -> ScanStatus {
         let Some(spec) = self.set.integration_for(image.repository()) else {
             return ScanStatus::Unavailable(Cow::Borrowed(
                 "no RegistryIntegration covers this image's registry",

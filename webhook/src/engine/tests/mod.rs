@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use portcullis_crds::{ContainerPolicySpec, Severity};
 
 use super::*;
+use crate::policy::NamespaceLabels;
 use crate::policy::{CompiledIntegration, compile};
 use crate::scan::{Finding, ScanReport, ScanStatus, VulnId};
 use crate::workload::PodSpec;
