@@ -18,6 +18,7 @@ use support::{cluster_available, install_crds, kubectl, kubectl_ok, portcullis_b
 struct Cleanup {
     webhook: Option<String>,
     policies: Vec<String>,
+    integrations: Vec<String>,
     namespace: Option<String>,
     process: Option<Child>,
 }
@@ -38,6 +39,17 @@ impl Drop for Cleanup {
         for policy in &self.policies {
             kubectl(
                 &["delete", "containerpolicy", policy, "--ignore-not-found"],
+                None,
+            );
+        }
+        for integration in &self.integrations {
+            kubectl(
+                &[
+                    "delete",
+                    "registryintegration",
+                    integration,
+                    "--ignore-not-found",
+                ],
                 None,
             );
         }
@@ -214,6 +226,55 @@ fn run_reports_status_and_enforces_kubectl_applied_policies() {
         .trim()
         .is_empty()
     });
+    // A RegistryIntegration whose credentials Secret does not exist yet, then does.
+    let integration = unique("pc-regint");
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: RegistryIntegration\nmetadata: {{name: {integration}}}\n\
+             spec: {{registries: [\"registry.e2e.invalid/**\"], credentials: {{secretRef: {{name: pc-pull}}}}, \
+             scanner: {{http: {{url: \"https://scans.e2e.invalid/reports\"}}}}}}\n"
+        )),
+    );
+    cleanup.integrations.push(integration.clone());
+    let condition = |type_: &str, field: &str| {
+        kubectl_ok(
+            &[
+                "get",
+                "registryintegration",
+                &integration,
+                "-o",
+                &format!("jsonpath={{.status.conditions[?(@.type==\"{type_}\")].{field}}}"),
+            ],
+            None,
+        )
+    };
+    eventually(
+        "Ready=False CredentialsNotFound on the integration",
+        Duration::from_secs(30),
+        || condition("Ready", "reason") == "CredentialsNotFound",
+    );
+    assert_eq!(condition("BackendReachable", "status"), "Unknown");
+    kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "docker-registry",
+            "pc-pull",
+            "-n",
+            &namespace,
+            "--docker-server=registry.e2e.invalid",
+            "--docker-username=e2e",
+            "--docker-password=not-a-real-password",
+        ],
+        None,
+    );
+    eventually(
+        "Ready=True once the Secret exists (rechecked every 30 s)",
+        Duration::from_secs(60),
+        || condition("Ready", "status") == "True",
+    );
+
     eventually(
         "the serving certificate Secret",
         Duration::from_secs(30),
