@@ -72,8 +72,8 @@ pub struct ScanService {
     credentials: CredentialStore,
     reports: Arc<ReportIndex>,
     integrations: Mutex<HashMap<String, Arc<IntegrationState>>>,
-    scans_in_flight: Flights<Result<CachedScan, BackendError>>,
-    digests_in_flight: Flights<Result<CachedDigest, BackendError>>,
+    scans_in_flight: Arc<Flights<Result<CachedScan, BackendError>>>,
+    digests_in_flight: Arc<Flights<Result<CachedDigest, BackendError>>>,
     metrics: ScanMetrics,
     deadline: Duration,
 }
@@ -108,30 +108,25 @@ impl ScanService {
                 cache
             }
         };
-        Ok(Arc::new(ScanService {
-            cache,
-            credentials: CredentialStore::default(),
-            reports: Arc::default(),
-            integrations: Mutex::default(),
-            scans_in_flight: Flights::default(),
-            digests_in_flight: Flights::default(),
-            metrics: ScanMetrics::default(),
-            deadline: settings.deadline,
-        }))
+        Ok(Self::with_cache(cache, settings.deadline))
     }
 
     /// A memory-only service with default settings.
     pub fn in_memory() -> Arc<Self> {
         let settings = ScanSettings::default();
+        Self::with_cache(ScanCache::in_memory(settings.capacity), settings.deadline)
+    }
+
+    fn with_cache(cache: ScanCache, deadline: Duration) -> Arc<Self> {
         Arc::new(ScanService {
-            cache: ScanCache::in_memory(settings.capacity),
+            cache,
             credentials: CredentialStore::default(),
             reports: Arc::default(),
             integrations: Mutex::default(),
-            scans_in_flight: Flights::default(),
-            digests_in_flight: Flights::default(),
+            scans_in_flight: Arc::default(),
+            digests_in_flight: Arc::default(),
             metrics: ScanMetrics::default(),
-            deadline: settings.deadline,
+            deadline,
         })
     }
 
@@ -368,27 +363,24 @@ impl ScanService {
             image.path().to_owned(),
             tag.to_owned(),
         );
-        let flight = self
-            .digests_in_flight
-            .join(&key.clone(), move || async move {
-                let connection = service.connection(&spec_owned);
-                let work = async {
-                    let client = connection.registry(&registry)?;
-                    client.resolve(&registry, &path, &tag).await
-                };
-                let result = service
-                    .call(&spec_owned, "resolve", work)
-                    .await
-                    .map(|resolved| CachedDigest {
-                        resolved,
-                        fetched_at: SystemTime::now(),
-                    });
-                if let Ok(entry) = &result {
-                    service.cache.put_digest(key.clone(), entry.clone());
-                }
-                service.digests_in_flight.done(&key);
-                result
-            });
+        let flight = Flights::join(&self.digests_in_flight, &key.clone(), move || async move {
+            let connection = service.connection(&spec_owned);
+            let work = async {
+                let client = connection.registry(&registry)?;
+                client.resolve(&registry, &path, &tag).await
+            };
+            let result = service
+                .call(&spec_owned, "resolve", work)
+                .await
+                .map(|resolved| CachedDigest {
+                    resolved,
+                    fetched_at: SystemTime::now(),
+                });
+            if let Ok(entry) = &result {
+                service.cache.put_digest(key, entry.clone());
+            }
+            result
+        });
         match flight.await {
             Some(Ok(entry)) => Ok(entry),
             _ => Err(unreachable(spec)),
@@ -413,27 +405,24 @@ impl ScanService {
         };
         // A dry-run lookup never triggers a scan, so it does not stand in for one that may.
         let flight_key = format!("{key}\n{scan_on_demand}");
-        let flight = self
-            .scans_in_flight
-            .join(&flight_key.clone(), move || async move {
-                let connection = service.connection(&spec_owned);
-                let work = async {
-                    let backend = connection.backend.clone().map_err(BackendError::Config)?;
-                    backend.fetch(&target, scan_on_demand).await
-                };
-                let result = service
-                    .call(&spec_owned, "scan", work)
-                    .await
-                    .map(|outcome| CachedScan {
-                        outcome,
-                        fetched_at: SystemTime::now(),
-                    });
-                if let Ok(entry) = &result {
-                    service.cache.put_scan(key, entry.clone());
-                }
-                service.scans_in_flight.done(&flight_key);
-                result
-            });
+        let flight = Flights::join(&self.scans_in_flight, &flight_key, move || async move {
+            let connection = service.connection(&spec_owned);
+            let work = async {
+                let backend = connection.backend.clone().map_err(BackendError::Config)?;
+                backend.fetch(&target, scan_on_demand).await
+            };
+            let result = service
+                .call(&spec_owned, "scan", work)
+                .await
+                .map(|outcome| CachedScan {
+                    outcome,
+                    fetched_at: SystemTime::now(),
+                });
+            if let Ok(entry) = &result {
+                service.cache.put_scan(key, entry.clone());
+            }
+            result
+        });
         match flight.await {
             Some(Ok(entry)) => Ok(entry),
             _ => Err(unreachable(spec)),
@@ -690,23 +679,43 @@ impl<V: Clone> Default for Flights<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> Flights<V> {
-    /// Joins the call for `key`, starting it with `start` if none runs. The task must
-    /// call [`Self::done`] once its result is cached.
-    fn join<F>(&self, key: &str, start: impl FnOnce() -> F) -> Shared<BoxFuture<'static, Option<V>>>
+    /// Joins the call for `key`, starting it with `start` if none runs. The call is
+    /// forgotten once its task ends (after caching its result), panic included.
+    fn join<F>(
+        flights: &Arc<Self>,
+        key: &str,
+        start: impl FnOnce() -> F,
+    ) -> Shared<BoxFuture<'static, Option<V>>>
     where
         F: Future<Output = V> + Send + 'static,
     {
-        let mut running = lock(&self.running);
+        let mut running = lock(&flights.running);
         if let Some(flight) = running.get(key) {
             return flight.clone();
         }
-        let task = tokio::spawn(start());
+        let done = Done {
+            flights: flights.clone(),
+            key: key.to_owned(),
+        };
+        let call = start();
+        let task = tokio::spawn(async move {
+            let _done = done;
+            call.await
+        });
         let flight = async move { task.await.ok() }.boxed().shared();
         running.insert(key.to_owned(), flight.clone());
         flight
     }
+}
 
-    fn done(&self, key: &str) {
-        lock(&self.running).remove(key);
+/// Removes a call from its [`Flights`] when its task ends.
+struct Done<V: Clone> {
+    flights: Arc<Flights<V>>,
+    key: String,
+}
+
+impl<V: Clone> Drop for Done<V> {
+    fn drop(&mut self) {
+        lock(&self.flights.running).remove(&self.key);
     }
 }
