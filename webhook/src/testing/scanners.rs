@@ -109,6 +109,15 @@ impl Sim {
         }
     }
 
+    /// The simulated scan of `digest`.
+    fn scan(&self, digest: &str) -> Option<Scan> {
+        self.scans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
     fn wrong_digest(&self) -> bool {
         *self.mode.lock().unwrap_or_else(|e| e.into_inner()) == Some(Mode::WrongDigest)
     }
@@ -143,12 +152,7 @@ async fn harbor_artifact(
     if let Some(response) = sim.misbehave().await {
         return response;
     }
-    let scan = sim
-        .scans
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&reference)
-        .cloned();
+    let scan = sim.scan(&reference);
     let Some(scan) = scan else {
         return (
             StatusCode::NOT_FOUND,
@@ -190,12 +194,7 @@ async fn harbor_vulnerabilities(
     if let Some(response) = sim.misbehave().await {
         return response;
     }
-    let scan = sim
-        .scans
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&reference)
-        .cloned();
+    let scan = sim.scan(&reference);
     let Some(Scan::Done(findings)) = scan else {
         return axum::Json(json!({})).into_response();
     };
@@ -238,12 +237,7 @@ async fn trivy_report(State(sim): State<Arc<Sim>>, Path(digest): Path<String>) -
     if let Some(response) = sim.misbehave().await {
         return response;
     }
-    let scan = sim
-        .scans
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&digest)
-        .cloned();
+    let scan = sim.scan(&digest);
     let findings = match scan {
         None | Some(Scan::NotScanned) => return StatusCode::NOT_FOUND.into_response(),
         Some(Scan::Pending) => return StatusCode::ACCEPTED.into_response(),
