@@ -245,10 +245,11 @@ impl ScanService {
     }
 
     fn state(&self, integration: &str) -> Arc<IntegrationState> {
-        lock(&self.integrations)
-            .entry(integration.to_owned())
-            .or_default()
-            .clone()
+        let mut states = lock(&self.integrations);
+        if let Some(state) = states.get(integration) {
+            return state.clone();
+        }
+        states.entry(integration.to_owned()).or_default().clone()
     }
 
     /// The clients for `spec`, rebuilt when the spec or its credentials changed.
@@ -346,7 +347,12 @@ impl ScanService {
         {
             return Ok(());
         }
-        self.scan(spec, image, digest, key, dry_run).await.map(drop)
+        let entry = self.scan(spec, image, &digest, key, dry_run).await?;
+        match entry.outcome {
+            // Not cached (see `scan`), so the answer travels with the error.
+            Outcome::NotFound if dry_run => Err(no_result(spec, &digest)),
+            _ => Ok(()),
+        }
     }
 
     async fn resolve(
@@ -391,7 +397,7 @@ impl ScanService {
         self: &Arc<Self>,
         spec: &Arc<CompiledIntegration>,
         image: &ImageRef,
-        digest: String,
+        digest: &str,
         key: String,
         dry_run: bool,
     ) -> Result<CachedScan, Cow<'static, str>> {
@@ -401,7 +407,7 @@ impl ScanService {
         let target = Target {
             registry: image.registry().to_owned(),
             path: image.path().to_owned(),
-            digest,
+            digest: digest.to_owned(),
         };
         // A dry-run lookup never triggers a scan, so it does not stand in for one that may.
         let flight_key = format!("{key}\n{scan_on_demand}");
@@ -418,8 +424,14 @@ impl ScanService {
                     outcome,
                     fetched_at: SystemTime::now(),
                 });
-            if let Ok(entry) = &result {
-                service.cache.put_scan(key, entry.clone());
+            // "No result" from a lookup that was not allowed to ask for a scan (a dry
+            // run) must not keep the next real request from asking.
+            let held_back = !scan_on_demand && spec_owned.scan_on_demand;
+            match &result {
+                Ok(entry) if !(held_back && matches!(entry.outcome, Outcome::NotFound)) => {
+                    service.cache.put_scan(key, entry.clone());
+                }
+                _ => {}
             }
             result
         });
@@ -518,6 +530,13 @@ impl Connection {
         });
         Ok(client.clone())
     }
+}
+
+fn no_result(spec: &CompiledIntegration, digest: &str) -> Cow<'static, str> {
+    Cow::Owned(format!(
+        "the scanner of RegistryIntegration {:?} has no result for {digest}",
+        spec.name
+    ))
 }
 
 fn unreachable(spec: &CompiledIntegration) -> Cow<'static, str> {
@@ -651,10 +670,7 @@ impl View<'_> {
                 ScanStatus::Found(report)
             }
             _ if !is_fresh => self.miss(spec, image),
-            Outcome::NotFound => ScanStatus::Unavailable(Cow::Owned(format!(
-                "the scanner of RegistryIntegration {:?} has no result for {digest}",
-                spec.name
-            ))),
+            Outcome::NotFound => ScanStatus::Unavailable(no_result(spec, &digest)),
             Outcome::Pending => ScanStatus::Unavailable(Cow::Owned(format!(
                 "a scan of {digest} is pending in RegistryIntegration {:?}",
                 spec.name
