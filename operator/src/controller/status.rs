@@ -29,6 +29,8 @@ const COMPILED: &str = "Compiled";
 pub const CREDENTIALS_NOT_FOUND: &str = "CredentialsNotFound";
 /// The condition integrations report about their scanner and registries.
 pub const BACKEND_REACHABLE: &str = "BackendReachable";
+/// How long status waits for the credential Secrets' first list.
+const CREDENTIALS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often an integration's backend condition is refreshed.
 const BACKEND_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -156,8 +158,12 @@ where
     if !*ctx.leader.borrow() {
         return Ok(Action::requeue(FOLLOWER_RECHECK));
     }
-    let problem = object.problem(&ctx.scans);
     let backend = object.backend(&ctx.scans);
+    if backend.is_some() && !ctx.scans.credentials().is_synced() {
+        // A Secret not listed yet is not a missing one.
+        return Ok(Action::requeue(CREDENTIALS_WAIT));
+    }
+    let problem = object.problem(&ctx.scans);
     let done = if backend.is_some() {
         Action::requeue(BACKEND_RECHECK)
     } else {

@@ -128,6 +128,7 @@ fn registry_host(key: &str) -> String {
 #[derive(Debug, Default, Clone)]
 pub struct CredentialStore {
     secrets: Arc<ArcSwap<HashMap<String, Arc<DockerConfig>>>>,
+    synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CredentialStore {
@@ -146,9 +147,18 @@ impl CredentialStore {
         self.len() == 0
     }
 
-    /// Replaces every Secret at once (local mode reloads, a watch re-list).
+    /// Replaces every Secret at once (local mode reloads, a watch re-list); from then
+    /// on the store is synced.
     pub fn replace(&self, secrets: HashMap<String, Arc<DockerConfig>>) {
         self.secrets.store(Arc::new(secrets));
+        self.synced
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether every Secret has been read once: before that, a missing one may only be
+    /// not listed yet.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Adds or replaces one Secret; `None` removes it.
