@@ -32,7 +32,9 @@ struct State {
     failures: u32,
     open_until: Option<Instant>,
     cool_down: Duration,
-    probing: bool,
+    /// When the probe in flight was let through; a probe that never reports back (its
+    /// lookup found the cache already fresh) stops counting after a cool-down.
+    probing: Option<Instant>,
 }
 
 impl Default for Breaker {
@@ -42,7 +44,7 @@ impl Default for Breaker {
                 failures: 0,
                 open_until: None,
                 cool_down: COOL_DOWN,
-                probing: false,
+                probing: None,
             }),
         }
     }
@@ -56,11 +58,14 @@ impl Breaker {
     /// Whether (and how) to call the backend at `now`.
     pub fn admit(&self, now: Instant) -> Admit {
         let mut state = self.state();
+        let probing = state
+            .probing
+            .is_some_and(|since| now < since + state.cool_down);
         match state.open_until {
             None => Admit::Call,
-            Some(until) if now < until || state.probing => Admit::Reject,
+            Some(until) if now < until || probing => Admit::Reject,
             Some(_) => {
-                state.probing = true;
+                state.probing = Some(now);
                 Admit::Probe
             }
         }
@@ -77,15 +82,14 @@ impl Breaker {
         state.failures = 0;
         state.open_until = None;
         state.cool_down = COOL_DOWN;
-        state.probing = false;
+        state.probing = None;
     }
 
     /// The backend failed at `now`: count, and open (or stay open longer).
     pub fn failure(&self, now: Instant) {
         let mut state = self.state();
         state.failures = state.failures.saturating_add(1);
-        if state.probing {
-            state.probing = false;
+        if state.probing.take().is_some() {
             state.cool_down = (state.cool_down * 2).min(MAX_COOL_DOWN);
             state.open_until = Some(now + state.cool_down);
         } else if state.failures >= THRESHOLD && state.open_until.is_none() {
@@ -111,6 +115,11 @@ mod tests {
         let later = t0 + COOL_DOWN;
         assert_eq!(breaker.admit(later), Admit::Probe);
         assert_eq!(breaker.admit(later), Admit::Reject, "one probe at a time");
+        assert_eq!(
+            breaker.admit(later + COOL_DOWN),
+            Admit::Probe,
+            "a probe that never reported back stops counting"
+        );
         breaker.failure(later);
         assert_eq!(
             breaker.admit(later + COOL_DOWN),
