@@ -18,7 +18,7 @@ use portcullis_webhook::policy::{PolicySet, SharedPolicySet};
 use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{AppState, Readiness, router};
 use serde_json::{Value, json};
-use support::fake_api::{FakeApi, INTEGRATIONS, NAMESPACES, POLICIES};
+use support::fake_api::{FakeApi, INTEGRATIONS, NAMESPACES, POLICIES, VULNERABILITY_REPORTS};
 use tower::ServiceExt;
 
 struct Harness {
@@ -59,6 +59,12 @@ impl Harness {
         tokio::spawn(scan_inputs::credentials(
             client.clone(),
             "portcullis-system".into(),
+            scans.clone(),
+            metrics.clone(),
+        ));
+        tokio::spawn(scan_inputs::vulnerability_reports(
+            client.clone(),
+            shared.clone(),
             scans.clone(),
             metrics.clone(),
         ));
@@ -376,6 +382,99 @@ async fn integrations_report_missing_credentials_and_their_backend_until_the_sec
     h.api.delete(SECRETS, "pull");
     eventually("a deleted Secret is forgotten", || {
         h.scans.credentials().get("pull").is_none()
+    })
+    .await;
+}
+
+/// A VulnerabilityReport as trivy-operator writes one per workload container (shape of
+/// aquasecurity.github.io/v1alpha1), for an image by digest.
+fn vulnerability_report(name: &str, digest: &str, cve: &str) -> Value {
+    json!({
+        "apiVersion": "aquasecurity.github.io/v1alpha1", "kind": "VulnerabilityReport",
+        "metadata": {"name": name, "namespace": "team-a",
+            "labels": {"trivy-operator.resource.kind": "ReplicaSet", "trivy-operator.container.name": "api"}},
+        "report": {
+            "updateTimestamp": "2026-11-20T10:00:00Z",
+            "scanner": {"name": "Trivy", "vendor": "Aqua Security", "version": "0.50.1"},
+            "registry": {"server": "registry.acme.test"},
+            "artifact": {"repository": "team/api", "tag": "v1", "digest": digest},
+            "summary": {"criticalCount": 1, "highCount": 0, "mediumCount": 0, "lowCount": 0, "unknownCount": 0},
+            "vulnerabilities": [{"vulnerabilityID": cve, "resource": "openssl", "installedVersion": "3.0.1",
+                "fixedVersion": "3.0.2", "severity": "CRITICAL", "title": "t"}]
+        }
+    })
+}
+
+#[tokio::test]
+async fn vulnerability_reports_decide_once_an_integration_uses_trivy_operator() {
+    const DIGEST: &str = "sha256:7777777777777777777777777777777777777777777777777777777777777777";
+    let integration = json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "RegistryIntegration",
+        "metadata": {"name": "in-cluster"},
+        "spec": {"registries": ["registry.acme.test/**"], "scanner": {"trivyOperator": {}}}
+    });
+    let blocking = policy(
+        "no-criticals",
+        json!({"match": {"images": ["registry.acme.test/**"]},
+               "rules": {"vulnerabilities": {"maxSeverity": "High", "unscanned": "Block"}}}),
+    );
+    let h = Harness::start(&[
+        (INTEGRATIONS, integration),
+        (POLICIES, blocking),
+        (
+            VULNERABILITY_REPORTS,
+            vulnerability_report("replicaset-api-1-api", DIGEST, "CVE-2024-7"),
+        ),
+    ])
+    .await;
+    eventually("the report is indexed", || {
+        h.scans.reports().newest(DIGEST).is_some()
+    })
+    .await;
+    eventually("ready", || h.ready.is_ready()).await;
+
+    let app = router(AppState {
+        policies: h.shared.clone(),
+        scans: h.scans.clone(),
+        ready: h.ready.clone(),
+    });
+    let review = String::from_utf8(
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/fixtures/admission/validate-create-pod.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+    .replace(
+        "nginx:1.25",
+        &format!("registry.acme.test/team/api@{DIGEST}"),
+    );
+    let request = axum::http::Request::post("/validate")
+        .body(Body::from(review))
+        .unwrap();
+    let body = app
+        .oneshot(request)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    let response = serde_json::from_slice::<Value>(&body).unwrap()["response"].clone();
+    assert_eq!(response["allowed"], false);
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 critical vulnerability (CVE-2024-7) exceeds maxSeverity High"),
+        "{response}"
+    );
+
+    h.api.delete(VULNERABILITY_REPORTS, "replicaset-api-1-api");
+    eventually("a deleted report is forgotten", || {
+        h.scans.reports().newest(DIGEST).is_none()
     })
     .await;
 }

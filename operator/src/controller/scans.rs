@@ -23,7 +23,7 @@ use portcullis_webhook::scan::{ScanReport, ScanService};
 use crate::metrics::Metrics;
 
 /// How often the policy set is checked for a trivyOperator integration.
-const TRIVY_OPERATOR_CHECK: Duration = Duration::from_secs(5);
+const TRIVY_OPERATOR_CHECK: Duration = Duration::from_secs(1);
 
 /// Watches the `kubernetes.io/dockerconfigjson` Secrets of `namespace` into the
 /// credential store, so rotation applies without a restart.

@@ -20,6 +20,9 @@ use tokio::sync::broadcast;
 pub const POLICIES: &str = "/apis/portcullis.dev/v1alpha1/containerpolicies";
 pub const INTEGRATIONS: &str = "/apis/portcullis.dev/v1alpha1/registryintegrations";
 pub const NAMESPACES: &str = "/api/v1/namespaces";
+/// trivy-operator's reports in every namespace.
+pub const VULNERABILITY_REPORTS: &str =
+    "/apis/aquasecurity.github.io/v1alpha1/vulnerabilityreports";
 const EVENTS_PREFIX: &str = "/apis/events.k8s.io/v1/namespaces/";
 
 #[derive(Default)]
@@ -173,6 +176,7 @@ const KINDS: &[(&str, &str)] = &[
     ("namespaces", "Namespace"),
     ("secrets", "Secret"),
     ("leases", "Lease"),
+    ("vulnerabilityreports", "VulnerabilityReport"),
     (
         "validatingwebhookconfigurations",
         "ValidatingWebhookConfiguration",
