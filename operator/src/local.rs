@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use portcullis_webhook::policy::PolicySet;
+use portcullis_webhook::policy::{PolicySet, ScannerKind};
 use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{self, AppState, Readiness};
 
@@ -94,6 +94,11 @@ fn publish(
     scans.credentials().replace(loaded.secrets);
     for problem in parse_errors.iter().chain(&loaded.problems) {
         tracing::error!("{problem}");
+    }
+    for integration in loaded.set.integrations() {
+        if integration.scanner == ScannerKind::TrivyOperator {
+            tracing::warn!(integration = %integration.name, "trivyOperator reads VulnerabilityReports from a cluster, which local mode has not: the images it covers count as unscanned");
+        }
     }
     tracing::info!(
         policies = loaded.set.policies().len(),
