@@ -81,6 +81,25 @@ async fn an_open_registry_resolves_anonymously() {
     );
 }
 
+#[tokio::test]
+async fn plain_http_is_used_only_when_asked_for() {
+    if !registry::available() {
+        return;
+    }
+    let registry = Registry::start_plain_http();
+    let digest = registry.push("dev/app", "latest");
+    let plain = RegistryClient::new(None, None, true, TIMEOUT);
+    assert_eq!(
+        plain.resolve(&registry.host, "dev/app", "latest").await,
+        Ok(Resolved::Digest(digest))
+    );
+    let https = RegistryClient::new(None, None, false, TIMEOUT);
+    assert!(matches!(
+        https.resolve(&registry.host, "dev/app", "latest").await,
+        Err(BackendError::Unreachable(_))
+    ));
+}
+
 fn docker_config(registry: &Registry, user: &str, pass: &str) -> DockerConfig {
     let json = json!({"auths": {registry.host.clone(): {"username": user, "password": pass}}});
     DockerConfig::parse(json.to_string().as_bytes()).unwrap()

@@ -62,6 +62,15 @@ pub fn available() -> bool {
 impl Registry {
     /// Starts a registry over TLS; with `login`, htpasswd basic auth is required.
     pub fn start(login: Option<(&str, &str)>) -> Registry {
+        Self::start_with(login, true)
+    }
+
+    /// Starts a registry over plain http (a local development registry), no auth.
+    pub fn start_plain_http() -> Registry {
+        Self::start_with(None, false)
+    }
+
+    fn start_with(login: Option<(&str, &str)>, tls: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -84,10 +93,17 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             );
         }
+        let tls = if tls {
+            format!(
+                "  tls:\n    certificate: {d}/cert.pem\n    key: {d}/key.pem\n",
+                d = dir.path().display()
+            )
+        } else {
+            String::new()
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {d}/cert.pem\n    key: {d}/key.pem\n{auth}",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
             root = dir.path().join("data").display(),
-            d = dir.path().display(),
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         // `timeout`: the server stops by itself even if the test process is killed.

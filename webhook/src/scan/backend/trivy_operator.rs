@@ -309,4 +309,35 @@ mod tests {
                 .contains("report.vulnerabilities[0].vulnerabilityID")
         );
     }
+
+    #[tokio::test]
+    async fn the_backend_answers_from_the_index_once_it_is_synced() {
+        let index = Arc::new(ReportIndex::default());
+        let backend = TrivyOperator::new(index.clone());
+        let target = Target {
+            registry: "registry.example.com".into(),
+            path: "acme/api".into(),
+            digest: DIGEST.into(),
+        };
+        assert_eq!(
+            backend.fetch(&target, true).await.unwrap_err(),
+            BackendError::NotSynced
+        );
+        index.replace([]);
+        assert!(matches!(
+            backend.fetch(&target, true).await,
+            Ok(Outcome::NotFound)
+        ));
+        let report = parse_report(&object(
+            DIGEST,
+            "2026-11-20T00:00:00Z",
+            &[("CVE-9", "HIGH", "")],
+        ))
+        .unwrap();
+        index.apply("team-a/r", report);
+        assert!(matches!(
+            backend.fetch(&target, false).await,
+            Ok(Outcome::Report(r)) if r.findings()[0].id.as_str() == "CVE-9"
+        ));
+    }
 }
