@@ -121,6 +121,33 @@ fn policy(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "ContainerPolicy", "metadata": {"name": name}, "spec": spec})
 }
 
+/// A captured AdmissionReview from `../shared/fixtures/admission`.
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/admission")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Posts a review to the webhook's router and returns the answer's `response`.
+async fn review_response(app: axum::Router, review: String) -> Value {
+    let request = axum::http::Request::post("/validate")
+        .body(Body::from(review))
+        .unwrap();
+    let body = app
+        .oneshot(request)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    serde_json::from_slice::<Value>(&body).unwrap()["response"].clone()
+}
+
 fn namespace(name: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
 }
@@ -262,27 +289,11 @@ async fn the_webhook_answer_changes_with_the_policies() {
         scans: ScanService::in_memory(),
         ready: h.ready.clone(),
     });
-    let fixture = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/admission/validate-create-deployment.json"),
-    )
-    .unwrap();
+    let deployment = fixture("validate-create-deployment.json");
     let allowed = |app: axum::Router| {
-        let fixture = fixture.clone();
+        let deployment = deployment.clone();
         async move {
-            let request = axum::http::Request::post("/validate")
-                .body(Body::from(fixture))
-                .unwrap();
-            let body = app
-                .oneshot(request)
-                .await
-                .unwrap()
-                .into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes();
-            serde_json::from_slice::<Value>(&body).unwrap()["response"]["allowed"]
+            review_response(app, deployment).await["allowed"]
                 .as_bool()
                 .unwrap()
         }
@@ -438,31 +449,11 @@ async fn vulnerability_reports_decide_once_an_integration_uses_trivy_operator() 
         scans: h.scans.clone(),
         ready: h.ready.clone(),
     });
-    let review = String::from_utf8(
-        std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/fixtures/admission/validate-create-pod.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap()
-    .replace(
+    let review = fixture("validate-create-pod.json").replace(
         "nginx:1.25",
         &format!("registry.acme.test/team/api@{DIGEST}"),
     );
-    let request = axum::http::Request::post("/validate")
-        .body(Body::from(review))
-        .unwrap();
-    let body = app
-        .oneshot(request)
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
-    let response = serde_json::from_slice::<Value>(&body).unwrap()["response"].clone();
+    let response = review_response(app, review).await;
     assert_eq!(response["allowed"], false);
     assert!(
         response["status"]["message"]
