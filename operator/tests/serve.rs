@@ -5,46 +5,38 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portcullis_webhook::testing::TestClient;
+use portcullis_webhook::testing::process::{self, Spawned};
 use serde_json::Value;
 
-/// The running binary; killed when dropped, so a failing test leaves nothing behind.
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `portcullis serve` on an ephemeral port and returns it with its address.
-fn start(policies: &Path, certs: &Path) -> (Serve, SocketAddr) {
+fn start(policies: &Path, certs: &Path) -> (Spawned, SocketAddr) {
     start_with(policies, certs, &[])
 }
 
 /// [`start`] with more flags.
-fn start_with(policies: &Path, certs: &Path, extra: &[&str]) -> (Serve, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--reload-interval",
-            "100ms",
-        ])
-        .arg("--policies")
-        .arg(policies)
-        .arg("--self-signed-dir")
-        .arg(certs)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn portcullis");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
+fn start_with(policies: &Path, certs: &Path, extra: &[&str]) -> (Spawned, SocketAddr) {
+    let mut server = Spawned::spawn(
+        process::command(env!("CARGO_BIN_EXE_portcullis"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--reload-interval",
+                "100ms",
+            ])
+            .arg("--policies")
+            .arg(policies)
+            .arg("--self-signed-dir")
+            .arg(certs)
+            .args(extra)
+            .stderr(Stdio::piped()),
+    )
+    .expect("spawn portcullis");
+    let stderr = BufReader::new(server.child_mut().stderr.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
@@ -56,7 +48,6 @@ fn start_with(policies: &Path, certs: &Path, extra: &[&str]) -> (Serve, SocketAd
             }
         }
     });
-    let server = Serve(child);
     let addr = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("portcullis did not report its address within 20 s");
@@ -280,12 +271,12 @@ async fn scan_results_survive_a_restart_with_the_scanner_down() {
         "{message}"
     );
     // SIGTERM: the process drains, flushes the cache and exits.
-    let stopped = Command::new("kill")
-        .arg(first.0.id().to_string())
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    assert!(first.0.wait().unwrap().success(), "a clean exit on SIGTERM");
+    first.terminate().unwrap();
+    let status = first.wait_timeout(Duration::from_secs(30)).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "a clean exit on SIGTERM: {status:?}"
+    );
     drop(scanner);
 
     let (_second, addr) = start_with(policies.path(), certs.path(), &["--cache-dir", cache_dir]);

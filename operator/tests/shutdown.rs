@@ -6,24 +6,15 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use portcullis_webhook::testing::TestClient;
+use portcullis_webhook::testing::process::{self, Spawned};
 use portcullis_webhook::tls::generate;
 use support::fake_api::FakeApi;
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/portcullis-system/leases";
-
-/// The process, killed if the test fails before it exits.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn sigterm_turns_unready_then_drains() {
@@ -47,28 +38,28 @@ async fn sigterm_turns_unready_then_drains() {
     let certs = generate(&["localhost".into()]).unwrap();
     std::fs::write(dir.path().join("tls.crt"), &certs.cert_pem).unwrap();
     std::fs::write(dir.path().join("tls.key"), &certs.key_pem).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args([
-            "run",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--shutdown-grace",
-            "2s",
-        ])
-        .arg("--tls-cert-file")
-        .arg(dir.path().join("tls.crt"))
-        .arg("--tls-key-file")
-        .arg(dir.path().join("tls.key"))
-        .arg("--namespace")
-        .arg("portcullis-system")
-        .env("KUBECONFIG", &kubeconfig)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let stderr = child.0.stderr.take();
+    let mut child = Spawned::spawn(
+        process::command(env!("CARGO_BIN_EXE_portcullis"))
+            .args([
+                "run",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--shutdown-grace",
+                "2s",
+            ])
+            .arg("--tls-cert-file")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key-file")
+            .arg(dir.path().join("tls.key"))
+            .arg("--namespace")
+            .arg("portcullis-system")
+            .env("KUBECONFIG", &kubeconfig)
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let stderr = child.child_mut().stderr.take();
     std::thread::spawn(move || stderr.map(|e| BufReader::new(e).lines().for_each(drop)));
     let ca = certs.ca_pem;
     let client = TestClient::new(
@@ -90,11 +81,7 @@ async fn sigterm_turns_unready_then_drains() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    child.terminate().unwrap();
     let signalled = Instant::now();
     let deadline = signalled + Duration::from_secs(1);
     while client.get("/readyz").await.unwrap().status != 503 {
@@ -113,9 +100,10 @@ async fn sigterm_turns_unready_then_drains() {
     );
     assert!(signalled.elapsed() < Duration::from_secs(2));
 
+    // Polled without blocking: the simulated API server runs on this thread.
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = child.child_mut().try_wait().unwrap() {
             break status;
         }
         assert!(

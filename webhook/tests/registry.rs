@@ -67,6 +67,31 @@ async fn resolves_tags_with_credentials_and_refuses_missing_or_wrong_ones() {
     ));
 }
 
+/// The server a test starts ends with the test: nothing listens on its port after the
+/// helper is dropped, and no `docker-registry` process is left with its configuration.
+#[test]
+fn a_dropped_registry_leaves_no_process_behind() {
+    if !registry::available() {
+        return;
+    }
+    let registry = Registry::start(None);
+    let config = registry.config_path();
+    assert!(std::net::TcpStream::connect(&registry.host).is_ok());
+    let host = registry.host.clone();
+    drop(registry);
+    assert!(
+        std::net::TcpStream::connect(&host).is_err(),
+        "a registry still listens on {host} after its test helper was dropped"
+    );
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&config))
+        .collect();
+    assert!(left.is_empty(), "processes left running: {left:?}");
+}
+
 #[tokio::test]
 async fn an_open_registry_resolves_anonymously() {
     if !registry::available() {

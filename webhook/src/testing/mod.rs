@@ -1,6 +1,7 @@
 //! Test support (feature `testing`): the webhook on an ephemeral loopback port with a
 //! generated CA, a minimal HTTPS client that trusts that CA, and simulated scanners.
 
+pub mod process;
 pub mod scanners;
 
 use std::net::SocketAddr;
@@ -111,6 +112,22 @@ impl TestClient {
         })
     }
 
+    /// A client for `addr` that accepts any certificate, as the kubelet's HTTPS probes
+    /// do.
+    pub fn unverified(addr: SocketAddr) -> std::io::Result<Self> {
+        let provider = Arc::new(aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth();
+        Ok(TestClient {
+            addr,
+            config: Arc::new(config),
+        })
+    }
+
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: Vec<u8>) -> std::io::Result<TestResponse> {
         self.request("POST", path, body).await
@@ -167,5 +184,54 @@ impl TestClient {
             body,
             server_cert,
         })
+    }
+}
+
+/// Accepts every server certificate (signatures still checked); probes only.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

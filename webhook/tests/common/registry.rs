@@ -4,31 +4,25 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use portcullis_webhook::testing::process::{self, Spawned};
 use portcullis_webhook::tls::generate;
 
 /// Set in CI: a missing registry binary fails the test instead of skipping it.
 const REQUIRE: &str = "PORTCULLIS_REQUIRE_REGISTRY";
 
-/// A running registry; dropping it stops the server.
+/// A running registry; dropping it stops the server (see [`Spawned`]).
 pub struct Registry {
-    child: Child,
-    _dir: tempfile::TempDir,
+    _server: Spawned,
+    dir: tempfile::TempDir,
     /// `127.0.0.1:PORT`.
     pub host: String,
     /// The CA of its certificate.
     pub ca_pem: String,
     /// Basic-auth login, when started with auth.
     pub login: Option<(String, String)>,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn installed(program: &str) -> bool {
@@ -106,14 +100,14 @@ impl Registry {
             root = dir.path().join("data").display(),
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        // `timeout`: the server stops by itself even if the test process is killed.
-        let child = Command::new("timeout")
-            .args(["600", "docker-registry", "serve"])
-            .arg(dir.path().join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let server = Spawned::spawn(
+            process::command("docker-registry")
+                .arg("serve")
+                .arg(dir.path().join("config.yml"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .unwrap();
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -123,12 +117,17 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(50));
         }
         Registry {
-            child,
-            _dir: dir,
+            _server: server,
+            dir,
             host: format!("127.0.0.1:{port}"),
             ca_pem: certs.ca_pem,
             login: login.map(|(u, p)| (u.to_owned(), p.to_owned())),
         }
+    }
+
+    /// The path of the server's configuration file (it names the process).
+    pub fn config_path(&self) -> String {
+        self.dir.path().join("config.yml").display().to_string()
     }
 
     /// Pushes a fresh one-layer image as `name:tag`; returns its manifest digest.
