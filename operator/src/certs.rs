@@ -83,6 +83,16 @@ pub enum Outcome {
     Unchanged,
 }
 
+/// What a reconcile did, and when the next one is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// What changed.
+    pub outcome: Outcome,
+    /// When the certificate next needs attention: its renewal, or the expiry of the
+    /// previous CA still in the bundle.
+    pub next: SystemTime,
+}
+
 /// A certificate as stored in the Secret.
 struct Issued {
     ca: String,
@@ -128,6 +138,20 @@ impl Issued {
             .unwrap_or_default();
         self.not_before + life * 2 / 3
     }
+
+    /// The renewal, or the previous CA's expiry if that comes first and is still ahead.
+    fn next(&self, now: SystemTime) -> SystemTime {
+        match self.previous_not_after {
+            Some(expiry) if expiry > now => expiry.min(self.renew_at()),
+            _ => self.renew_at(),
+        }
+    }
+}
+
+/// How long a renewal waits between trusting the new CA and serving the certificate it
+/// signed, so the API server has seen the new `caBundle` before any replica switches.
+fn trust_delay(lifetime: Duration) -> Duration {
+    (lifetime / 20).min(Duration::from_secs(5))
 }
 
 /// One pass of the leader's duty at time `now`.
@@ -135,7 +159,7 @@ pub async fn reconcile(
     client: &Client,
     settings: &CertSettings,
     now: SystemTime,
-) -> Result<Outcome, CertError> {
+) -> Result<Reconciled, CertError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
     let existing = secrets.get_opt(&settings.secret).await?;
     let issued = existing.as_ref().and_then(Issued::read);
@@ -162,10 +186,14 @@ pub async fn reconcile(
                 .await?;
             changed = true;
         }
-        return Ok(if changed {
+        let outcome = if changed {
             Outcome::BundleUpdated
         } else {
             Outcome::Unchanged
+        };
+        return Ok(Reconciled {
+            outcome,
+            next: issued.next(now),
         });
     }
 
@@ -181,6 +209,16 @@ pub async fn reconcile(
     };
     // Trust first: nothing serves the new certificate before the API server trusts it.
     ensure_ca_bundle(client, settings, &bundle).await?;
+    if previous.is_some() {
+        tokio::time::sleep(trust_delay(settings.lifetime)).await;
+    }
+    let issued = Issued {
+        ca: generated.ca_pem.clone(),
+        bundle: bundle.clone(),
+        not_before,
+        not_after,
+        previous_not_after: previous.as_ref().map(|old| old.not_after),
+    };
     let mut annotations = std::collections::BTreeMap::from([
         (NOT_BEFORE.to_owned(), stamp(not_before)),
         (NOT_AFTER.to_owned(), stamp(not_after)),
@@ -211,15 +249,19 @@ pub async fn reconcile(
         data: Some(data),
         ..Secret::default()
     };
-    if existing.is_some() {
+    let outcome = if existing.is_some() {
         secrets
             .replace(&settings.secret, &PostParams::default(), &secret)
             .await?;
-        Ok(Outcome::Renewed)
+        Outcome::Renewed
     } else {
         secrets.create(&PostParams::default(), &secret).await?;
-        Ok(Outcome::Created)
-    }
+        Outcome::Created
+    };
+    Ok(Reconciled {
+        outcome,
+        next: issued.next(now),
+    })
 }
 
 /// Sets `caBundle` on every webhook of the configuration; returns whether it changed.
@@ -248,31 +290,57 @@ async fn ensure_ca_bundle(
     Ok(changed)
 }
 
-/// The leader's loop: reconcile on gaining leadership and every `interval` after.
+/// The leader's loop: reconciles on gaining leadership, whenever the webhook
+/// configuration changes (a GitOps sync that drops the `caBundle` is repaired at once),
+/// when the certificate is due, and at least every `interval`.
 pub async fn manage(
     client: Client,
     settings: CertSettings,
     mut leader: watch::Receiver<bool>,
     interval: Duration,
 ) {
+    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", settings.webhook));
+    let mut changes = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    let mut due = true;
+    let mut wait = interval;
     loop {
-        if *leader.borrow_and_update() {
-            match reconcile(&client, &settings, SystemTime::now()).await {
-                Ok(Outcome::Unchanged) => {}
-                Ok(outcome) => {
-                    tracing::info!(?outcome, secret = %settings.secret, "serving certificate reconciled")
+        if due && *leader.borrow_and_update() {
+            wait = match reconcile(&client, &settings, SystemTime::now()).await {
+                Ok(done) => {
+                    if done.outcome != Outcome::Unchanged {
+                        tracing::info!(outcome = ?done.outcome, secret = %settings.secret, "serving certificate reconciled");
+                    }
+                    let until = done.next.duration_since(SystemTime::now());
+                    until.unwrap_or_default().min(interval)
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "serving certificate not reconciled; retrying")
+                    tracing::warn!(%error, "serving certificate not reconciled; retrying");
+                    RETRY.min(interval)
                 }
-            }
+            };
         }
+        due = false;
         tokio::select! {
-            changed = leader.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(interval) => {}
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                due = true;
+            }
+            event = changes.next() => match event {
+                Some(Ok(Event::Apply(_) | Event::InitApply(_) | Event::Delete(_))) => due = true,
+                Some(Ok(_)) => {}
+                Some(Err(error)) => tracing::warn!(%error, webhook = %settings.webhook, "watching the webhook configuration; retrying"),
+                None => return,
+            },
+            () = tokio::time::sleep(wait) => due = true,
         }
     }
 }
+
+/// How soon a failed reconcile is tried again.
+const RETRY: Duration = Duration::from_secs(5);
 
 /// Every replica: serves the certificate the Secret holds, from the first one on.
 pub async fn serve_from_secret(

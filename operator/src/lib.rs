@@ -5,6 +5,7 @@ pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod controller;
+pub mod leader;
 pub mod local;
 pub mod manifests;
 pub mod metrics;
@@ -37,8 +38,10 @@ pub async fn run(cli: Cli) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never in collected logs.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

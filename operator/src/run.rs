@@ -6,8 +6,6 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use axum::routing::get;
 use kube::Client;
-use kube::runtime::events::Reporter;
-use kube_lease_manager::LeaseManagerBuilder;
 use portcullis_webhook::policy::PolicySet;
 use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{self, AppState, Readiness};
@@ -16,11 +14,15 @@ use tokio::task::JoinHandle;
 
 use crate::certs::{self, CertSettings};
 use crate::cli::RunArgs;
+use crate::controller::events::Reporter;
 use crate::controller::{scans as scan_inputs, status, watch};
+use crate::leader::{self, Election};
 use crate::metrics::Metrics;
 
 /// The Lease the writers (status, certificates) are elected by.
 const LEASE: &str = "portcullis-leader";
+/// How long a leader lease lasts unrenewed (client-go's default).
+const LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(15);
 /// How long shutdown waits for the leader lease to be released.
 const LEASE_RELEASE: std::time::Duration = std::time::Duration::from_secs(3);
 /// How often the leader checks the serving certificate.
@@ -46,13 +48,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         std::env::var("POD_NAME").unwrap_or_else(|_| format!("portcullis-{}", std::process::id()));
     tracing::info!(webhook = %webhook_addr, metrics = %metrics_addr, namespace = %args.namespace, %identity, "starting");
 
-    let lease = LeaseManagerBuilder::new(client.clone(), LEASE)
-        .with_namespace(&args.namespace)
-        .with_identity(&identity)
-        .build()
-        .await
-        .context("setting up leader election")?;
-    let (leader, mut lease_task) = lease.watch().await;
+    let (leader_tx, leader) = tokio::sync::watch::channel(false);
+    let (stop_election, election_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut stop_election = Some(stop_election);
+    let election = Election {
+        namespace: args.namespace.clone(),
+        name: LEASE.into(),
+        identity: identity.clone(),
+        duration: LEASE_DURATION,
+    };
+    let mut lease_task = tokio::spawn(leader::run(client.clone(), election, leader_tx, async {
+        let _ = election_stopped.await;
+    }));
 
     let ready = Readiness::default();
     let (tls, cert_manager) = serving_certificate(&args, &client, &ready, &leader)?;
@@ -73,8 +80,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
     ));
     let reporter = Reporter {
-        controller: "portcullis".into(),
-        instance: Some(identity),
+        controller: "portcullis.dev/controller".into(),
+        instance: identity,
     };
 
     let mut watches = tokio::spawn(watch::run(
@@ -119,8 +126,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let outcome = tokio::select! {
         _ = crate::shutdown_signal() => {
-            // Unready first, so endpoints drop this replica, while still serving.
+            // Unready first, so endpoints drop this replica, while still serving; and the
+            // leadership goes to a replica that is staying.
             ready.stopping();
+            if let Some(stop) = stop_election.take() {
+                let _ = stop.send(());
+            }
+            if tokio::time::timeout(LEASE_RELEASE, &mut lease_task).await.is_err() {
+                tracing::warn!("the leader lease was not released in time; it will expire");
+            }
             tracing::info!(grace = ?args.shutdown_grace, "unready; serving until the grace period ends");
             tokio::time::sleep(args.shutdown_grace).await;
             Ok(())
@@ -135,20 +149,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = stop_webhook.send(());
     let _ = webhook.await;
     scans.cache().flush();
-    // The lease task releases the lease once every receiver is gone, so the next leader
-    // need not wait for it to expire: stop the writers holding one, then wait briefly.
     statuses.abort();
-    let _ = statuses.await;
     if let Some(manager) = cert_manager {
         manager.abort();
-        let _ = manager.await;
     }
-    drop(leader);
-    if tokio::time::timeout(LEASE_RELEASE, &mut lease_task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the leader lease was not released in time; it will expire");
+    // After a failure the lease is still held: release it for the next leader.
+    if let Some(stop) = stop_election.take() {
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(LEASE_RELEASE, &mut lease_task).await;
     }
     outcome
 }

@@ -71,7 +71,7 @@ async fn issues_renews_with_overlap_and_drops_the_old_ca() {
     let start = SystemTime::now();
 
     assert_eq!(
-        reconcile(&client, &settings, start).await.unwrap(),
+        reconcile(&client, &settings, start).await.unwrap().outcome,
         Outcome::Created
     );
     let first_ca = secret_field(&api, "ca.crt");
@@ -86,7 +86,8 @@ async fn issues_renews_with_overlap_and_drops_the_old_ca() {
     assert_eq!(
         reconcile(&client, &settings, start + 59 * DAY)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         Outcome::Unchanged,
         "before two thirds of the life"
     );
@@ -101,7 +102,8 @@ async fn issues_renews_with_overlap_and_drops_the_old_ca() {
     assert_eq!(
         reconcile(&client, &settings, start + 59 * DAY)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         Outcome::BundleUpdated
     );
     assert_eq!(ca_bundle(&api), first_ca);
@@ -110,7 +112,8 @@ async fn issues_renews_with_overlap_and_drops_the_old_ca() {
     assert_eq!(
         reconcile(&client, &settings, start + 61 * DAY)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         Outcome::Renewed
     );
     let second_ca = secret_field(&api, "ca.crt");
@@ -126,14 +129,16 @@ async fn issues_renews_with_overlap_and_drops_the_old_ca() {
     assert_eq!(
         reconcile(&client, &settings, start + 80 * DAY)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         Outcome::Unchanged
     );
     // Once the old certificate has expired, only the new CA stays trusted.
     assert_eq!(
         reconcile(&client, &settings, start + 91 * DAY)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         Outcome::BundleUpdated
     );
     assert_eq!(ca_bundle(&api), second_ca);
@@ -177,7 +182,8 @@ async fn replicas_serve_the_rotated_secret_and_clients_never_fail() {
     assert_eq!(
         reconcile(&client, &settings, SystemTime::now())
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         Outcome::Created
     );
     ready.policies_synced();
@@ -216,6 +222,7 @@ async fn replicas_serve_the_rotated_secret_and_clients_never_fail() {
             renewed = reconcile(&client, &settings, SystemTime::now())
                 .await
                 .unwrap()
+                .outcome
                 == Outcome::Renewed;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use http_body_util::BodyExt;
-use kube::runtime::events::Reporter;
+use portcullis::controller::events::Reporter;
 use portcullis::controller::{scans as scan_inputs, status, watch};
 use portcullis::metrics::Metrics;
 use portcullis_webhook::policy::{PolicySet, SharedPolicySet};
@@ -51,8 +51,8 @@ impl Harness {
             metrics.clone(),
         ));
         let reporter = Reporter {
-            controller: "portcullis".into(),
-            instance: Some("test".into()),
+            controller: "portcullis.dev/controller".into(),
+            instance: "test".into(),
         };
         let (leader, elected) = tokio::sync::watch::channel(true);
         let scans = ScanService::in_memory();

@@ -66,10 +66,25 @@ fn rbac_is_least_privilege() {
                     ["portcullis"],
                     "only its own webhook configuration"
                 );
+                // list/watch by name only: the API server authorizes them for a
+                // metadata.name field selector naming a listed resourceName.
                 assert!(
-                    !strings(&rule["verbs"])
-                        .iter()
-                        .any(|v| ["create", "delete", "list", "watch"].contains(v))
+                    !strings(&rule["verbs"]).iter().any(|v| [
+                        "create",
+                        "delete",
+                        "deletecollection"
+                    ]
+                    .contains(v))
+                );
+            }
+            if resources.contains(&"events") {
+                assert_eq!(
+                    (
+                        role["kind"].as_str(),
+                        role["metadata"]["namespace"].as_str()
+                    ),
+                    (Some("Role"), Some("kube-system")),
+                    "Events only where cluster-scoped objects' Events go"
                 );
             }
             if resources.iter().any(|r| r.ends_with("/status")) {

@@ -1,76 +1,63 @@
-//! Shared by the end-to-end tests: they run against the cluster in
-//! `KUBECONFIG` with `kubectl`, and are skipped with a message when none is given.
+//! Shared by the end-to-end tests. They run against a real API server: the cluster in
+//! `KUBECONFIG` (in CI, the kube-apiserver `../shared/kube/up.sh` starts), or one a test
+//! starts for itself ([`cluster::PrivateCluster`]). Without `KUBECONFIG` they are
+//! skipped with a message — unless `CI` is set, where that is a failure.
 
 #![allow(dead_code)] // each test binary uses a different part
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
-use std::io::Write;
+pub mod balancer;
+pub mod cluster;
+pub mod installed;
+pub mod load;
+pub mod replica;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use cluster::Cluster;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Whether a cluster is given; prints why the test is skipped when not.
-pub fn cluster_available() -> bool {
-    let given = std::env::var_os("KUBECONFIG").is_some();
-    if !given {
-        eprintln!("skipped: set KUBECONFIG to run the e2e tests against a cluster");
-    }
-    given
+/// Whether the e2e tests must run (CI): then nothing may be skipped.
+pub fn required() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
-/// Runs `kubectl` in the repository, with `stdin` piped in when given.
-pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .current_dir(repo())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl on PATH (KUBECONFIG is set, so the e2e tests need it)");
-    if let Some(mut pipe) = child.stdin.take() {
-        pipe.write_all(stdin.unwrap_or_default().as_bytes())
-            .expect("write kubectl's stdin");
-    }
-    child.wait_with_output().expect("wait for kubectl")
+/// Skips the test (returns `None`) with a message, or fails it when [`required`].
+pub fn skip<T>(why: &str) -> Option<T> {
+    assert!(!required(), "CI is set, so the e2e tests must run: {why}");
+    eprintln!("SKIPPED: {why}");
+    None
 }
 
-/// `kubectl` that must succeed; returns its stdout.
-pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(args, stdin);
+/// The cluster in `KUBECONFIG`, checked to answer; `None` (skipped) when none is given.
+pub fn shared_cluster() -> Option<Cluster> {
+    let Some(kubeconfig) = std::env::var_os("KUBECONFIG") else {
+        return skip(
+            "set KUBECONFIG to run the e2e tests (`bash e2e/run.sh` starts a real API server and runs them)",
+        );
+    };
+    let cluster = Cluster::new(PathBuf::from(kubeconfig));
+    let version = cluster.kubectl(&["version", "-o", "json"], None);
     assert!(
-        out.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
+        version.status.success(),
+        "KUBECONFIG is set but the cluster does not answer: {}",
+        String::from_utf8_lossy(&version.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    Some(cluster)
 }
 
-/// Applies the CRDs and waits until the API server serves them.
-pub fn install_crds() {
-    kubectl_ok(&["apply", "--server-side", "-f", "crds/"], None);
-    kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/containerpolicies.portcullis.dev",
-            "crd/registryintegrations.portcullis.dev",
-        ],
-        None,
-    );
-}
-
-/// The `portcullis` binary, built for this test run (`PORTCULLIS_BIN` overrides).
+/// The `portcullis` binary under test: `PORTCULLIS_BIN` (CI passes the release build),
+/// or a debug build made now.
 pub fn portcullis_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("PORTCULLIS_BIN") {
         return PathBuf::from(bin);
     }
-    let status = Command::new(env!("CARGO"))
+    let status = std::process::Command::new(env!("CARGO"))
         .args(["build", "-q", "-p", "portcullis"])
         .current_dir(repo())
         .status()
@@ -86,4 +73,56 @@ pub fn unique(prefix: &str) -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
     format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+/// Polls `check` every 100 ms until it holds; fails the test after `timeout`. Returns
+/// how long it took.
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    started.elapsed()
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A ContainerPolicy manifest.
+pub fn policy(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: portcullis.dev/v1alpha1\nkind: ContainerPolicy\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+    )
+}
+
+/// A ValidatingWebhookConfiguration that sends Pods (and, with `workloads`, every
+/// workload kind) of `namespace` to `url`, failing closed, with no caBundle: the leader
+/// writes it (self-managed TLS).
+pub fn webhook_configuration(name: &str, namespace: &str, url: &str, workloads: bool) -> String {
+    let workload_rules = if workloads {
+        r#",
+          {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["replicationcontrollers"]},
+          {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"]},
+          {"apiGroups": ["batch"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"], "resources": ["jobs", "cronjobs"]}"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": {{"name": "{name}"}},
+          "webhooks": [{{"name": "validate.portcullis.dev", "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
+            "failurePolicy": "Fail", "matchPolicy": "Equivalent", "timeoutSeconds": 10,
+            "clientConfig": {{"url": "{url}"}},
+            "namespaceSelector": {{"matchLabels": {{"kubernetes.io/metadata.name": "{namespace}"}}}},
+            "rules": [
+              {{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods", "pods/ephemeralcontainers"]}}{workload_rules}]}}]}}"#
+    )
 }

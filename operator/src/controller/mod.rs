@@ -2,6 +2,7 @@
 //! the status writers,
 //! and the cluster inputs of the scan service (credentials, VulnerabilityReports).
 
+pub mod events;
 pub mod index;
 pub mod scans;
 pub mod status;

@@ -8,7 +8,6 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use portcullis_crds::{ContainerPolicy, RegistryIntegration};
@@ -18,6 +17,7 @@ use portcullis_webhook::scan::{Health, ScanService};
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::events::{self, Reporter};
 use crate::metrics::Metrics;
 
 /// The condition every object reports.
@@ -52,7 +52,7 @@ impl Error {
 
 struct Context {
     client: Client,
-    recorder: Recorder,
+    reporter: Reporter,
     metrics: Arc<Metrics>,
     leader: watch::Receiver<bool>,
     scans: Arc<ScanService>,
@@ -70,7 +70,7 @@ pub async fn run(
     scans: Arc<ScanService>,
 ) {
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        reporter,
         client: client.clone(),
         metrics,
         leader,
@@ -214,14 +214,18 @@ where
     if let Some((reason, _)) = problem
         && previous.is_none_or(|p| p.message != desired.message)
     {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            note: Some(desired.message.clone()),
-            action: "Validate".into(),
-            secondary: None,
-        };
-        if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        let regarding = object.object_ref(&());
+        let note = &desired.message;
+        if let Err(error) = events::warn(
+            &ctx.client,
+            &ctx.reporter,
+            regarding,
+            reason,
+            "Validate",
+            note,
+        )
+        .await
+        {
             tracing::warn!(%error, object = %object.name_any(), reason, "could not publish the event");
         }
     }

@@ -1,0 +1,99 @@
+//! The API server goes away and comes back (an API server of the test's own, stopped
+//! and started again on the same port and etcd): Portcullis keeps deciding from its
+//! last snapshot meanwhile, stays ready, then resumes its watches and status writes.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use portcullis_webhook::testing::TestClient;
+use support::cluster::PrivateCluster;
+use support::replica::Installation;
+use support::{eventually, free_port, policy, repo};
+
+fn review() -> Vec<u8> {
+    // A real Pod review (namespace team-a, images nginx:1.25 and a pinned sidecar).
+    std::fs::read(repo().join("../shared/fixtures/admission/validate-create-pod.json"))
+        .expect("../shared/fixtures/admission beside the repository")
+}
+
+async fn decide(client: &TestClient) -> serde_json::Value {
+    let reply = client
+        .post("/validate", review())
+        .await
+        .expect("the webhook answers");
+    assert_eq!(reply.status, 200);
+    let review: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    review["response"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn decisions_continue_while_the_api_server_is_down_and_status_catches_up() {
+    let Some(private) = PrivateCluster::start() else {
+        return;
+    };
+    let cluster = &private.cluster;
+    cluster.install_crds();
+    cluster.kubectl_ok(&["create", "namespace", "portcullis-system"], None);
+    cluster.apply(&policy(
+        "no-docker-hub",
+        "{match: {namespaces: [team-a]}, rules: {registries: {deny: [\"docker.io/**\"]}}}",
+    ));
+    // The caBundle has no configuration to go to here; the certificate still comes
+    // from the Secret the leader keeps.
+    let installation = Installation {
+        cluster: cluster.clone(),
+        namespace: "portcullis-system".into(),
+        webhook_configuration: "portcullis".into(),
+        // The test client checks the name `localhost`.
+        flags: vec!["--self-signed-name".into(), "localhost".into()],
+    };
+    let replica = installation.start("replica-0", free_port());
+    replica.wait_ready(Duration::from_secs(60)).await;
+    eventually("the policy Ready", Duration::from_secs(30), || {
+        cluster.policy_ready("no-docker-hub", "status") == "True"
+    });
+    let secrets: Api<Secret> = Api::namespaced(cluster.client().await, "portcullis-system");
+    let secret = secrets.get("portcullis-tls").await.unwrap();
+    let ca = String::from_utf8(secret.data.unwrap()["ca.crt"].0.clone()).unwrap();
+    let client = TestClient::new(
+        replica.webhook,
+        &ca,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    )
+    .unwrap();
+    let before = decide(&client).await;
+    assert_eq!(before["allowed"], false, "{before}");
+
+    private.stop_api_server();
+    for _ in 0..10 {
+        let during = decide(&client).await;
+        assert_eq!(during, before, "the same decision from the last snapshot");
+        assert!(
+            replica.ready().await,
+            "still ready: the last snapshot keeps enforcing"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    private.start_api_server();
+    cluster.apply(&policy(
+        "warn-digest",
+        "{action: Warn, match: {namespaces: [team-a]}, rules: {tags: {requireDigest: true}}}",
+    ));
+    eventually(
+        "the new policy's status written (watches and status resumed)",
+        Duration::from_secs(90),
+        || cluster.policy_ready("warn-digest", "status") == "True",
+    );
+    let after = decide(&client).await;
+    let warnings = after["warnings"].to_string();
+    assert!(
+        warnings.contains("warn-digest") && after["allowed"] == false,
+        "the new policy is enforced too: {after}"
+    );
+}
