@@ -14,7 +14,9 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use portcullis_crds::{ContainerPolicySpec, Severity};
 use portcullis_webhook::engine::{Subject, decide};
 use portcullis_webhook::image::ImageRef;
-use portcullis_webhook::policy::{CompiledIntegration, NamespaceLabels, PolicySet, compile};
+use portcullis_webhook::policy::{
+    CompiledIntegration, NamespaceLabels, NamespaceView, PolicySet, compile,
+};
 use portcullis_webhook::scan::{Finding, ScanReport, ScanResults, ScanStatus, VulnId};
 use portcullis_webhook::workload::{PodSpec, WorkloadKind};
 use serde_json::json;
@@ -100,6 +102,7 @@ fn bench(c: &mut Criterion) {
             let subject = Subject {
                 kind: WorkloadKind::Pod,
                 namespace: "shop",
+                labels: NamespaceView::Snapshot,
                 name: "web",
                 spec: &spec,
             };

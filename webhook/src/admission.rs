@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::engine::{self, Decision, Subject, truncate};
+use crate::policy::NamespaceView;
 use crate::policy::PolicySet;
 use crate::scan::ScanResults;
 use crate::workload::{PodSpec, ReadError, WorkloadKind, WorkloadObject};
@@ -142,24 +143,44 @@ impl Verdict {
 }
 
 /// A request whose pod spec is to be evaluated.
-struct Evaluable<'a> {
-    kind: WorkloadKind,
-    object: WorkloadObject<'a>,
-    spec: PodSpec<'a>,
+#[derive(Debug)]
+pub struct Evaluable<'a> {
+    /// The workload kind.
+    pub kind: WorkloadKind,
+    /// The object's name and raw pod spec.
+    pub object: WorkloadObject<'a>,
+    /// The pod spec as the rules read it.
+    pub spec: PodSpec<'a>,
 }
 
-/// Decides a parsed request against a snapshot.
+impl<'a> Evaluable<'a> {
+    /// The subject the engine decides, in `namespace` as `labels` knows it.
+    pub fn subject<'s>(&'s self, namespace: &'s str, labels: NamespaceView<'s>) -> Subject<'s> {
+        Subject {
+            kind: self.kind,
+            namespace,
+            labels,
+            name: &self.object.name,
+            spec: &self.spec,
+        }
+    }
+}
+
+/// Decides a parsed request against a snapshot, with scan results at hand and the
+/// namespace labels the snapshot holds (what tests and `portcullis check` run; the
+/// server fetches scan results and unknown namespaces first).
 pub fn evaluate(
     request: &Request<'_>,
     set: &PolicySet,
     scans: &dyn ScanResults,
     now: SystemTime,
 ) -> Verdict {
-    match evaluable(request) {
+    match read(request) {
         Err(verdict) => verdict,
         Ok(e) => {
             let namespace = request.namespace.as_deref().unwrap_or_default();
-            decide(e.kind, namespace, &e.object, &e.spec, set, scans, now)
+            let subject = e.subject(namespace, NamespaceView::Snapshot);
+            Verdict::Decided(engine::decide(set, &subject, scans, now))
         }
     }
 }
@@ -174,32 +195,17 @@ pub fn evaluate_object(
     scans: &dyn ScanResults,
     now: SystemTime,
 ) -> Verdict {
-    let read = WorkloadObject::read(kind, object).and_then(|o| {
-        let spec = o.pod_spec()?;
-        Ok((o, spec))
+    let read = WorkloadObject::read(kind, object).and_then(|object| {
+        let spec = object.pod_spec()?;
+        Ok(Evaluable { kind, object, spec })
     });
     match read {
-        Ok((object, spec)) => decide(kind, namespace, &object, &spec, set, scans, now),
+        Ok(e) => {
+            let subject = e.subject(namespace, NamespaceView::Snapshot);
+            Verdict::Decided(engine::decide(set, &subject, scans, now))
+        }
         Err(e) => unreadable(kind.as_str(), e),
     }
-}
-
-fn decide(
-    kind: WorkloadKind,
-    namespace: &str,
-    object: &WorkloadObject<'_>,
-    spec: &PodSpec<'_>,
-    set: &PolicySet,
-    scans: &dyn ScanResults,
-    now: SystemTime,
-) -> Verdict {
-    let subject = Subject {
-        kind,
-        namespace,
-        name: &object.name,
-        spec,
-    };
-    Verdict::Decided(engine::decide(set, &subject, scans, now))
 }
 
 fn unreadable(kind_name: &str, e: ReadError) -> Verdict {
@@ -209,7 +215,7 @@ fn unreadable(kind_name: &str, e: ReadError) -> Verdict {
 }
 
 /// Sorts out requests that are not evaluated, and reads the pod spec of those that are.
-fn evaluable<'a>(request: &Request<'a>) -> Result<Evaluable<'a>, Verdict> {
+pub fn read<'a>(request: &Request<'a>) -> Result<Evaluable<'a>, Verdict> {
     let operation = request.operation.as_ref();
     if operation != "CREATE" && operation != "UPDATE" {
         return Err(Verdict::Skipped("operation is not evaluated"));
@@ -238,11 +244,7 @@ fn evaluable<'a>(request: &Request<'a>) -> Result<Evaluable<'a>, Verdict> {
             WorkloadObject::read(kind, raw.get())
         }
     };
-    let unreadable = |e: ReadError| {
-        Verdict::Unreadable(format!(
-            "{kind_name} object cannot be read as {kind_name}: {e}"
-        ))
-    };
+    let unreadable = |e: ReadError| unreadable(kind_name, e);
     let raw = request
         .object
         .ok_or_else(|| Verdict::Unreadable("request.object is missing".into()))?;

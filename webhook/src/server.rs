@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::admission::{self, Verdict};
-use crate::policy::SharedPolicySet;
+use crate::engine::Review;
+use crate::policy::{NamespaceView, PolicySet, SharedPolicySet};
 use crate::scan::ScanService;
 
 /// Largest AdmissionReview accepted; the API server's own request limit is 3 MiB of
@@ -111,10 +112,10 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
         }
     };
     let snapshot = state.policies.load();
-    let verdict = state
-        .scans
-        .evaluate(&request, &snapshot, SystemTime::now(), started)
-        .await;
+    let verdict = match admission::read(&request) {
+        Err(verdict) => verdict,
+        Ok(evaluable) => decide(&state, &request, &snapshot, &evaluable, started).await,
+    };
     log_verdict(&request, &verdict, started);
     match serde_json::to_vec(&admission::respond(&request.uid, &verdict)) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
@@ -123,6 +124,26 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// The decision path, as the data flows: the subject, the scan results its policies
+/// need (from memory, or fetched within the deadline), one pass of the pure engine.
+async fn decide(
+    state: &AppState,
+    request: &admission::Request<'_>,
+    snapshot: &PolicySet,
+    evaluable: &admission::Evaluable<'_>,
+    started: Instant,
+) -> Verdict {
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let review = Review::new(evaluable.subject(namespace, NamespaceView::Snapshot));
+    let needed = review.scans_needed(snapshot);
+    let dry_run = request.dry_run == Some(true);
+    let results = state
+        .scans
+        .results(snapshot, needed, started, dry_run)
+        .await;
+    Verdict::Decided(review.decide(snapshot, &results, SystemTime::now()))
 }
 
 /// One line per request that was evaluated: identifiers and outcome, never the object.

@@ -7,13 +7,14 @@ mod rules;
 pub(crate) use decision::truncate;
 pub use decision::{Decision, Violation};
 
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 use crate::glob::any_match;
-use crate::image::ImageRef;
-use crate::policy::{CompiledPolicy, PolicySet};
+use crate::image::{ImageError, ImageRef};
+use crate::policy::{CompiledPolicy, Matching, NamespaceView, PolicySet};
 use crate::scan::ScanResults;
-use crate::workload::{PodSpec, WorkloadKind};
+use crate::workload::{ImageUse, PodSpec, WorkloadKind};
 
 /// The object under review.
 #[derive(Debug, Clone, Copy)]
@@ -22,56 +23,110 @@ pub struct Subject<'a> {
     pub kind: WorkloadKind,
     /// Its namespace.
     pub namespace: &'a str,
+    /// What is known of the namespace's labels.
+    pub labels: NamespaceView<'a>,
     /// Its name (as messages show it).
     pub name: &'a str,
     /// Its pod spec.
     pub spec: &'a PodSpec<'a>,
 }
 
-/// Evaluates every policy of `set` that matches `subject`.
+/// An object under review with its images parsed once: what it needs from the scan
+/// service, then its decision.
+#[derive(Debug)]
+pub struct Review<'a> {
+    subject: Subject<'a>,
+    images: Vec<(ImageUse<'a>, Result<ImageRef, ImageError>)>,
+}
+
+impl<'a> Review<'a> {
+    /// Parses the subject's image references.
+    pub fn new(subject: Subject<'a>) -> Self {
+        let images = subject
+            .spec
+            .images()
+            .map(|u| (u, ImageRef::parse(u.image)))
+            .collect();
+        Review { subject, images }
+    }
+
+    /// The policies that apply to the subject, with whether that is assumed.
+    fn policies<'s>(&'s self, set: &'s PolicySet) -> impl Iterator<Item = Matching<'s>> {
+        let subject = &self.subject;
+        set.matching(subject.namespace, subject.labels)
+            .filter(|(policy, _)| {
+                policy
+                    .kinds
+                    .as_ref()
+                    .is_none_or(|kinds| kinds.contains(&subject.kind))
+            })
+    }
+
+    /// The distinct images whose scan results a vulnerability rule of an applying policy
+    /// reads, in pod-spec order: all the decision will look up.
+    pub fn scans_needed(&self, set: &PolicySet) -> Vec<ImageRef> {
+        let readers: Vec<&CompiledPolicy> = self
+            .policies(set)
+            .filter(|(policy, _)| policy.vulnerabilities.is_some())
+            .map(|(policy, _)| policy)
+            .collect();
+        if readers.is_empty() {
+            return Vec::new();
+        }
+        let mut seen = HashSet::new();
+        self.images
+            .iter()
+            .filter_map(|(_, parsed)| parsed.as_ref().ok())
+            .filter(|image| {
+                readers
+                    .iter()
+                    .any(|policy| matches_image(policy, image.repository()))
+            })
+            .filter(|image| seen.insert(*image))
+            .cloned()
+            .collect()
+    }
+
+    /// Evaluates every policy of `set` that applies to the subject.
+    pub fn decide(&self, set: &PolicySet, scans: &dyn ScanResults, now: SystemTime) -> Decision {
+        let subject = &self.subject;
+        let mut decision = Decision::new(subject);
+        for (policy, assumed) in self.policies(set) {
+            let mut eval = rules::Evaluation {
+                policy,
+                assumed,
+                subject,
+                scans,
+                now,
+                decision: &mut decision,
+            };
+            let mut any_image = self.images.is_empty() && policy.images.is_none();
+            for (image_use, parsed) in &self.images {
+                match parsed {
+                    Err(error) => eval.unparsable(image_use, error),
+                    Ok(image) if matches_image(policy, image.repository()) => {
+                        any_image = true;
+                        eval.image(image_use, image);
+                    }
+                    Ok(_) => {}
+                }
+            }
+            if any_image {
+                eval.pod();
+            }
+        }
+        decision
+    }
+}
+
+/// Evaluates every policy of `set` that applies to `subject`.
 pub fn decide(
     set: &PolicySet,
     subject: &Subject<'_>,
     scans: &dyn ScanResults,
     now: SystemTime,
 ) -> Decision {
-    let mut decision = Decision::new(subject);
-    let images: Vec<_> = subject
-        .spec
-        .images()
-        .map(|u| (u, ImageRef::parse(u.image)))
-        .collect();
-    for policy in set.policies_in(subject.namespace) {
-        if !policy
-            .kinds
-            .as_ref()
-            .is_none_or(|kinds| kinds.contains(&subject.kind))
-        {
-            continue;
-        }
-        let mut eval = rules::Evaluation {
-            policy,
-            subject,
-            scans,
-            now,
-            decision: &mut decision,
-        };
-        let mut any_image = images.is_empty() && policy.images.is_none();
-        for (image_use, parsed) in &images {
-            match parsed {
-                Err(error) => eval.unparsable(image_use, error),
-                Ok(image) if matches_image(policy, image.repository()) => {
-                    any_image = true;
-                    eval.image(image_use, image);
-                }
-                Ok(_) => {}
-            }
-        }
-        if any_image {
-            eval.pod();
-        }
-    }
-    decision
+    Review::new(*subject).decide(set, scans, now)
 }
 
 fn matches_image(policy: &CompiledPolicy, repository: &str) -> bool {

@@ -15,9 +15,13 @@ use crate::workload::{ImageUse, SecurityContext, Slot};
 
 /// Most vulnerability IDs listed in one message.
 const MAX_IDS: usize = 5;
+/// Said of a violation of a policy applied because the namespace's labels were unknown.
+const UNKNOWN_LABELS: &str = " (the namespace's labels could not be read, so its match.namespaceSelector counts as matching)";
 
 pub(super) struct Evaluation<'e, 'a> {
     pub policy: &'e CompiledPolicy,
+    /// The policy applies only because the namespace's labels could not be read.
+    pub assumed: bool,
     pub subject: &'e Subject<'a>,
     pub scans: &'e dyn ScanResults,
     pub now: SystemTime,
@@ -25,7 +29,10 @@ pub(super) struct Evaluation<'e, 'a> {
 }
 
 impl Evaluation<'_, '_> {
-    fn violate(&mut self, action: Action, rule: &'static str, target: &str, detail: String) {
+    fn violate(&mut self, action: Action, rule: &'static str, target: &str, mut detail: String) {
+        if self.assumed {
+            detail.push_str(UNKNOWN_LABELS);
+        }
         self.decision.violations.push(Violation {
             policy: self.policy.name.clone(),
             action,

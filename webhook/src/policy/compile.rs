@@ -37,14 +37,24 @@ impl CompiledPolicy {
     /// Whether `match.namespaces`, `match.excludeNamespaces` and
     /// `match.namespaceSelector` let `namespace` (with `labels`) in.
     pub fn admits_namespace(&self, namespace: &str, labels: &super::NamespaceLabels) -> bool {
-        self.namespaces
-            .as_ref()
-            .is_none_or(|globs| crate::glob::any_match(globs, namespace))
-            && !crate::glob::any_match(&self.exclude_namespaces, namespace)
+        self.admits_namespace_name(namespace)
             && self
                 .namespace_selector
                 .as_ref()
                 .is_none_or(|s| s.matches(labels))
+    }
+
+    /// Whether `match.namespaces` and `match.excludeNamespaces` let `namespace` in.
+    pub fn admits_namespace_name(&self, namespace: &str) -> bool {
+        self.namespaces
+            .as_ref()
+            .is_none_or(|globs| crate::glob::any_match(globs, namespace))
+            && !crate::glob::any_match(&self.exclude_namespaces, namespace)
+    }
+
+    /// Whether the policy selects namespaces by their labels.
+    pub fn has_namespace_selector(&self) -> bool {
+        self.namespace_selector.is_some()
     }
 }
 

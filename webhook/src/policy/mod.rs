@@ -9,7 +9,7 @@ pub(crate) use compile::normalize_capability;
 pub use compile::{CompiledPolicy, TagRule, VulnerabilityRule, WorkloadRule, compile};
 pub use integration::{CompiledIntegration, ScannerKind, compile_integration};
 pub use selector::Selector;
-pub use set::{NamespaceLabels, PolicySet, SharedPolicySet};
+pub use set::{Matching, NamespaceLabels, NamespaceView, PolicySet, SharedPolicySet};
 
 use std::fmt;
 

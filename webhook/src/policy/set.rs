@@ -11,6 +11,23 @@ use super::{CompiledIntegration, CompiledPolicy};
 /// A namespace's labels.
 pub type NamespaceLabels = BTreeMap<String, String>;
 
+/// What the request path knows of a namespace's labels.
+#[derive(Debug, Clone, Copy)]
+pub enum NamespaceView<'a> {
+    /// What the snapshot holds: the watched namespace, or — for one not seen — only the
+    /// `kubernetes.io/metadata.name` label every namespace has.
+    Snapshot,
+    /// Read from the API server for this request (the watch had not delivered it).
+    LookedUp(&'a NamespaceLabels),
+    /// Could not be read: policies that select namespaces by label and block count as
+    /// matching (fail closed); the others do not.
+    Unknown,
+}
+
+/// A policy that applies to a request, and whether that is assumed (its
+/// namespaceSelector could not be evaluated: [`NamespaceView::Unknown`]).
+pub type Matching<'s> = (&'s CompiledPolicy, bool);
+
 /// The snapshot shared between the writer (controller or local loader) and the webhook:
 /// writers build a new set and store it; each request loads one.
 pub type SharedPolicySet = Arc<ArcSwap<PolicySet>>;
@@ -94,6 +111,44 @@ impl PolicySet {
             let index = *indices.get(k)? as usize;
             self.policies.get(index).map(AsRef::as_ref)
         })
+    }
+
+    /// The policies whose namespace filters admit `namespace` as `view` knows it, by
+    /// name.
+    pub fn matching<'s>(
+        &'s self,
+        namespace: &'s str,
+        view: NamespaceView<'s>,
+    ) -> Box<dyn Iterator<Item = Matching<'s>> + 's> {
+        match view {
+            NamespaceView::Snapshot => Box::new(self.policies_in(namespace).map(|p| (p, false))),
+            NamespaceView::LookedUp(labels) => Box::new(
+                self.policies
+                    .iter()
+                    .filter(move |p| p.admits_namespace(namespace, labels))
+                    .map(|p| (p.as_ref(), false)),
+            ),
+            NamespaceView::Unknown => Box::new(self.policies.iter().filter_map(move |p| {
+                if !p.admits_namespace_name(namespace) {
+                    None
+                } else if !p.has_namespace_selector() {
+                    Some((p.as_ref(), false))
+                } else {
+                    (p.action == portcullis_crds::Action::Block).then_some((p.as_ref(), true))
+                }
+            })),
+        }
+    }
+
+    /// Whether the snapshot holds `namespace` (the watch delivered it).
+    pub fn knows_namespace(&self, namespace: &str) -> bool {
+        self.namespaces.contains_key(namespace)
+    }
+
+    /// Whether any policy selects namespaces by label (only then are a namespace's
+    /// labels worth reading).
+    pub fn selects_by_namespace_labels(&self) -> bool {
+        self.policies.iter().any(|p| p.has_namespace_selector())
     }
 
     /// The policies, by name.

@@ -23,7 +23,6 @@ use super::credentials::{CredentialStore, DockerConfig};
 use super::metrics::ScanMetrics;
 use super::registry::{RegistryClient, Resolved};
 use super::{ScanReport, ScanResults, ScanStatus};
-use crate::admission::{self, Request, Verdict};
 use crate::image::ImageRef;
 use crate::policy::{CompiledIntegration, PolicySet, ScannerKind};
 
@@ -185,63 +184,53 @@ impl ScanService {
         Some(lock(&state.health).clone())
     }
 
-    /// Decides a request: from memory when every needed result is cached, else after
-    /// fetching what is missing within the deadline measured from `started`.
-    pub async fn evaluate(
+    /// The scan status of each of `images` (what a decision reads): from memory when
+    /// cached, else after fetching what is missing within the deadline measured from
+    /// `started`. Stale results serve while a refresh runs behind.
+    pub async fn results(
         self: &Arc<Self>,
-        request: &Request<'_>,
         set: &PolicySet,
-        now: SystemTime,
+        images: Vec<ImageRef>,
         started: Instant,
-    ) -> Verdict {
-        let dry_run = request.dry_run == Some(true);
-        let no_failures = HashMap::new();
-        let (verdict, wanted) = self.pass(request, set, now, &no_failures, true);
-        let mut waits: Vec<Wanted> = Vec::new();
-        for want in wanted {
-            if !want.wait {
-                self.refresh(want, dry_run);
-            } else if !waits.iter().any(|w| w.image == want.image) {
-                waits.push(want);
+        dry_run: bool,
+    ) -> ScanAnswers {
+        let mut answers = HashMap::with_capacity(images.len());
+        let mut misses = Vec::new();
+        for image in images {
+            let (status, want) = self.cached(set, &image, SystemTime::now(), None);
+            match want {
+                Some(Want::Refresh(spec)) => {
+                    self.metrics.lookup(&spec.name, "stale");
+                    self.refresh(spec, image.clone(), dry_run);
+                }
+                Some(Want::Fetch(spec)) => {
+                    self.metrics.lookup(&spec.name, "miss");
+                    misses.push((spec, image));
+                    continue;
+                }
+                None => {}
             }
+            answers.insert(image, status);
         }
-        if waits.is_empty() {
-            return verdict;
+        if misses.is_empty() {
+            return ScanAnswers(answers);
         }
-        drop(verdict);
         let deadline = tokio::time::Instant::from_std(started + self.deadline);
-        let fetched = futures::future::join_all(waits.into_iter().map(|want| async move {
-            let result = self.fetch_within(&want, deadline, dry_run).await;
-            result.err().map(|reason| (want.image.to_string(), reason))
-        }))
-        .await;
-        let failures: HashMap<String, Cow<'static, str>> = fetched.into_iter().flatten().collect();
-        self.pass(request, set, SystemTime::now(), &failures, false)
-            .0
-    }
-
-    fn pass(
-        &self,
-        request: &Request<'_>,
-        set: &PolicySet,
-        now: SystemTime,
-        failures: &HashMap<String, Cow<'static, str>>,
-        first: bool,
-    ) -> (Verdict, Vec<Wanted>) {
-        let view = View {
-            service: self,
-            set,
-            now,
-            failures,
-            first,
-            wanted: Mutex::default(),
-            seen: Mutex::default(),
-        };
-        let verdict = admission::evaluate(request, set, &view, now);
-        (
-            verdict,
-            view.wanted.into_inner().unwrap_or_else(|e| e.into_inner()),
-        )
+        let fetched =
+            futures::future::join_all(misses.into_iter().map(|(spec, image)| async move {
+                let failure = self
+                    .fetch_within(&spec, &image, deadline, dry_run)
+                    .await
+                    .err();
+                (image, failure)
+            }))
+            .await;
+        for (image, failure) in fetched {
+            let reason = failure.unwrap_or(Cow::Borrowed("no result was fetched in time"));
+            let (status, _) = self.cached(set, &image, SystemTime::now(), Some(reason));
+            answers.insert(image, status);
+        }
+        ScanAnswers(answers)
     }
 
     fn state(&self, integration: &str) -> Arc<IntegrationState> {
@@ -275,41 +264,41 @@ impl ScanService {
         connection
     }
 
-    /// Waits for `want` until `deadline`, unless the breaker says the backend is down.
+    /// Waits for `image` until `deadline`, unless the breaker says the backend is down.
     async fn fetch_within(
         self: &Arc<Self>,
-        want: &Wanted,
+        spec: &Arc<CompiledIntegration>,
+        image: &ImageRef,
         deadline: tokio::time::Instant,
         dry_run: bool,
     ) -> Result<(), Cow<'static, str>> {
-        let state = self.state(&want.spec.name);
+        let state = self.state(&spec.name);
         match state.breaker.admit(Instant::now()) {
             Admit::Call => {}
-            Admit::Reject => return Err(unreachable(&want.spec)),
+            Admit::Reject => return Err(unreachable(spec)),
             Admit::Probe => {
                 let service = self.clone();
-                let (spec, image) = (want.spec.clone(), want.image.clone());
-                tokio::spawn(async move { service.lookup(&spec, &image, dry_run).await });
-                return Err(unreachable(&want.spec));
+                let (spec_owned, image) = (spec.clone(), image.clone());
+                tokio::spawn(async move { service.lookup(&spec_owned, &image, dry_run).await });
+                return Err(unreachable(spec));
             }
         }
-        match tokio::time::timeout_at(deadline, self.lookup(&want.spec, &want.image, dry_run)).await
-        {
+        match tokio::time::timeout_at(deadline, self.lookup(spec, image, dry_run)).await {
             Ok(result) => result,
             Err(_) => Err(Cow::Owned(format!(
                 "RegistryIntegration {:?} did not answer within the webhook's deadline",
-                want.spec.name
+                spec.name
             ))),
         }
     }
 
     /// Refreshes a stale entry in the background (unless the backend is known down).
-    fn refresh(self: &Arc<Self>, want: Wanted, dry_run: bool) {
-        if self.state(&want.spec.name).breaker.admit(Instant::now()) == Admit::Reject {
+    fn refresh(self: &Arc<Self>, spec: Arc<CompiledIntegration>, image: ImageRef, dry_run: bool) {
+        if self.state(&spec.name).breaker.admit(Instant::now()) == Admit::Reject {
             return;
         }
         let service = self.clone();
-        tokio::spawn(async move { service.lookup(&want.spec, &want.image, dry_run).await });
+        tokio::spawn(async move { service.lookup(&spec, &image, dry_run).await });
     }
 
     /// Makes sure the cache holds a fresh answer for `image` (tag, then scan).
@@ -571,111 +560,105 @@ fn fresh(fetched_at: SystemTime, ttl: Duration, now: SystemTime) -> bool {
     now.duration_since(fetched_at).is_ok_and(|age| age <= ttl) || fetched_at > now
 }
 
-/// An image a request needs: `wait` for a miss, else a stale entry to refresh.
-struct Wanted {
-    spec: Arc<CompiledIntegration>,
-    image: ImageRef,
-    wait: bool,
+/// What a cached answer asks of the backend.
+enum Want {
+    /// Nothing usable is cached: fetch, and wait (within the deadline).
+    Fetch(Arc<CompiledIntegration>),
+    /// The cached answer serves, but is stale: refresh it behind.
+    Refresh(Arc<CompiledIntegration>),
 }
 
-/// The cache as one pass of the engine sees it; records what it lacked. Every policy
-/// asks about the same few images, so each image is looked up once per pass.
-struct View<'a> {
-    service: &'a ScanService,
-    set: &'a PolicySet,
-    now: SystemTime,
-    failures: &'a HashMap<String, Cow<'static, str>>,
-    first: bool,
-    wanted: Mutex<Vec<Wanted>>,
-    seen: Mutex<Vec<(ImageRef, ScanStatus)>>,
-}
+/// The scan status of the images one request needs, looked up before it is decided.
+#[derive(Debug, Default)]
+pub struct ScanAnswers(HashMap<ImageRef, ScanStatus>);
 
-impl View<'_> {
-    fn want(&self, spec: &Arc<CompiledIntegration>, image: &ImageRef, wait: bool) {
-        if self.first {
-            let result = if wait { "miss" } else { "stale" };
-            self.service.metrics.lookup(&spec.name, result);
-        }
-        lock(&self.wanted).push(Wanted {
-            spec: spec.clone(),
-            image: image.clone(),
-            wait,
-        });
-    }
-
-    fn miss(&self, spec: &Arc<CompiledIntegration>, image: &ImageRef) -> ScanStatus {
-        self.want(spec, image, true);
-        let reason = self.failures.get(&image.to_string()).cloned();
-        ScanStatus::Unavailable(reason.unwrap_or(Cow::Borrowed("no result was fetched in time")))
-    }
-}
-
-impl ScanResults for View<'_> {
+impl ScanResults for ScanAnswers {
     fn lookup(&self, image: &ImageRef) -> ScanStatus {
-        if let Some((_, status)) = lock(&self.seen).iter().find(|(seen, _)| seen == image) {
-            return status.clone();
-        }
-        let status = self.look_up(image);
-        lock(&self.seen).push((image.clone(), status.clone()));
-        status
+        self.0
+            .get(image)
+            .cloned()
+            .unwrap_or(ScanStatus::Unavailable(Cow::Borrowed(
+                "the image was not looked up for this request",
+            )))
     }
 }
 
-impl View<'_> {
-    fn look_up(&self, image: &ImageRef) -> ScanStatus {
-        let Some(spec) = self.set.integration_for(image.repository()) else {
-            return ScanStatus::Unavailable(Cow::Borrowed(
-                "no RegistryIntegration covers this image's registry",
-            ));
+impl ScanService {
+    /// What the cache says of `image` now, and what it asks of the backend. `failure`
+    /// is why a fetch just failed, said instead of "not fetched in time".
+    fn cached(
+        &self,
+        set: &PolicySet,
+        image: &ImageRef,
+        now: SystemTime,
+        failure: Option<Cow<'static, str>>,
+    ) -> (ScanStatus, Option<Want>) {
+        let Some(spec) = set.integration_for(image.repository()) else {
+            return (
+                ScanStatus::Unavailable(Cow::Borrowed(
+                    "no RegistryIntegration covers this image's registry",
+                )),
+                None,
+            );
         };
-        let cache = &self.service.cache;
+        let miss = || {
+            let reason = failure
+                .clone()
+                .unwrap_or(Cow::Borrowed("no result was fetched in time"));
+            (
+                ScanStatus::Unavailable(reason),
+                Some(Want::Fetch(spec.clone())),
+            )
+        };
+        let mut want = None;
         let digest = match (image.digest(), image.tag()) {
             (Some(digest), _) => Cow::Borrowed(digest),
             (None, tag) => {
                 let key = digest_key(&spec.name, image.repository(), tag.unwrap_or("latest"));
-                let Some(entry) = cache.digest(&key) else {
-                    return self.miss(spec, image);
+                let Some(entry) = self.cache.digest(&key) else {
+                    return miss();
                 };
-                let is_fresh = fresh(entry.fetched_at, tag_ttl(spec), self.now);
+                let is_fresh = fresh(entry.fetched_at, tag_ttl(spec), now);
                 match entry.resolved {
                     Resolved::Digest(digest) => {
                         if !is_fresh {
-                            self.want(spec, image, false);
+                            want = Some(Want::Refresh(spec.clone()));
                         }
                         Cow::Owned(digest)
                     }
                     Resolved::NotFound if is_fresh => {
-                        return ScanStatus::Unavailable(Cow::Owned(format!(
-                            "the tag is not found in registry {}",
-                            image.registry()
-                        )));
+                        let reason =
+                            format!("the tag is not found in registry {}", image.registry());
+                        return (ScanStatus::Unavailable(Cow::Owned(reason)), None);
                     }
-                    Resolved::NotFound => return self.miss(spec, image),
+                    Resolved::NotFound => return miss(),
                 }
             }
         };
-        let Some(entry) = cache.scan(&scan_key(&spec.name, image.repository(), &digest)) else {
-            return self.miss(spec, image);
+        let Some(entry) = self
+            .cache
+            .scan(&scan_key(&spec.name, image.repository(), &digest))
+        else {
+            return miss();
         };
-        let is_fresh = fresh(entry.fetched_at, scan_ttl(spec, &entry.outcome), self.now);
-        match entry.outcome {
+        let is_fresh = fresh(entry.fetched_at, scan_ttl(spec, &entry.outcome), now);
+        let status = match entry.outcome {
             Outcome::Report(report) => {
-                if is_fresh {
-                    if self.first {
-                        self.service.metrics.lookup(&spec.name, "hit");
-                    }
-                } else {
-                    self.want(spec, image, false);
+                if !is_fresh {
+                    want = Some(Want::Refresh(spec.clone()));
+                } else if want.is_none() && failure.is_none() {
+                    self.metrics.lookup(&spec.name, "hit");
                 }
                 ScanStatus::Found(report)
             }
-            _ if !is_fresh => self.miss(spec, image),
+            _ if !is_fresh => return miss(),
             Outcome::NotFound => ScanStatus::Unavailable(no_result(spec, &digest)),
             Outcome::Pending => ScanStatus::Unavailable(Cow::Owned(format!(
                 "a scan of {digest} is pending in RegistryIntegration {:?}",
                 spec.name
             ))),
-        }
+        };
+        (status, want)
     }
 }
 

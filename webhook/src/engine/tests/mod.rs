@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 use portcullis_crds::{ContainerPolicySpec, Severity};
 
 use super::*;
-use crate::policy::NamespaceLabels;
 use crate::policy::{CompiledIntegration, compile};
+use crate::policy::{NamespaceLabels, NamespaceView};
 use crate::scan::{Finding, ScanReport, ScanStatus, VulnId};
 use crate::workload::PodSpec;
 
@@ -83,6 +83,7 @@ fn decide_in(
         &Subject {
             kind,
             namespace,
+            labels: NamespaceView::Snapshot,
             name: "web",
             spec: &spec,
         },
@@ -547,6 +548,7 @@ fn deny_message_has_the_documented_format() {
     let subject = Subject {
         kind: WorkloadKind::Deployment,
         namespace: "team-a",
+        labels: NamespaceView::Snapshot,
         name: "api",
         spec: &spec,
     };
