@@ -6,31 +6,17 @@
 
 mod policy;
 mod registry;
+pub mod schema;
 
 pub use policy::*;
 pub use registry::*;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResourceExt;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
 /// The API group of every Portcullis kind.
 pub const GROUP: &str = "portcullis.dev";
 /// The served API version.
 pub const VERSION: &str = "v1alpha1";
-
-/// The status every Portcullis object reports.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectStatus {
-    /// The `metadata.generation` the conditions describe.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// `Ready` (and, for RegistryIntegration, `BackendReachable`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-}
 
 /// The generated CustomResourceDefinitions as YAML, each with the file name it is
 /// committed under in `crds/`.

@@ -5,7 +5,12 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ObjectStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::schema::{
+    GO_DURATION, NAMESPACE_GLOB, REPOSITORY_GLOB, VULNERABILITY_ID, capability_pattern,
+    workload_kind_pattern,
+};
 
 /// Which images may run where, and under what conditions.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -14,7 +19,7 @@ use crate::ObjectStatus;
     version = "v1alpha1",
     kind = "ContainerPolicy",
     shortname = "cpol",
-    status = "ObjectStatus",
+    status = "ContainerPolicyStatus",
     printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
@@ -114,21 +119,26 @@ impl Severity {
 pub struct MatchSpec {
     /// Globs on the namespace name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(pattern(NAMESPACE_GLOB)))]
     pub namespaces: Option<Vec<String>>,
     /// Globs on namespace names the policy never applies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(pattern(NAMESPACE_GLOB)))]
     pub exclude_namespaces: Option<Vec<String>>,
     /// A label selector on the Namespace's labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
     /// Globs on the normalized repository (`registry/path`, no tag or digest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(pattern(REPOSITORY_GLOB)))]
     pub images: Option<Vec<String>>,
     /// Globs on repositories the policy never applies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(pattern(REPOSITORY_GLOB)))]
     pub exclude_images: Option<Vec<String>>,
     /// Workload kinds (Pod, Deployment, …); absent means every supported kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(pattern(workload_kind_pattern())))]
     pub kinds: Option<Vec<String>>,
 }
 
@@ -159,9 +169,11 @@ pub struct Rules {
 pub struct RegistryRules {
     /// If given, any repository that matches none of these globs violates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(pattern(REPOSITORY_GLOB)))]
     pub allow: Option<Vec<String>>,
     /// A repository matching any of these globs violates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(pattern(REPOSITORY_GLOB)))]
     pub deny: Option<Vec<String>>,
 }
 
@@ -171,6 +183,7 @@ pub struct RegistryRules {
 pub struct NamespaceRules {
     /// Namespace globs the matched images may run in; any other namespace violates.
     #[serde(default)]
+    #[schemars(inner(pattern(NAMESPACE_GLOB)))]
     pub allow: Vec<String>,
 }
 
@@ -201,12 +214,15 @@ pub struct VulnerabilityRules {
     pub fixable_only: bool,
     /// Vulnerability IDs that violate when present, at any severity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(VULNERABILITY_ID)))]
     pub deny: Vec<String>,
     /// Vulnerability IDs never counted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(VULNERABILITY_ID)))]
     pub ignore: Vec<String>,
     /// A scan result older than this (Go duration, e.g. `168h`) counts as no result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(GO_DURATION))]
     pub max_scan_age: Option<String>,
     /// What to do without a usable scan result; defaults to `spec.action`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,8 +288,29 @@ pub struct WorkloadRules {
     pub deny_host_path: bool,
     /// Capabilities that may not appear in `capabilities.add` (`ALL` included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(capability_pattern())))]
     pub forbidden_capabilities: Vec<String>,
     /// `readOnlyRootFilesystem` must be true.
     #[serde(default)]
     pub require_read_only_root_filesystem: bool,
+}
+
+/// ContainerPolicy status: readiness, and the generation enforced — the current one, or
+/// the last that compiled when the current one does not.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPolicyStatus {
+    /// The `metadata.generation` the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation whose spec is enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_generation: Option<i64>,
+    /// The spec of that generation: what keeps enforcing, across restarts, while a
+    /// later generation does not compile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_spec: Option<ContainerPolicySpec>,
 }

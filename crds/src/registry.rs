@@ -5,6 +5,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::schema::{GO_DURATION, HTTPS_URL, REPOSITORY_GLOB};
+
 /// How Portcullis reaches a set of registries and the scanner that covers them.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct RegistryIntegrationSpec {
     /// Globs on normalized repositories this integration covers.
+    #[schemars(inner(pattern(REPOSITORY_GLOB)))]
     pub registries: Vec<String>,
     /// Pull credentials for these registries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,9 +41,11 @@ pub struct RegistryIntegrationSpec {
     pub scan_on_demand: bool,
     /// How long a result is fresh (Go duration).
     #[serde(default = "default_cache_ttl", rename = "cacheTTL")]
+    #[schemars(pattern(GO_DURATION))]
     pub cache_ttl: String,
     /// Deadline of each backend call (Go duration).
     #[serde(default = "default_timeout")]
+    #[schemars(pattern(GO_DURATION))]
     pub timeout: String,
 }
 
@@ -89,6 +94,7 @@ pub struct ScannerSpec {
 #[serde(rename_all = "camelCase")]
 pub struct UrlScanner {
     /// The base URL (https only).
+    #[schemars(pattern(HTTPS_URL))]
     pub url: String,
     /// PEM CA bundle to trust for this URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,4 +118,11 @@ pub struct RegistryIntegrationStatus {
     /// When the scanner last answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_contact_time: Option<Time>,
+    /// The generation whose spec is enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_generation: Option<i64>,
+    /// The spec of that generation: what keeps enforcing, across restarts, while a
+    /// later generation does not compile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_spec: Option<RegistryIntegrationSpec>,
 }

@@ -10,20 +10,31 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use portcullis::controller::lookup::ApiReads;
+use portcullis_webhook::cluster::ClusterReads;
 use portcullis_webhook::testing::TestClient;
 use support::cluster::PrivateCluster;
 use support::replica::Installation;
 use support::{eventually, free_port, policy, repo};
 
-fn review() -> Vec<u8> {
-    // A real Pod review (namespace team-a, images nginx:1.25 and a pinned sidecar).
-    std::fs::read(repo().join("../shared/fixtures/admission/validate-create-pod.json"))
-        .expect("../shared/fixtures/admission beside the repository")
+/// A real Pod review (images nginx:1.25 and a pinned sidecar), in `namespace`.
+fn review(namespace: &str) -> Vec<u8> {
+    let captured =
+        std::fs::read(repo().join("../shared/fixtures/admission/validate-create-pod.json"))
+            .expect("../shared/fixtures/admission beside the repository");
+    let mut review: serde_json::Value = serde_json::from_slice(&captured).unwrap();
+    review["request"]["namespace"] = namespace.into();
+    review["request"]["object"]["metadata"]["namespace"] = namespace.into();
+    serde_json::to_vec(&review).unwrap()
 }
 
 async fn decide(client: &TestClient) -> serde_json::Value {
+    decide_in(client, "team-a").await
+}
+
+async fn decide_in(client: &TestClient, namespace: &str) -> serde_json::Value {
     let reply = client
-        .post("/validate", review())
+        .post("/validate", review(namespace))
         .await
         .expect("the webhook answers");
     assert_eq!(reply.status, 200);
@@ -39,9 +50,16 @@ async fn decisions_continue_while_the_api_server_is_down_and_status_catches_up()
     let cluster = &private.cluster;
     cluster.install_crds();
     cluster.kubectl_ok(&["create", "namespace", "portcullis-system"], None);
+    cluster
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a, labels: {tier: dev}}\n");
     cluster.apply(&policy(
         "no-docker-hub",
         "{match: {namespaces: [team-a]}, rules: {registries: {deny: [\"docker.io/**\"]}}}",
+    ));
+    // Selects namespaces by label: a namespace the watch has not delivered is read.
+    cluster.apply(&policy(
+        "prod-no-hub",
+        "{match: {namespaceSelector: {matchLabels: {tier: prod}}}, rules: {registries: {deny: [\"docker.io/**\"]}}}",
     ));
     // The caBundle has no configuration to go to here; the certificate still comes
     // from the Secret the leader keeps.
@@ -68,8 +86,37 @@ async fn decisions_continue_while_the_api_server_is_down_and_status_catches_up()
     .unwrap();
     let before = decide(&client).await;
     assert_eq!(before["allowed"], false, "{before}");
+    let labels_unknown = "the namespace's labels could not be read, so its match.namespaceSelector counts as matching";
+    assert!(
+        !before.to_string().contains("prod-no-hub"),
+        "team-a is tier=dev, from the watch: {before}"
+    );
+
+    // The request path's reads, against the real API server: labels of a namespace,
+    // none for one that does not exist, an error within the deadline when it is down.
+    let reads = ApiReads::new(cluster.client().await, std::sync::Arc::default());
+    let labels = reads.namespace_labels("team-a").await.unwrap().unwrap();
+    assert_eq!(labels["tier"], "dev");
+    assert_eq!(reads.namespace_labels("nowhere").await, Ok(None));
+    // A namespace no watch delivered (it does not exist): selector Block policies apply.
+    let unseen = decide_in(&client, "unseen").await;
+    assert!(
+        unseen["allowed"] == false && unseen.to_string().contains(labels_unknown),
+        "{unseen}"
+    );
 
     private.stop_api_server();
+    let started = std::time::Instant::now();
+    assert!(reads.namespace_labels("down").await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the read has a deadline"
+    );
+    let unseen = decide_in(&client, "unseen-while-down").await;
+    assert!(
+        unseen["allowed"] == false && unseen.to_string().contains(labels_unknown),
+        "fail closed while the API server is down: {unseen}"
+    );
     for _ in 0..10 {
         let during = decide(&client).await;
         assert_eq!(during, before, "the same decision from the last snapshot");

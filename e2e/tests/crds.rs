@@ -68,6 +68,23 @@ fn the_schema_rejects_bad_values_naming_the_field() {
             "{rules: {vulnerabilities: {maxSeverity: Severe}}}",
             "spec.rules.vulnerabilities.maxSeverity: Unsupported value: \"Severe\"",
         ),
+        // Patterns generated from the types: durations, capabilities, kinds, globs.
+        (
+            "{rules: {vulnerabilities: {maxScanAge: 7d}}}",
+            "spec.rules.vulnerabilities.maxScanAge in body should match",
+        ),
+        (
+            "{rules: {workload: {forbiddenCapabilities: [SYS_ADMN]}}}",
+            "spec.rules.workload.forbiddenCapabilities in body should match",
+        ),
+        (
+            "{match: {kinds: [Service]}}",
+            "spec.match.kinds in body should match",
+        ),
+        (
+            "{rules: {registries: {deny: [\"docker.io/nginx@sha256\"]}}}",
+            "spec.rules.registries.deny in body should match",
+        ),
     ] {
         let out = cluster.kubectl(
             &["apply", "--dry-run=server", "-f", "-"],
@@ -77,4 +94,12 @@ fn the_schema_rejects_bad_values_naming_the_field() {
         assert!(!out.status.success(), "the API server accepted {spec}");
         assert!(stderr.contains(wanted), "{spec}: {stderr}");
     }
+    // What the patterns allow: any case and the CAP_ prefix, Go durations.
+    cluster.kubectl_ok(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&policy(
+            "e2e-schema",
+            "{rules: {workload: {forbiddenCapabilities: [cap_sys_admin, NET_RAW]}, vulnerabilities: {maxScanAge: 1h30m}}}",
+        )),
+    );
 }

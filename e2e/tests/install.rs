@@ -44,7 +44,7 @@ fn the_install_applies_grants_least_privilege_and_deletes() {
             );
         }
     }
-    cluster.kubectl_ok(&["apply", "-k", dir], None);
+    cluster.kubectl_ok(&["apply", "--server-side", "-k", dir], None);
     for object in [
         "namespace/portcullis-system",
         "crd/containerpolicies.portcullis.dev",

@@ -11,7 +11,7 @@ use portcullis_crds::ContainerPolicy;
 use serde_json::json;
 
 /// A realistic policy: matching, registry, tag, vulnerability and workload rules.
-fn policy(i: usize, generation: i64) -> ContainerPolicy {
+fn policy(i: usize, generation: i64) -> Box<ContainerPolicy> {
     let spec = json!({
         "action": if i.is_multiple_of(3) { "Warn" } else { "Block" },
         "match": {"namespaces": [format!("team-{i}-*")], "excludeNamespaces": ["kube-system"], "images": [format!("ghcr.io/acme-{i}/**")]},
@@ -27,7 +27,7 @@ fn policy(i: usize, generation: i64) -> ContainerPolicy {
         serde_json::from_value(spec).unwrap(),
     );
     p.metadata.generation = Some(generation);
-    p
+    Box::new(p)
 }
 
 fn synced_index(n: usize) -> ClusterIndex {

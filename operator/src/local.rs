@@ -73,9 +73,10 @@ impl PolicyDir {
         Ok((changed, errors))
     }
 
-    /// Compiles everything read; objects that do not validate are left out and listed.
-    pub fn build(&self) -> Loaded {
-        manifests::build_set(self.files.values().flat_map(|f| &f.documents))
+    /// Compiles everything read; objects that do not validate are listed, and keep
+    /// enforcing the version `previous` enforced, if any.
+    pub fn build(&self, previous: Option<&PolicySet>) -> Loaded {
+        manifests::build_set(self.files.values().flat_map(|f| &f.documents), previous)
     }
 }
 
@@ -90,7 +91,7 @@ fn publish(
     scans: &ScanService,
     parse_errors: &[String],
 ) {
-    let loaded = dir.build();
+    let loaded = dir.build(Some(&shared.load()));
     scans.credentials().replace(loaded.secrets);
     for problem in parse_errors.iter().chain(&loaded.problems) {
         tracing::error!("{problem}");
@@ -145,11 +146,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let state = AppState {
-        policies: shared,
-        scans: scans.clone(),
-        ready: Readiness::ready_now(),
-    };
+    let state = AppState::new(shared, scans.clone(), Readiness::ready_now());
     let served = server::serve(
         listener,
         tls,
@@ -173,7 +170,7 @@ mod tests {
     }
 
     fn names(dir: &PolicyDir) -> (Vec<String>, Vec<String>) {
-        let loaded = dir.build();
+        let loaded = dir.build(None);
         (
             loaded
                 .set
@@ -267,6 +264,66 @@ mod tests {
             names(&dir).0.is_empty(),
             "a deleted file's policies are gone"
         );
+    }
+
+    /// As in a cluster: an object edited into something that does not compile keeps
+    /// the version that enforced before; a new object that never compiled enforces
+    /// nothing.
+    #[test]
+    fn an_invalid_edit_keeps_the_last_good_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("p.yaml");
+        write(
+            &file,
+            &policy("guard", "{rules: {tags: {denyLatest: true}}}"),
+        );
+        let mut dir = PolicyDir::new(tmp.path().to_owned());
+        dir.refresh().unwrap();
+        let first = dir.build(None).set;
+        assert_eq!(first.policies().len(), 1);
+
+        write(
+            &file,
+            &format!(
+                "{}---\n{}",
+                policy(
+                    "guard",
+                    "{rules: {workload: {forbiddenCapabilities: [NET_RAWR]}}}"
+                ),
+                policy(
+                    "fresh",
+                    "{rules: {workload: {forbiddenCapabilities: [NET_RAWR]}}}"
+                )
+            ),
+        );
+        dir.refresh().unwrap();
+        let loaded = dir.build(Some(&first));
+        let names: Vec<&str> = loaded
+            .set
+            .policies()
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["guard"],
+            "the last good guard keeps enforcing; fresh never compiled"
+        );
+        assert!(
+            loaded.problems[0].contains("ContainerPolicy \"guard\"")
+                && loaded.problems[0].ends_with("its last good version keeps enforcing"),
+            "{:?}",
+            loaded.problems
+        );
+        assert!(
+            loaded.problems[1].ends_with("nothing is enforced for it"),
+            "{:?}",
+            loaded.problems
+        );
+        assert!(Arc::ptr_eq(
+            loaded.set.policy("guard").unwrap(),
+            first.policy("guard").unwrap()
+        ));
     }
 
     #[test]

@@ -39,9 +39,9 @@ pub enum ManifestError {
 #[derive(Debug, Clone)]
 pub enum Manifest {
     /// A ContainerPolicy.
-    Policy(ContainerPolicy),
+    Policy(Box<ContainerPolicy>),
     /// A RegistryIntegration.
-    Integration(RegistryIntegration),
+    Integration(Box<RegistryIntegration>),
     /// A Namespace: its name and labels.
     Namespace(String, BTreeMap<String, String>),
     /// A `kubernetes.io/dockerconfigjson` Secret (local mode's registry credentials).
@@ -99,10 +99,10 @@ fn collect(location: String, doc: Value, out: &mut Vec<Document>) {
     let group = api_version.split_once('/').map_or("", |(group, _)| group);
     let manifest = match (group, kind.as_str()) {
         (portcullis_crds::GROUP, "ContainerPolicy") => {
-            strict::<ContainerPolicy>(&doc).map(Manifest::Policy)
+            strict::<ContainerPolicy>(&doc).map(|p| Manifest::Policy(Box::new(p)))
         }
         (portcullis_crds::GROUP, "RegistryIntegration") => {
-            strict::<RegistryIntegration>(&doc).map(Manifest::Integration)
+            strict::<RegistryIntegration>(&doc).map(|i| Manifest::Integration(Box::new(i)))
         }
         ("", "Namespace") => namespace(&doc),
         ("", "Secret") => secret(&doc),
@@ -220,8 +220,13 @@ pub struct Loaded {
 
 /// Compiles the policies, integrations and namespaces among `documents` (other objects
 /// are ignored): the one way local mode and `portcullis check` build a set. The first
-/// definition of a name counts; later ones and invalid ones are listed as problems.
-pub fn build_set<'d>(documents: impl IntoIterator<Item = &'d Document>) -> Loaded {
+/// definition of a name counts; later ones and invalid ones are listed as problems. An
+/// object that does not compile keeps its last good version enforcing, as in a cluster:
+/// the one `previous` (the set built before) enforced, else the one its status records.
+pub fn build_set<'d>(
+    documents: impl IntoIterator<Item = &'d Document>,
+    previous: Option<&PolicySet>,
+) -> Loaded {
     let mut problems = Vec::new();
     let mut policies = BTreeMap::new();
     let mut integrations = BTreeMap::new();
@@ -238,24 +243,47 @@ pub fn build_set<'d>(documents: impl IntoIterator<Item = &'d Document>) -> Loade
         match manifest {
             Manifest::Policy(p) => {
                 let name = p.metadata.name.clone().unwrap_or_default();
-                let compiled = compile(&name, &p.spec);
+                let compiled = compile(&name, &p.spec).map(Arc::new);
+                let last_good = || {
+                    let recorded = || {
+                        let status = p.status.as_ref()?;
+                        compile(&name, status.enforced_spec.as_ref()?)
+                            .ok()
+                            .map(Arc::new)
+                    };
+                    previous
+                        .and_then(|set| set.policy(&name).cloned())
+                        .or_else(recorded)
+                };
                 insert_once(
                     &mut policies,
                     "ContainerPolicy",
-                    name,
+                    name.clone(),
                     compiled,
+                    last_good,
                     location,
                     &mut problems,
                 );
             }
             Manifest::Integration(i) => {
                 let name = i.metadata.name.clone().unwrap_or_default();
-                let compiled = compile_integration(&name, &i.spec);
+                let compiled = compile_integration(&name, &i.spec).map(Arc::new);
+                let last_good = || {
+                    let recorded = || {
+                        let status = i.status.as_ref()?;
+                        let spec = status.enforced_spec.as_ref()?;
+                        compile_integration(&name, spec).ok().map(Arc::new)
+                    };
+                    previous
+                        .and_then(|set| set.integration(&name).cloned())
+                        .or_else(recorded)
+                };
                 insert_once(
                     &mut integrations,
                     "RegistryIntegration",
-                    name,
+                    name.clone(),
                     compiled,
+                    last_good,
                     location,
                     &mut problems,
                 );
@@ -285,20 +313,36 @@ pub fn build_set<'d>(documents: impl IntoIterator<Item = &'d Document>) -> Loade
     }
 }
 
-/// Keeps the first valid definition of each name; reports duplicates and field errors.
+/// Keeps the first definition of each name; reports duplicates and field errors. A
+/// definition that does not compile enforces its `last_good` version, if any.
 fn insert_once<T>(
     compiled: &mut BTreeMap<String, T>,
     kind: &str,
     name: String,
     result: Result<T, Vec<portcullis_webhook::policy::FieldError>>,
+    last_good: impl FnOnce() -> Option<T>,
     location: &str,
     problems: &mut Vec<String>,
 ) {
-    match result {
-        Err(e) => problems.push(format!("{location}: {kind} {name:?}: {}", join_errors(&e))),
-        Ok(_) if compiled.contains_key(&name) => problems.push(format!(
+    if compiled.contains_key(&name) {
+        return problems.push(format!(
             "{location}: {kind} {name:?} is defined twice; the first one counts"
-        )),
+        ));
+    }
+    match result {
+        Err(e) => {
+            let (kept, note) = match last_good() {
+                Some(value) => (Some(value), "its last good version keeps enforcing"),
+                None => (None, "nothing is enforced for it"),
+            };
+            problems.push(format!(
+                "{location}: {kind} {name:?}: {}; {note}",
+                join_errors(&e)
+            ));
+            if let Some(value) = kept {
+                compiled.insert(name, value);
+            }
+        }
         Ok(value) => drop(compiled.insert(name, value)),
     }
 }
@@ -412,7 +456,7 @@ mod tests {
              stringData: {.dockerconfigjson: 'hunter2'}\n",
         )
         .unwrap();
-        let loaded = build_set(&docs);
+        let loaded = build_set(&docs, None);
         assert_eq!(
             loaded.secrets["pull"]
                 .login_for("r.example")

@@ -22,6 +22,7 @@ pub struct Metrics {
     swap_seconds: Histogram,
     watch_errors: Family<Labels, Counter>,
     reconcile_errors: Family<Labels, Counter>,
+    namespace_lookups: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,6 +58,12 @@ impl Default for Metrics {
             "Status reconcile failures by kind and error",
             reconcile_errors.clone(),
         );
+        let namespace_lookups = Family::<Labels, Counter>::default();
+        registry.register(
+            "namespace_lookups",
+            "Reads of namespaces the watch had not delivered, by result (found, missing, failed, cached)",
+            namespace_lookups.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             objects,
@@ -64,6 +71,7 @@ impl Default for Metrics {
             swap_seconds,
             watch_errors,
             reconcile_errors,
+            namespace_lookups,
         }
     }
 }
@@ -110,6 +118,13 @@ impl Metrics {
                 ("kind", kind.to_owned()),
                 ("error", error.to_owned()),
             ])
+            .inc();
+    }
+
+    /// Counts a read of a namespace the watch had not delivered.
+    pub fn namespace_lookup(&self, result: &str) {
+        self.namespace_lookups
+            .get_or_create(&vec![("result", result.to_owned())])
             .inc();
     }
 

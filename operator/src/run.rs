@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::certs::{self, CertSettings};
 use crate::cli::RunArgs;
 use crate::controller::events::Reporter;
+use crate::controller::lookup::ApiReads;
 use crate::controller::{scans as scan_inputs, status, watch};
 use crate::leader::{self, Election};
 use crate::metrics::Metrics;
@@ -91,17 +92,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
     ));
     let mut statuses = tokio::spawn(status::run(
-        client,
+        client.clone(),
         reporter,
         metrics.clone(),
         leader.clone(),
         scans.clone(),
+        shared.clone(),
     ));
     let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
-        policies: shared,
-        scans: scans.clone(),
-        ready: ready.clone(),
+        cluster: Some(Arc::new(ApiReads::new(client, metrics.clone()))),
+        ..AppState::new(shared, scans.clone(), ready.clone())
     };
     let mut webhook = tokio::spawn(server::serve(listener, tls, server::router(state), async {
         let _ = webhook_stopped.await;

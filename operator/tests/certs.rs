@@ -167,11 +167,11 @@ async fn replicas_serve_the_rotated_secret_and_clients_never_fail() {
     ));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = server::AppState {
-        policies: Arc::new(arc_swap::ArcSwap::from_pointee(Default::default())),
-        scans: portcullis_webhook::scan::ScanService::in_memory(),
-        ready: ready.clone(),
-    };
+    let state = server::AppState::new(
+        Arc::new(arc_swap::ArcSwap::from_pointee(Default::default())),
+        portcullis_webhook::scan::ScanService::in_memory(),
+        ready.clone(),
+    );
     tokio::spawn(server::serve(
         listener,
         server_config(store).unwrap(),

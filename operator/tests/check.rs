@@ -243,6 +243,7 @@ fn verdicts_agree_with_the_webhook_on_the_fixtures() {
             .flat_map(|f| portcullis::manifests::read_file(f).unwrap())
             .collect::<Vec<_>>()
             .iter(),
+        None,
     );
     assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
     let now = SystemTime::now();

@@ -74,6 +74,7 @@ impl Harness {
             metrics.clone(),
             elected,
             scans.clone(),
+            shared.clone(),
         ));
         Harness {
             api,
@@ -152,7 +153,8 @@ fn namespace(name: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
 }
 
-const INVALID: &str = "spec.rules.vulnerabilities.maxCount.critical: must be >= 0 (got -1)";
+const INVALID: &str = "spec.rules.vulnerabilities.maxCount.critical: must be >= 0 (got -1); \
+     nothing is enforced: no version of this object has compiled";
 
 #[tokio::test]
 async fn status_events_fixes_and_deletes() {
@@ -231,6 +233,35 @@ async fn status_events_fixes_and_deletes() {
     .await;
     assert_eq!(h.ready_condition(POLICIES, "bad")["observedGeneration"], 2);
 
+    // An invalid edit of an enforcing policy keeps its last good generation enforcing,
+    // and the status says which; the enforced spec is recorded for restarts.
+    assert_eq!(
+        h.api.object(POLICIES, "good")["status"]["enforcedGeneration"],
+        1
+    );
+    assert_eq!(
+        h.api.object(POLICIES, "good")["status"]["enforcedSpec"]["rules"]["tags"]["denyLatest"],
+        true
+    );
+    h.api.apply(
+        POLICIES,
+        policy(
+            "good",
+            json!({"rules": {"workload": {"forbiddenCapabilities": ["NET_RAWR"]}}}),
+        ),
+    );
+    eventually("Ready=False naming the generation still enforced", || {
+        h.ready_condition(POLICIES, "good")["message"]
+            == "spec.rules.workload.forbiddenCapabilities[0]: unknown capability \"NET_RAWR\"; \
+                generation 1 is still enforced"
+    })
+    .await;
+    assert_eq!(h.enforced(), ["bad", "good"]);
+    assert_eq!(
+        h.api.object(POLICIES, "good")["status"]["enforcedGeneration"],
+        1
+    );
+
     h.api.delete(POLICIES, "good");
     eventually("the deleted policy gone", || h.enforced() == ["bad"]).await;
     let metrics = h.metrics.render();
@@ -284,11 +315,11 @@ async fn broken_watches_keep_the_last_snapshot_and_resume() {
 async fn the_webhook_answer_changes_with_the_policies() {
     let h = Harness::start(&[(NAMESPACES, namespace("team-a", json!({"env": "prod"})))]).await;
     eventually("ready", || h.ready.is_ready()).await;
-    let app = router(AppState {
-        policies: h.shared.clone(),
-        scans: ScanService::in_memory(),
-        ready: h.ready.clone(),
-    });
+    let app = router(AppState::new(
+        h.shared.clone(),
+        ScanService::in_memory(),
+        h.ready.clone(),
+    ));
     let deployment = fixture("validate-create-deployment.json");
     let allowed = |app: axum::Router| {
         let deployment = deployment.clone();
@@ -444,11 +475,11 @@ async fn vulnerability_reports_decide_once_an_integration_uses_trivy_operator() 
     .await;
     eventually("ready", || h.ready.is_ready()).await;
 
-    let app = router(AppState {
-        policies: h.shared.clone(),
-        scans: h.scans.clone(),
-        ready: h.ready.clone(),
-    });
+    let app = router(AppState::new(
+        h.shared.clone(),
+        h.scans.clone(),
+        h.ready.clone(),
+    ));
     let review = fixture("validate-create-pod.json").replace(
         "nginx:1.25",
         &format!("registry.acme.test/team/api@{DIGEST}"),

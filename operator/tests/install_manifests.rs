@@ -183,6 +183,30 @@ fn webhook_fails_closed_but_never_locks_out_the_control_plane() {
     );
 }
 
+/// Policies are checked when applied, but a broken Portcullis must never block fixing
+/// its own policies: that webhook fails open.
+#[test]
+fn policies_are_checked_when_applied_failing_open() {
+    let objects = rendered();
+    let config = find(&objects, "ValidatingWebhookConfiguration", "portcullis");
+    let webhook = config["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "policies.portcullis.dev")
+        .expect("a webhook for portcullis.dev objects");
+    assert_eq!(webhook["failurePolicy"], "Ignore");
+    assert_eq!(webhook["sideEffects"], "None");
+    assert_eq!(webhook["clientConfig"]["service"]["path"], "/validate");
+    let rule = &webhook["rules"][0];
+    assert_eq!(strings(&rule["apiGroups"]), ["portcullis.dev"]);
+    assert_eq!(
+        strings(&rule["resources"]),
+        ["containerpolicies", "registryintegrations"]
+    );
+    assert_eq!(strings(&rule["operations"]), ["CREATE", "UPDATE"]);
+}
+
 #[test]
 fn deployment_is_hardened_and_highly_available() {
     let objects = rendered();

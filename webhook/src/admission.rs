@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::engine::{self, Decision, Subject, truncate};
-use crate::policy::NamespaceView;
 use crate::policy::PolicySet;
+use crate::policy::{NamespaceView, compile, compile_integration, join_errors};
 use crate::scan::ScanResults;
 use crate::workload::{PodSpec, ReadError, WorkloadKind, WorkloadObject};
 
@@ -37,6 +37,10 @@ pub enum ReviewError {
     /// No `request.uid` to answer to.
     #[error("AdmissionReview request has no uid")]
     NoUid,
+    /// A field every review carries is missing or empty (`operation`, `kind`,
+    /// `resource`): nothing can be decided without it.
+    #[error("AdmissionReview request has no {0}")]
+    Missing(&'static str),
 }
 
 #[derive(Deserialize)]
@@ -58,6 +62,9 @@ pub struct Request<'a> {
     /// `kind` (after `matchPolicy: Equivalent` conversion).
     #[serde(borrow, default)]
     pub kind: GroupVersionKind<'a>,
+    /// `resource`.
+    #[serde(borrow, default)]
+    pub resource: GroupVersionResource<'a>,
     /// `subResource`.
     #[serde(borrow, default)]
     pub sub_resource: Option<Cow<'a, str>>,
@@ -90,6 +97,20 @@ pub struct GroupVersionKind<'a> {
     pub kind: Cow<'a, str>,
 }
 
+/// `request.resource`.
+#[derive(Debug, Default, Deserialize)]
+pub struct GroupVersionResource<'a> {
+    /// API group (`""` for core).
+    #[serde(borrow, default)]
+    pub group: Cow<'a, str>,
+    /// API version.
+    #[serde(borrow, default)]
+    pub version: Cow<'a, str>,
+    /// Resource (`pods`).
+    #[serde(borrow, default)]
+    pub resource: Cow<'a, str>,
+}
+
 /// Parses a review body, checking the envelope (not the object).
 pub fn parse(body: &[u8]) -> Result<Request<'_>, ReviewError> {
     let text = std::str::from_utf8(body).map_err(|e| {
@@ -106,6 +127,15 @@ pub fn parse(body: &[u8]) -> Result<Request<'_>, ReviewError> {
     if request.uid.is_empty() {
         return Err(ReviewError::NoUid);
     }
+    if request.operation.is_empty() {
+        return Err(ReviewError::Missing("operation"));
+    }
+    if request.kind.kind.is_empty() || request.kind.version.is_empty() {
+        return Err(ReviewError::Missing("kind"));
+    }
+    if request.resource.resource.is_empty() || request.resource.version.is_empty() {
+        return Err(ReviewError::Missing("resource"));
+    }
     Ok(request)
 }
 
@@ -118,6 +148,9 @@ pub enum Verdict {
     Unreadable(String),
     /// Evaluated against the policies.
     Decided(Decision),
+    /// A Portcullis object (ContainerPolicy, RegistryIntegration) that would not
+    /// compile: rejected with every bad field.
+    Invalid(String),
 }
 
 impl Verdict {
@@ -125,7 +158,7 @@ impl Verdict {
     pub fn allowed(&self) -> bool {
         match self {
             Verdict::Skipped(_) => true,
-            Verdict::Unreadable(_) => false,
+            Verdict::Unreadable(_) | Verdict::Invalid(_) => false,
             Verdict::Decided(d) => d.allowed(),
         }
     }
@@ -135,7 +168,7 @@ impl Verdict {
         match self {
             Verdict::Skipped(_) => "skip",
             Verdict::Decided(d) if !d.allowed() => "deny",
-            Verdict::Unreadable(_) => "deny",
+            Verdict::Unreadable(_) | Verdict::Invalid(_) => "deny",
             Verdict::Decided(d) if d.has_warnings() => "warn",
             Verdict::Decided(_) => "allow",
         }
@@ -154,6 +187,31 @@ pub struct Evaluable<'a> {
 }
 
 impl<'a> Evaluable<'a> {
+    /// The Pod whose settings the ephemeral containers of a pre-1.22
+    /// `EphemeralContainers` request will run with: that request does not carry them.
+    pub fn pod_to_join(&self) -> Option<&str> {
+        self.object
+            .ephemeral_list
+            .then_some(self.object.name.as_str())
+    }
+
+    /// These ephemeral containers in `pod` (its JSON): judged with the Pod's own
+    /// securityContext, volumes and host settings, as the kubelet will run them.
+    pub fn join_pod<'p>(self, pod: &'p str) -> Result<Evaluable<'p>, ReadError>
+    where
+        'a: 'p,
+    {
+        let mut spec = WorkloadObject::read(WorkloadKind::Pod, pod)?.pod_spec()?;
+        spec.containers = None;
+        spec.init_containers = None;
+        spec.ephemeral_containers = self.spec.ephemeral_containers;
+        Ok(Evaluable {
+            kind: self.kind,
+            object: self.object,
+            spec,
+        })
+    }
+
     /// The subject the engine decides, in `namespace` as `labels` knows it.
     pub fn subject<'s>(&'s self, namespace: &'s str, labels: NamespaceView<'s>) -> Subject<'s> {
         Subject {
@@ -222,6 +280,9 @@ pub fn read<'a>(request: &Request<'a>) -> Result<Evaluable<'a>, Verdict> {
     }
     let group = request.kind.group.as_ref();
     let kind_name = request.kind.kind.as_ref();
+    if group == portcullis_crds::GROUP {
+        return Err(check_policy_object(kind_name, request.object));
+    }
     let ephemeral = match request.sub_resource.as_deref() {
         None | Some("") => false,
         Some("ephemeralcontainers")
@@ -251,11 +312,10 @@ pub fn read<'a>(request: &Request<'a>) -> Result<Evaluable<'a>, Verdict> {
     let object = read(raw).map_err(unreadable)?;
     let mut spec = object.pod_spec().map_err(unreadable)?;
     if ephemeral {
-        // Only the ephemeral containers are being added; the rest was admitted already.
-        spec = PodSpec {
-            ephemeral_containers: spec.ephemeral_containers.take(),
-            ..PodSpec::default()
-        };
+        // Only the ephemeral containers are being added (the containers were admitted
+        // already); they run with the Pod's securityContext, volumes and host settings.
+        spec.containers = None;
+        spec.init_containers = None;
     } else if operation == "UPDATE"
         && let Some(old) = request.old_object.and_then(|old| read(old).ok())
         && old.pod_spec.map(RawValue::get) == object.pod_spec.map(RawValue::get)
@@ -263,6 +323,49 @@ pub fn read<'a>(request: &Request<'a>) -> Result<Evaluable<'a>, Verdict> {
         return Err(Verdict::Skipped("pod spec unchanged"));
     }
     Ok(Evaluable { kind, object, spec })
+}
+
+/// Checks a ContainerPolicy or RegistryIntegration with the compiler the controller
+/// uses: allowed when it compiles, else rejected naming every bad field.
+fn check_policy_object(kind: &str, object: Option<&RawValue>) -> Verdict {
+    let Some(raw) = object else {
+        return Verdict::Unreadable("request.object is missing".into());
+    };
+    let errors = match kind {
+        "ContainerPolicy" => crate::workload::decode::<portcullis_crds::ContainerPolicy>(raw.get())
+            .map(|p| compile(&p.metadata.name.clone().unwrap_or_default(), &p.spec).err()),
+        "RegistryIntegration" => {
+            crate::workload::decode::<portcullis_crds::RegistryIntegration>(raw.get()).map(|i| {
+                compile_integration(&i.metadata.name.clone().unwrap_or_default(), &i.spec).err()
+            })
+        }
+        _ => return Verdict::Skipped("kind is not evaluated"),
+    };
+    let name = crate::workload::decode::<ObjectName<'_>>(raw.get())
+        .ok()
+        .and_then(|o| o.metadata)
+        .and_then(|m| m.name)
+        .unwrap_or_default();
+    match errors {
+        Ok(None) => Verdict::Skipped("the object compiles"),
+        Ok(Some(errors)) => Verdict::Invalid(format!(
+            "{kind} {name:?} is invalid: {}",
+            join_errors(&errors)
+        )),
+        Err(error) => Verdict::Invalid(format!("{kind} {name:?} is invalid: {error}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct ObjectName<'a> {
+    #[serde(borrow)]
+    metadata: Option<NameOnly<'a>>,
+}
+
+#[derive(Deserialize)]
+struct NameOnly<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
 }
 
 /// The AdmissionReview answering `uid` with `verdict`.
@@ -274,6 +377,10 @@ pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
     match verdict {
         Verdict::Skipped(_) => {}
         Verdict::Unreadable(message) => deny(&mut response, message.clone()),
+        Verdict::Invalid(message) => {
+            response.allowed = false;
+            response.result = Status::failure(message, "Invalid").with_code(422);
+        }
         Verdict::Decided(decision) => {
             if let Some(message) = decision.deny_message() {
                 deny(&mut response, message);

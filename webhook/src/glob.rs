@@ -4,7 +4,9 @@
 
 use std::fmt;
 
-use crate::image::DOCKER_HUB;
+use crate::image::{
+    DOCKER_HUB, canonical_registry, is_registry_component, validate_component, validate_registry,
+};
 
 /// A compiled glob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,39 +24,24 @@ enum Segment {
 }
 
 impl Glob {
-    /// A glob on repositories. A pattern whose first segment is not a registry is
-    /// normalized as the runtime normalizes references (`nginx` → `docker.io/library/nginx`).
+    /// A glob on repositories (`registry/path`, no tag or digest), normalized exactly
+    /// as references are ([`crate::image`]): `nginx` is `docker.io/library/nginx`,
+    /// `docker.io/nginx` too, `index.docker.io/**` is `docker.io/**`, `ghcr.io:443/**`
+    /// is `ghcr.io/**`. A pattern no repository could match is an error.
     pub fn repository(pattern: &str) -> Result<Self, String> {
-        let first = pattern.split('/').next().unwrap_or_default();
-        let is_registry =
-            pattern.is_empty() || first.contains(['.', ':', '*']) || first == "localhost";
-        if is_registry {
-            Self::parse(pattern, pattern)
-        } else if pattern.contains('/') {
-            Self::parse(pattern, &format!("{DOCKER_HUB}/{pattern}"))
-        } else {
-            Self::parse(pattern, &format!("{DOCKER_HUB}/library/{pattern}"))
-        }
+        check_characters(pattern, REPOSITORY_CHARACTERS, "repository")?;
+        let normalized = normalize_repository(pattern)?;
+        Self::parse(pattern, &normalized)
     }
 
-    /// A glob on plain names such as namespaces.
+    /// A glob on namespace names (DNS labels: lowercase letters, digits, `-`).
     pub fn new(pattern: &str) -> Result<Self, String> {
+        check_characters(pattern, NAMESPACE_CHARACTERS, "namespace")?;
         Self::parse(pattern, pattern)
     }
 
     /// Compiles `normalized`; errors and display quote `source`, as the user wrote it.
     fn parse(source: &str, normalized: &str) -> Result<Self, String> {
-        if source.is_empty() {
-            return Err("pattern is empty".into());
-        }
-        if let Some(c) = source
-            .chars()
-            .find(|c| c.is_control() || c.is_whitespace() || c.is_uppercase())
-        {
-            return Err(format!(
-                "pattern {source:?} has the character {c:?} (patterns are lowercase, without spaces)"
-            ));
-        }
         let segments = normalized
             .split('/')
             .map(|segment| match segment {
@@ -81,12 +68,112 @@ impl Glob {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+
+    /// The pattern as it is matched: normalized like references (`nginx` is
+    /// `docker.io/library/nginx`).
+    pub fn normalized(&self) -> String {
+        let segments: Vec<String> = self
+            .segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Any => "**".to_owned(),
+                Segment::Pieces(pieces) => pieces.join("*"),
+            })
+            .collect();
+        segments.join("/")
+    }
 }
 
 impl fmt::Display for Glob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.source)
     }
+}
+
+/// Characters a repository (`registry[:port]/path`, IPv6 hosts in brackets) can hold,
+/// and `*`.
+const REPOSITORY_CHARACTERS: &str = "abcdefghijklmnopqrstuvwxyz0123456789._-/:[]*";
+/// Characters a namespace name can hold, and `*`.
+const NAMESPACE_CHARACTERS: &str = "abcdefghijklmnopqrstuvwxyz0123456789-*";
+
+/// Refuses an empty pattern and characters no `what` name contains.
+fn check_characters(pattern: &str, allowed: &str, what: &str) -> Result<(), String> {
+    if pattern.is_empty() {
+        return Err("pattern is empty".into());
+    }
+    match pattern.chars().find(|c| !allowed.contains(*c)) {
+        None => Ok(()),
+        Some(c) if c.is_uppercase() || c.is_whitespace() || c.is_control() => Err(format!(
+            "pattern {pattern:?} has the character {c:?} (patterns are lowercase, without spaces)"
+        )),
+        Some('@') => Err(format!(
+            "pattern {pattern:?} has the character '@': patterns match repositories, without tag or digest"
+        )),
+        Some(c) => Err(format!(
+            "pattern {pattern:?} has the character {c:?}, which no {what} name contains"
+        )),
+    }
+}
+
+/// `pattern` as the runtime would normalize a reference written that way; literal
+/// parts are checked as references are, so a pattern that cannot match is an error.
+fn normalize_repository(pattern: &str) -> Result<String, String> {
+    let bad = |why: String| format!("pattern {pattern:?}: {why}");
+    let Some((first, path)) = pattern.split_once('/') else {
+        // One component: an official Docker Hub image, like the reference `nginx`.
+        if pattern == "**" {
+            return Ok(pattern.to_owned());
+        }
+        if let Some((name, after)) = pattern.split_once(':') {
+            return Err(bad(format!(
+                "\":{after}\" is a tag or port; patterns match repositories without tags (write {name:?}, or \"{pattern}/**\" for a registry)"
+            )));
+        }
+        if pattern.contains('.') && !pattern.contains('*') {
+            return Err(bad(format!(
+                "a registry without a repository (write \"{pattern}/**\" for the registry, or \"docker.io/library/{pattern}\" for a Docker Hub image)"
+            )));
+        }
+        check_path(pattern).map_err(bad)?;
+        return Ok(format!("{DOCKER_HUB}/library/{pattern}"));
+    };
+    let (registry, path) = if is_registry_component(first) || first.contains('*') {
+        if !first.contains('*') {
+            validate_registry(first).map_err(|e| bad(e.to_string()))?;
+        } else if let Some((_, port)) = first.rsplit_once(':')
+            && !port.chars().all(|c| c.is_ascii_digit() || c == '*')
+        {
+            return Err(bad(format!("port {port:?} is not a number")));
+        }
+        (canonical_registry(first), path)
+    } else {
+        (DOCKER_HUB.to_owned(), pattern)
+    };
+    check_path(path).map_err(bad)?;
+    let library = registry == DOCKER_HUB && !path.contains('/') && path != "**";
+    Ok(if library {
+        format!("{registry}/library/{path}")
+    } else {
+        format!("{registry}/{path}")
+    })
+}
+
+/// Checks each literal path component as a reference's; components with `*` by their
+/// characters.
+fn check_path(path: &str) -> Result<(), String> {
+    for component in path.split('/') {
+        if component.is_empty() {
+            continue; // reported by the glob's own parse
+        }
+        if !component.contains('*') {
+            validate_component(component).map_err(|e| e.to_string())?;
+        } else if let Some(c) = component.chars().find(|c| ":[]".contains(*c)) {
+            return Err(format!(
+                "{c:?} cannot appear in a repository path component ({component:?})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Matches `pattern` against the rest of a name (`None` once every segment is used),
@@ -173,6 +260,19 @@ mod tests {
             ("acme/*", "docker.io/acme/api", true),
             ("**", "anything/at/all", true),
             ("localhost:5000/**", "localhost:5000/x", true),
+            // One name per registry, patterns normalized exactly like references.
+            ("docker.io/**", "docker.io/library/nginx", true),
+            ("index.docker.io/**", "docker.io/acme/api", true),
+            ("registry-1.docker.io/acme/*", "docker.io/acme/api", true),
+            ("docker.io/nginx", "docker.io/library/nginx", true),
+            ("docker.io/*", "docker.io/library/nginx", true),
+            ("docker.io/*", "docker.io/acme/api", false),
+            ("ghcr.io:443/evil/**", "ghcr.io/evil/x", true),
+            ("ghcr.io/evil/**", "ghcr.io/evil/x", true),
+            ("ghcr.io:4443/**", "ghcr.io/evil/x", false),
+            ("*", "docker.io/library/nginx", true),
+            ("[::1]:5000/**", "[::1]:5000/a", true),
+            ("*.acme.com:*/**", "harbor.acme.com:8443/x", true),
         ];
         for (pattern, name, want) in cases {
             let g = Glob::repository(pattern).unwrap();
@@ -202,5 +302,50 @@ mod tests {
             Glob::repository("acme/").unwrap_err(),
             "pattern \"acme/\" has an empty path segment"
         );
+    }
+
+    /// Patterns no repository can match are errors that say why, never silent no-ops.
+    #[test]
+    fn patterns_that_cannot_match_are_refused() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[unclosed",
+                "invalid repository path component \"[unclosed\"",
+            ),
+            (
+                "docker.io/nginx@sha256",
+                "has the character '@': patterns match repositories, without tag or digest",
+            ),
+            (
+                "nginx:1.25",
+                "\":1.25\" is a tag or port; patterns match repositories without tags",
+            ),
+            (
+                "ghcr.io:https/**",
+                "invalid registry host \"ghcr.io:https\"",
+            ),
+            ("*.acme.com:x*/**", "port \"x*\" is not a number"),
+            ("ghcr.io", "a registry without a repository"),
+            ("ghcr.io/a..b", "invalid repository path component \"a..b\""),
+            ("ghcr.io/-a", "invalid repository path component \"-a\""),
+            (
+                "ghcr.io/a*:b",
+                "':' cannot appear in a repository path component",
+            ),
+            (
+                "ghcr.io/a%b",
+                "has the character '%', which no repository name contains",
+            ),
+        ];
+        for (pattern, wanted) in cases {
+            let error = Glob::repository(pattern).expect_err(pattern);
+            assert!(error.contains(wanted), "{pattern}: {error}");
+        }
+        assert!(
+            Glob::new("team_a")
+                .unwrap_err()
+                .contains("which no namespace name contains")
+        );
+        assert!(Glob::new("team-*").is_ok());
     }
 }

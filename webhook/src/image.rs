@@ -1,14 +1,18 @@
 //! Image references, parsed and normalized the way the container runtime does.
 //!
 //! Grammar: distribution's `reference` package. Normalization: `nginx` →
-//! `docker.io/library/nginx:latest`, `index.docker.io` → `docker.io`, and the registry
-//! host lowercased (DNS names are case-insensitive; a policy must not be dodged by case).
+//! `docker.io/library/nginx:latest`, and one name per registry ([`canonical_registry`]):
+//! the host lowercased (DNS names are case-insensitive; a policy must not be dodged by
+//! case), Docker Hub's aliases as `docker.io`, an explicit `:443` dropped.
 
 use std::fmt;
 
 /// The default registry of references without one.
 pub const DOCKER_HUB: &str = "docker.io";
-const LEGACY_DOCKER_HUB: &str = "index.docker.io";
+/// Other names the runtime pulls Docker Hub images by.
+const DOCKER_HUB_ALIASES: [&str; 2] = ["index.docker.io", "registry-1.docker.io"];
+/// The port a registry is reached on when none is written.
+const DEFAULT_PORT: &str = ":443";
 const MAX_NAME_LEN: usize = 255;
 const MAX_TAG_LEN: usize = 128;
 
@@ -143,24 +147,39 @@ impl fmt::Display for ImageRef {
     }
 }
 
+/// The one name of a registry, as references, policy patterns, integrations,
+/// credentials and the scan cache all use it: lowercase, Docker Hub's aliases
+/// (`index.docker.io`, `registry-1.docker.io`) as `docker.io`, and an explicit default
+/// port (`ghcr.io:443`) as the bare host. Nothing else normalizes a registry name.
+pub fn canonical_registry(host: &str) -> String {
+    let lower = host.to_ascii_lowercase();
+    let bare = lower.strip_suffix(DEFAULT_PORT).unwrap_or(&lower);
+    if DOCKER_HUB_ALIASES.contains(&bare) {
+        DOCKER_HUB.to_owned()
+    } else {
+        bare.to_owned()
+    }
+}
+
+/// Whether the first component of a name is a registry host, as the runtime decides:
+/// it contains `.` or `:`, or is `localhost`.
+pub(crate) fn is_registry_component(first: &str) -> bool {
+    first.contains(['.', ':']) || first == "localhost"
+}
+
 /// Splits `name` into a normalized registry and the remaining path.
 fn split_registry(name: &str) -> Result<(String, &str), ImageError> {
     match name.split_once('/') {
-        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+        Some((first, rest)) if is_registry_component(first) => {
             validate_registry(first)?;
-            let registry = first.to_ascii_lowercase();
-            let registry = if registry == LEGACY_DOCKER_HUB {
-                DOCKER_HUB.to_owned()
-            } else {
-                registry
-            };
-            Ok((registry, rest))
+            Ok((canonical_registry(first), rest))
         }
         _ => Ok((DOCKER_HUB.to_owned(), name)),
     }
 }
 
-fn validate_registry(registry: &str) -> Result<(), ImageError> {
+/// Checks a registry host (`host[:port]`, `[v6]:port`) as a reference may write it.
+pub(crate) fn validate_registry(registry: &str) -> Result<(), ImageError> {
     let bad = || ImageError::BadRegistry(registry.to_owned());
     let (host, port) = if let Some(v6) = registry.strip_prefix('[') {
         let (addr, after) = v6.split_once(']').ok_or_else(bad)?;
@@ -198,7 +217,7 @@ fn validate_registry(registry: &str) -> Result<(), ImageError> {
 }
 
 /// A path component: `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`.
-fn validate_component(component: &str) -> Result<(), ImageError> {
+pub(crate) fn validate_component(component: &str) -> Result<(), ImageError> {
     if component.chars().any(|c| c.is_ascii_uppercase()) {
         return Err(ImageError::Uppercase);
     }
@@ -307,6 +326,24 @@ mod tests {
                 "registry.example.com/a",
                 "registry.example.com/a:latest",
             ),
+            (
+                "registry-1.docker.io/library/nginx:1.25",
+                "docker.io/library/nginx",
+                "docker.io/library/nginx:1.25",
+            ),
+            (
+                "Index.Docker.IO/nginx",
+                "docker.io/library/nginx",
+                "docker.io/library/nginx:latest",
+            ),
+            ("ghcr.io:443/evil/x:1", "ghcr.io/evil/x", "ghcr.io/evil/x:1"),
+            (
+                "docker.io:443/acme/api",
+                "docker.io/acme/api",
+                "docker.io/acme/api:latest",
+            ),
+            ("[::1]:443/a", "[::1]/a", "[::1]/a:latest"),
+            ("ghcr.io:4443/a", "ghcr.io:4443/a", "ghcr.io:4443/a:latest"),
             ("[::1]:5000/a", "[::1]:5000/a", "[::1]:5000/a:latest"),
             (
                 "ghcr.io/acme/a_b__c.d-e--f",

@@ -5,6 +5,7 @@
 //! ([`server`]) answers AdmissionReviews from a snapshot it loads per request.
 
 pub mod admission;
+pub mod cluster;
 pub mod duration;
 pub mod engine;
 pub mod glob;

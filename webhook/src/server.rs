@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::admission::{self, Verdict};
+use crate::cluster::ClusterReads;
 use crate::engine::Review;
-use crate::policy::{NamespaceView, PolicySet, SharedPolicySet};
+use crate::policy::{NamespaceLabels, NamespaceView, PolicySet, SharedPolicySet};
 use crate::scan::ScanService;
 
 /// Largest AdmissionReview accepted; the API server's own request limit is 3 MiB of
@@ -30,6 +31,20 @@ pub struct AppState {
     pub scans: Arc<ScanService>,
     /// What `/readyz` answers.
     pub ready: Readiness,
+    /// Bounded reads of what the snapshot lacks (in a cluster; none in local mode).
+    pub cluster: Option<Arc<dyn ClusterReads>>,
+}
+
+impl AppState {
+    /// A state that reads nothing from a cluster (local mode, tests).
+    pub fn new(policies: SharedPolicySet, scans: Arc<ScanService>, ready: Readiness) -> Self {
+        AppState {
+            policies,
+            scans,
+            ready,
+            cluster: None,
+        }
+    }
 }
 
 /// Ready means enforcing the real policy set with a certificate clients trust, and not
@@ -114,7 +129,7 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
     let snapshot = state.policies.load();
     let verdict = match admission::read(&request) {
         Err(verdict) => verdict,
-        Ok(evaluable) => decide(&state, &request, &snapshot, &evaluable, started).await,
+        Ok(evaluable) => decide(&state, &request, &snapshot, evaluable, started).await,
     };
     log_verdict(&request, &verdict, started);
     match serde_json::to_vec(&admission::respond(&request.uid, &verdict)) {
@@ -132,11 +147,35 @@ async fn decide(
     state: &AppState,
     request: &admission::Request<'_>,
     snapshot: &PolicySet,
-    evaluable: &admission::Evaluable<'_>,
+    evaluable: admission::Evaluable<'_>,
     started: Instant,
 ) -> Verdict {
     let namespace = request.namespace.as_deref().unwrap_or_default();
-    let review = Review::new(evaluable.subject(namespace, NamespaceView::Snapshot));
+    let pod = match (evaluable.pod_to_join(), &state.cluster) {
+        (Some(name), Some(cluster)) => read_pod(cluster.as_ref(), namespace, name).await,
+        _ => None,
+    };
+    let evaluable = match &pod {
+        Some(json) => {
+            let name = evaluable.object.name.clone();
+            match evaluable.join_pod(json) {
+                Ok(joined) => joined,
+                Err(error) => {
+                    return Verdict::Unreadable(format!(
+                        "Pod {namespace}/{name}, which the ephemeral containers join, cannot be read as Pod: {error}"
+                    ));
+                }
+            }
+        }
+        None => evaluable,
+    };
+    let labels = namespace_labels(state, snapshot, namespace).await;
+    let view = match &labels {
+        Labels::Snapshot => NamespaceView::Snapshot,
+        Labels::LookedUp(labels) => NamespaceView::LookedUp(labels),
+        Labels::Unknown => NamespaceView::Unknown,
+    };
+    let review = Review::new(evaluable.subject(namespace, view));
     let needed = review.scans_needed(snapshot);
     let dry_run = request.dry_run == Some(true);
     let results = state
@@ -144,6 +183,51 @@ async fn decide(
         .results(snapshot, needed, started, dry_run)
         .await;
     Verdict::Decided(review.decide(snapshot, &results, SystemTime::now()))
+}
+
+/// A namespace's labels for one request.
+enum Labels {
+    Snapshot,
+    LookedUp(NamespaceLabels),
+    Unknown,
+}
+
+/// The snapshot's labels, unless the watch has not delivered the namespace and a policy
+/// selects by labels: then one bounded read; if it fails, the labels are unknown (and
+/// selector-scoped Block policies count as matching).
+async fn namespace_labels(state: &AppState, snapshot: &PolicySet, namespace: &str) -> Labels {
+    let Some(cluster) = &state.cluster else {
+        return Labels::Snapshot;
+    };
+    if namespace.is_empty()
+        || snapshot.knows_namespace(namespace)
+        || !snapshot.selects_by_namespace_labels()
+    {
+        return Labels::Snapshot;
+    }
+    match cluster.namespace_labels(namespace).await {
+        Ok(Some(labels)) => Labels::LookedUp(labels),
+        Ok(None) => {
+            tracing::warn!(%namespace, "a request names a namespace the API server does not know; its labels count as unknown");
+            Labels::Unknown
+        }
+        Err(error) => {
+            tracing::warn!(%namespace, %error, "the namespace's labels could not be read; selector-scoped Block policies count as matching");
+            Labels::Unknown
+        }
+    }
+}
+
+/// The Pod a pre-1.22 ephemeral-containers request joins; without it the containers
+/// are judged by their own settings alone (logged).
+async fn read_pod(cluster: &dyn ClusterReads, namespace: &str, name: &str) -> Option<String> {
+    match cluster.pod(namespace, name).await {
+        Ok(pod) => pod,
+        Err(error) => {
+            tracing::warn!(%namespace, pod = %name, %error, "the Pod could not be read; its ephemeral containers are judged by their own settings");
+            None
+        }
+    }
 }
 
 /// One line per request that was evaluated: identifiers and outcome, never the object.
@@ -163,7 +247,7 @@ fn log_verdict(request: &admission::Request<'_>, verdict: &Verdict, started: Ins
                 .collect();
             tracing::info!(uid, kind, namespace, verdict = label, micros, violations = ?rules, "admission");
         }
-        Verdict::Unreadable(message) => {
+        Verdict::Unreadable(message) | Verdict::Invalid(message) => {
             tracing::info!(uid, kind, namespace, verdict = label, micros, %message, "admission")
         }
         _ => tracing::debug!(uid, kind, namespace, verdict = label, micros, "admission"),

@@ -56,7 +56,8 @@ impl WorkloadKind {
         }
     }
 
-    /// The kind named in a policy's `match.kinds`.
+    /// The kind named in a policy's `match.kinds` (one of the CRD schema's
+    /// [`portcullis_crds::schema::WORKLOAD_KINDS`]).
     pub fn from_name(name: &str) -> Result<Self, String> {
         Self::ALL
             .into_iter()
@@ -460,5 +461,16 @@ fn without_position(e: &serde_json::Error) -> String {
     match message.rfind(" at line ") {
         Some(i) => message[..i].to_owned(),
         None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_names_exactly_the_supported_kinds() {
+        let names: Vec<&str> = WorkloadKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, portcullis_crds::schema::WORKLOAD_KINDS);
     }
 }

@@ -47,6 +47,13 @@ async fn envelope_errors_are_400_with_a_reason() {
     no_uid["request"].as_object_mut().unwrap().remove("uid");
     let mut uid_number = pod_review();
     uid_number["request"]["uid"] = json!(42);
+    let without = |field: &str| {
+        let mut review = pod_review();
+        review["request"].as_object_mut().unwrap().remove(field);
+        serde_json::to_vec(&review).unwrap()
+    };
+    let mut empty_kind = pod_review();
+    empty_kind["request"]["kind"] = json!({});
     let full = fixture("validate-create-pod.json");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("not JSON", b"not json".to_vec(), "invalid JSON"),
@@ -79,6 +86,15 @@ async fn envelope_errors_are_400_with_a_reason() {
             serde_json::to_vec(&uid_number).unwrap(),
             "request.uid",
         ),
+        // Without these nothing can be decided; never "allowed".
+        ("no operation", without("operation"), "has no operation"),
+        ("no kind", without("kind"), "has no kind"),
+        (
+            "an empty kind",
+            serde_json::to_vec(&empty_kind).unwrap(),
+            "has no kind",
+        ),
+        ("no resource", without("resource"), "has no resource"),
     ];
     for (what, body, reason) in cases {
         let (status, answer) = post(body).await;

@@ -160,11 +160,11 @@ async fn a_tagged_image_is_resolved_then_scanned_and_rotated_credentials_apply_w
         Arc::default(),
     );
     let scans = ScanService::in_memory();
-    let server = TestServer::start(AppState {
-        policies: Arc::new(ArcSwap::from_pointee(set)),
-        scans: scans.clone(),
-        ready: Readiness::ready_now(),
-    })
+    let server = TestServer::start(AppState::new(
+        Arc::new(ArcSwap::from_pointee(set)),
+        scans.clone(),
+        Readiness::ready_now(),
+    ))
     .await
     .unwrap();
     let image = format!("{}/acme/api:v1", registry.host);

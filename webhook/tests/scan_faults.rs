@@ -54,11 +54,11 @@ fn trivy_json(server: &TestServer) -> Value {
 }
 
 async fn webhook(set: PolicySet, scans: Arc<ScanService>) -> TestServer {
-    TestServer::start(AppState {
-        policies: Arc::new(ArcSwap::from_pointee(set)),
+    TestServer::start(AppState::new(
+        Arc::new(ArcSwap::from_pointee(set)),
         scans,
-        ready: Readiness::ready_now(),
-    })
+        Readiness::ready_now(),
+    ))
     .await
     .unwrap()
 }

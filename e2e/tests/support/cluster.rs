@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{repo, skip};
+use super::{SCOPE_LABEL, repo, skip};
 
 /// An API server reached through a kubeconfig.
 #[derive(Debug, Clone)]
@@ -68,10 +68,10 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    /// Installs the CRDs the way the README says (`kubectl apply -f crds/`) and waits
+    /// Installs the CRDs the way the README says (`kubectl apply --server-side -f crds/`) and waits
     /// until they are served.
     pub fn install_crds(&self) {
-        self.kubectl_ok(&["apply", "-f", "crds/"], None);
+        self.kubectl_ok(&["apply", "--server-side", "-f", "crds/"], None);
         self.kubectl_ok(
             &[
                 "wait",
@@ -127,7 +127,7 @@ impl Cluster {
             ],
             None,
         );
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(1);
         while Instant::now() < deadline {
             let exists = self.kubectl(&["get", "namespace", namespace], None);
             if !exists.status.success() {
@@ -173,12 +173,18 @@ impl Cleanup {
         self.objects.push((resource.into(), None, name.into()));
     }
 
-    /// Create a namespace labelled with its name (as 1.21+ does by itself, and as the
-    /// webhook configurations select by), removed at the end with its contents.
+    /// Create a namespace labelled with its name (as 1.21+ does by itself) and in its
+    /// own scope (what the test webhook configurations select), removed at the end with
+    /// its contents.
     pub fn namespace(&mut self, name: &str) {
         self.cluster.apply(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{kubernetes.io/metadata.name: {name}}}}}\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{kubernetes.io/metadata.name: {name}, {SCOPE_LABEL}: {name}}}}}\n"
         ));
+        self.created_namespace(name);
+    }
+
+    /// Remove a namespace the test created some other way, with its contents, at the end.
+    pub fn created_namespace(&mut self, name: &str) {
         self.objects.push(("namespace".into(), None, name.into()));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::balancer::Balancer;
 use super::cluster::{Cleanup, Cluster};
 use super::replica::{Installation, Replica};
-use super::{eventually, free_port, load, unique, webhook_configuration};
+use super::{Routes, eventually, free_port, load, unique, webhook_configuration};
 
 /// A running installation; everything is removed when it drops.
 pub struct Installed {
@@ -46,7 +46,10 @@ impl Installed {
             &webhook,
             &namespace,
             &format!("https://{}/validate", balancer.addr),
-            false,
+            Routes {
+                workloads: false,
+                policies: false,
+            },
         ));
         cleanup.cluster_scoped("validatingwebhookconfiguration", &webhook);
         let installation = Installation {

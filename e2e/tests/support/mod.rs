@@ -36,7 +36,7 @@ pub fn skip<T>(why: &str) -> Option<T> {
 
 /// The cluster in `KUBECONFIG`, checked to answer; `None` (skipped) when none is given.
 pub fn shared_cluster() -> Option<Cluster> {
-    let Some(kubeconfig) = std::env::var_os("KUBECONFIG") else {
+    let Some(kubeconfig) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) else {
         return skip(
             "set KUBECONFIG to run the e2e tests (`bash e2e/run.sh` starts a real API server and runs them)",
         );
@@ -104,11 +104,25 @@ pub fn policy(name: &str, spec: &str) -> String {
     )
 }
 
-/// A ValidatingWebhookConfiguration that sends Pods (and, with `workloads`, every
-/// workload kind) of `namespace` to `url`, failing closed, with no caBundle: the leader
-/// writes it (self-managed TLS).
-pub fn webhook_configuration(name: &str, namespace: &str, url: &str, workloads: bool) -> String {
-    let workload_rules = if workloads {
+/// The label the test webhook configurations select namespaces by: a test's namespaces
+/// carry it with the test's main namespace as value.
+pub const SCOPE_LABEL: &str = "portcullis.dev/e2e-scope";
+
+/// What a test webhook configuration sends to Portcullis.
+#[derive(Debug, Clone, Copy)]
+pub struct Routes {
+    /// Every workload kind besides Pods.
+    pub workloads: bool,
+    /// ContainerPolicies and RegistryIntegrations, checked when applied (failing open,
+    /// as `config/default` registers them).
+    pub policies: bool,
+}
+
+/// A ValidatingWebhookConfiguration that sends Pods (and what `routes` adds) of the
+/// namespaces labelled [`SCOPE_LABEL`]`=scope` to `url`, failing closed, with no
+/// caBundle: the leader writes it (self-managed TLS).
+pub fn webhook_configuration(name: &str, scope: &str, url: &str, routes: Routes) -> String {
+    let workload_rules = if routes.workloads {
         r#",
           {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["replicationcontrollers"]},
           {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"]},
@@ -116,13 +130,25 @@ pub fn webhook_configuration(name: &str, namespace: &str, url: &str, workloads: 
     } else {
         ""
     };
+    let policies = if routes.policies {
+        format!(
+            r#",
+          {{"name": "policies.portcullis.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Ignore", "matchPolicy": "Equivalent", "timeoutSeconds": 5,
+            "clientConfig": {{"url": "{url}"}},
+            "rules": [{{"apiGroups": ["portcullis.dev"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+                        "resources": ["containerpolicies", "registryintegrations"], "scope": "Cluster"}}]}}"#
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": {{"name": "{name}"}},
           "webhooks": [{{"name": "validate.portcullis.dev", "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
             "failurePolicy": "Fail", "matchPolicy": "Equivalent", "timeoutSeconds": 10,
             "clientConfig": {{"url": "{url}"}},
-            "namespaceSelector": {{"matchLabels": {{"kubernetes.io/metadata.name": "{namespace}"}}}},
+            "namespaceSelector": {{"matchLabels": {{"{SCOPE_LABEL}": "{scope}"}}}},
             "rules": [
-              {{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods", "pods/ephemeralcontainers"]}}{workload_rules}]}}]}}"#
+              {{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods", "pods/ephemeralcontainers"]}}{workload_rules}]}}{policies}]}}"#
     )
 }

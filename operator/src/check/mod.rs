@@ -86,7 +86,7 @@ pub fn check(args: &CheckArgs, now: SystemTime) -> Result<CheckReport, Vec<Strin
     let namespaces = input_docs
         .iter()
         .filter(|(_, d)| matches!(d, Ok(Manifest::Namespace(..))));
-    let loaded = manifests::build_set(policy_docs.iter().chain(namespaces));
+    let loaded = manifests::build_set(policy_docs.iter().chain(namespaces), None);
     errors.extend(loaded.problems);
     let scans = ScanIndex::read(&args.scan_results, now, &mut errors);
     if !errors.is_empty() {

@@ -120,7 +120,9 @@ impl CheckReport {
             Verdict::Skipped(reason) => {
                 return self.skip(source, kind.as_str(), Some(name), reason);
             }
-            Verdict::Unreadable(message) => ("deny", Some(message.clone()), vec![]),
+            Verdict::Unreadable(message) | Verdict::Invalid(message) => {
+                ("deny", Some(message.clone()), vec![])
+            }
             Verdict::Decided(decision) => {
                 let violations = decision
                     .violations

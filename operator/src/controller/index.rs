@@ -4,16 +4,27 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use portcullis_crds::{ContainerPolicy, RegistryIntegration};
+use portcullis_crds::{
+    ContainerPolicy, ContainerPolicySpec, RegistryIntegration, RegistryIntegrationSpec,
+};
 use portcullis_webhook::policy::{
     CompiledIntegration, CompiledPolicy, FieldError, NamespaceLabels, PolicySet, compile,
     compile_integration,
 };
 
-/// A compiled object, with the generation it was compiled from.
+/// A compiled object, with the generation it was compiled from, and — while that
+/// generation does not compile — the last good version, which keeps enforcing.
 struct Entry<T> {
     generation: Option<i64>,
     compiled: Result<T, Vec<FieldError>>,
+    last_good: Option<T>,
+}
+
+impl<T> Entry<T> {
+    /// What the object enforces: its own compile, or its last good version.
+    fn enforced(&self) -> Option<&T> {
+        self.compiled.as_ref().ok().or(self.last_good.as_ref())
+    }
 }
 
 /// One kind's objects by name, with `apply`, `delete` and `reset` (re-list).
@@ -34,13 +45,16 @@ impl<T: Clone> Kind<T> {
     }
 
     /// Compiles unless this generation is already compiled (a re-list repeats the
-    /// objects it knows: their compilation is reused).
+    /// objects it knows: their compilation is reused). A generation that does not
+    /// compile keeps the last good version enforcing: the one this process compiled
+    /// before, else `recorded` (the version the object's status says was enforced).
     /// Returns whether the visible entries changed (not just a re-list buffer).
     fn apply(
         &mut self,
         name: String,
         generation: Option<i64>,
         compile: impl FnOnce() -> Result<T, Vec<FieldError>>,
+        recorded: impl FnOnce() -> Option<T>,
     ) -> bool {
         let known = self
             .relisting
@@ -51,29 +65,32 @@ impl<T: Clone> Kind<T> {
         if same && self.relisting.is_none() {
             return false;
         }
-        let compiled = match known {
-            Some(known) if same => known.compiled.clone(),
-            _ => compile(),
+        let entry = match known {
+            Some(known) if same => Entry {
+                generation,
+                compiled: known.compiled.clone(),
+                last_good: known.last_good.clone(),
+            },
+            _ => {
+                let compiled = compile();
+                let last_good = match &compiled {
+                    Ok(_) => None,
+                    Err(_) => known.and_then(|k| k.enforced().cloned()).or_else(recorded),
+                };
+                Entry {
+                    generation,
+                    compiled,
+                    last_good,
+                }
+            }
         };
         match &mut self.relisting {
             Some(relisting) => {
-                relisting.insert(
-                    name,
-                    Entry {
-                        generation,
-                        compiled,
-                    },
-                );
+                relisting.insert(name, entry);
                 false
             }
             None => {
-                self.entries.insert(
-                    name,
-                    Entry {
-                        generation,
-                        compiled,
-                    },
-                );
+                self.entries.insert(name, entry);
                 true
             }
         }
@@ -98,10 +115,9 @@ impl<T: Clone> Kind<T> {
         self.synced = true;
     }
 
+    /// What each object enforces (its own compile, or its last good version).
     fn valid(&self) -> impl Iterator<Item = &T> {
-        self.entries
-            .values()
-            .filter_map(|e| e.compiled.as_ref().ok())
+        self.entries.values().filter_map(Entry::enforced)
     }
 
     fn invalid_count(&self) -> usize {
@@ -149,11 +165,11 @@ impl Default for ClusterIndex {
 /// What changed, as a watch reports it.
 pub enum Change {
     /// A ContainerPolicy was added or modified (also during a re-list).
-    Policy(ContainerPolicy),
+    Policy(Box<ContainerPolicy>),
     /// A ContainerPolicy was deleted.
     PolicyDeleted(String),
     /// A RegistryIntegration was added or modified.
-    Integration(RegistryIntegration),
+    Integration(Box<RegistryIntegration>),
     /// A RegistryIntegration was deleted.
     IntegrationDeleted(String),
     /// A Namespace was added or modified: name and labels.
@@ -188,29 +204,73 @@ impl WatchedKind {
     }
 }
 
+/// Compiles a policy spec, noting the generation it came from.
+fn compile_at(
+    name: &str,
+    spec: &ContainerPolicySpec,
+    generation: Option<i64>,
+) -> Result<Arc<CompiledPolicy>, Vec<FieldError>> {
+    compile(name, spec).map(|mut p| {
+        p.generation = generation;
+        Arc::new(p)
+    })
+}
+
+/// Compiles an integration spec, noting the generation it came from.
+fn compile_integration_at(
+    name: &str,
+    spec: &RegistryIntegrationSpec,
+    generation: Option<i64>,
+) -> Result<Arc<CompiledIntegration>, Vec<FieldError>> {
+    compile_integration(name, spec).map(|mut i| {
+        i.generation = generation;
+        Arc::new(i)
+    })
+}
+
 impl ClusterIndex {
     /// Applies one change; returns whether a snapshot built now would differ.
     pub fn apply(&mut self, change: Change) -> bool {
         match change {
             Change::Policy(p) => {
                 let name = p.metadata.name.clone().unwrap_or_default();
-                self.policies
-                    .apply(name.clone(), p.metadata.generation, || {
-                        compile(&name, &p.spec).map(Arc::new)
-                    })
+                let generation = p.metadata.generation;
+                let status = p.status.as_ref();
+                self.policies.apply(
+                    name.clone(),
+                    generation,
+                    || compile_at(&name, &p.spec, generation),
+                    || {
+                        let status = status?;
+                        compile_at(
+                            &name,
+                            status.enforced_spec.as_ref()?,
+                            status.enforced_generation,
+                        )
+                        .ok()
+                    },
+                )
             }
             Change::PolicyDeleted(name) => self.policies.delete(&name),
             Change::Integration(i) => {
                 let name = i.metadata.name.clone().unwrap_or_default();
-                self.integrations
-                    .apply(name.clone(), i.metadata.generation, || {
-                        compile_integration(&name, &i.spec).map(Arc::new)
-                    })
+                let generation = i.metadata.generation;
+                let status = i.status.as_ref();
+                self.integrations.apply(
+                    name.clone(),
+                    generation,
+                    || compile_integration_at(&name, &i.spec, generation),
+                    || {
+                        let status = status?;
+                        let spec = status.enforced_spec.as_ref()?;
+                        compile_integration_at(&name, spec, status.enforced_generation).ok()
+                    },
+                )
             }
             Change::IntegrationDeleted(name) => self.integrations.delete(&name),
             Change::Namespace(name, labels) => {
                 // Labels change without a generation bump: always take them.
-                let changed = self.namespaces.apply(name, None, || Ok(labels));
+                let changed = self.namespaces.apply(name, None, || Ok(labels), || None);
                 self.refresh_namespaces(changed)
             }
             Change::NamespaceDeleted(name) => {
@@ -265,7 +325,8 @@ impl ClusterIndex {
         )
     }
 
-    /// How many objects are enforced and left out.
+    /// How many objects are enforced and invalid (an invalid object may still enforce
+    /// its last good version).
     pub fn counts(&self) -> Counts {
         Counts {
             policies: self.policies.valid().count(),
@@ -281,10 +342,10 @@ impl ClusterIndex {
 mod tests {
     use super::*;
 
-    fn policy(name: &str, generation: i64, spec: serde_json::Value) -> ContainerPolicy {
+    fn policy(name: &str, generation: i64, spec: serde_json::Value) -> Box<ContainerPolicy> {
         let mut p = ContainerPolicy::new(name, serde_json::from_value(spec).unwrap());
         p.metadata.generation = Some(generation);
-        p
+        Box::new(p)
     }
 
     fn names(index: &ClusterIndex) -> Vec<String> {
@@ -316,15 +377,24 @@ mod tests {
         index.apply(Change::RelistDone(WatchedKind::Namespace));
         assert!(index.synced());
 
-        // An invalid spec is left out; the others keep enforcing; a fix brings it back.
+        // An invalid edit keeps the last good generation enforcing; a fix replaces it.
         index.apply(Change::Policy(policy(
             "b",
             2,
             serde_json::json!({"rules": {"vulnerabilities": {"maxCount": {"critical": -1}}}}),
         )));
-        assert_eq!(names(&index), ["a"]);
+        assert_eq!(names(&index), ["a", "b"]);
+        assert_eq!(generation(&index, "b"), Some(1));
         assert_eq!(index.counts().invalid_policies, 1);
         index.apply(Change::Policy(policy("b", 3, serde_json::json!({}))));
+        assert_eq!(names(&index), ["a", "b"]);
+        assert_eq!(generation(&index, "b"), Some(3));
+        // A new object that never compiled enforces nothing.
+        index.apply(Change::Policy(policy(
+            "new",
+            1,
+            serde_json::json!({"rules": {"workload": {"forbiddenCapabilities": ["NET_RAWR"]}}}),
+        )));
         assert_eq!(names(&index), ["a", "b"]);
 
         index.apply(Change::PolicyDeleted("a".into()));
@@ -340,6 +410,36 @@ mod tests {
         );
         index.apply(Change::RelistDone(WatchedKind::Policy));
         assert_eq!(names(&index), ["c"]);
+    }
+
+    fn generation(index: &ClusterIndex, name: &str) -> Option<i64> {
+        index.snapshot().policy(name)?.generation
+    }
+
+    /// After a restart the process has seen no good version: the one the status
+    /// recorded as enforced keeps enforcing.
+    #[test]
+    fn an_invalid_object_enforces_the_version_its_status_recorded() {
+        let mut index = ClusterIndex::default();
+        let mut p = policy(
+            "p",
+            4,
+            serde_json::json!({"rules": {"workload": {"forbiddenCapabilities": ["NET_RAWR"]}}}),
+        );
+        p.status = Some(portcullis_crds::ContainerPolicyStatus {
+            enforced_generation: Some(3),
+            enforced_spec: Some(
+                serde_json::from_value(
+                    serde_json::json!({"rules": {"tags": {"denyLatest": true}}}),
+                )
+                .unwrap(),
+            ),
+            ..Default::default()
+        });
+        index.apply(Change::Policy(p));
+        assert_eq!(names(&index), ["p"]);
+        assert_eq!(generation(&index, "p"), Some(3));
+        assert_eq!(index.counts().invalid_policies, 1);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod index;
+pub mod lookup;
 pub mod scans;
 pub mod status;
 pub mod watch;

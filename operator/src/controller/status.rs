@@ -11,7 +11,9 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use portcullis_crds::{ContainerPolicy, RegistryIntegration};
-use portcullis_webhook::policy::{compile, compile_integration, join_errors};
+use portcullis_webhook::policy::{
+    FieldError, PolicySet, SharedPolicySet, compile, compile_integration, join_errors,
+};
 use portcullis_webhook::scan::credentials::DOCKER_CONFIG_JSON_TYPE;
 use portcullis_webhook::scan::{Health, ScanService};
 use serde_json::json;
@@ -56,6 +58,7 @@ struct Context {
     metrics: Arc<Metrics>,
     leader: watch::Receiver<bool>,
     scans: Arc<ScanService>,
+    policies: SharedPolicySet,
 }
 
 /// How often a replica that is not the leader looks again.
@@ -68,6 +71,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     leader: watch::Receiver<bool>,
     scans: Arc<ScanService>,
+    policies: SharedPolicySet,
 ) {
     let ctx = Arc::new(Context {
         reporter,
@@ -75,6 +79,7 @@ pub async fn run(
         metrics,
         leader,
         scans,
+        policies,
     });
     let policies = Controller::new(
         Api::<ContainerPolicy>::all(client.clone()),
@@ -91,35 +96,66 @@ pub async fn run(
     futures::join!(policies, integrations);
 }
 
-/// What the status writer needs from each kind: why it is not Ready (if so), what this
-/// replica observed of its backend (integrations), and its current status.
+/// What the status writer needs from each kind: why it is not Ready (if so), what it
+/// enforces, what this replica observed of its backend (integrations), and its current
+/// status.
 trait Reported {
-    /// `(reason, message)` of `Ready=False`, or `None` when ready.
-    fn problem(&self, scans: &ScanService) -> Option<(&'static str, String)>;
+    /// The spec's field errors, if it does not compile.
+    fn invalid(&self) -> Option<Vec<FieldError>>;
+    /// `(reason, message)` of `Ready=False` for a spec that compiles, or `None`.
+    fn unready(&self, _scans: &ScanService) -> Option<(&'static str, String)> {
+        None
+    }
+    /// Whether `set` enforces a version of this object, and which generation.
+    fn enforced_in(&self, set: &PolicySet) -> Option<Option<i64>>;
     /// The backend's health as this replica saw it; `None` for kinds without one.
     fn backend(&self, _scans: &ScanService) -> Option<Health> {
         None
     }
-    fn reported(&self) -> (Option<i64>, &[Condition], Option<&Time>);
+    /// The spec, as `status.enforcedSpec` records it.
+    fn spec_json(&self) -> serde_json::Value;
+    /// What the status holds now.
+    fn reported(&self) -> Current<'_>;
+}
+
+/// What an object's status says now.
+struct Current<'a> {
+    observed: Option<i64>,
+    conditions: &'a [Condition],
+    last_contact: Option<&'a Time>,
+    enforced_generation: Option<i64>,
+    enforced_spec: Option<serde_json::Value>,
 }
 
 impl Reported for ContainerPolicy {
-    fn problem(&self, _scans: &ScanService) -> Option<(&'static str, String)> {
-        let errors = compile(&self.name_any(), &self.spec).err()?;
-        Some((INVALID_SPEC, join_errors(&errors)))
+    fn invalid(&self) -> Option<Vec<FieldError>> {
+        compile(&self.name_any(), &self.spec).err()
     }
-    fn reported(&self) -> (Option<i64>, &[Condition], Option<&Time>) {
-        self.status.as_ref().map_or((None, &[], None), |s| {
-            (s.observed_generation, &s.conditions, None)
-        })
+    fn enforced_in(&self, set: &PolicySet) -> Option<Option<i64>> {
+        set.policy(&self.name_any()).map(|p| p.generation)
+    }
+    fn spec_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.spec).unwrap_or_default()
+    }
+    fn reported(&self) -> Current<'_> {
+        let status = self.status.as_ref();
+        Current {
+            observed: status.and_then(|s| s.observed_generation),
+            conditions: status.map_or(&[], |s| &s.conditions),
+            last_contact: None,
+            enforced_generation: status.and_then(|s| s.enforced_generation),
+            enforced_spec: status
+                .and_then(|s| s.enforced_spec.as_ref())
+                .and_then(|spec| serde_json::to_value(spec).ok()),
+        }
     }
 }
 
 impl Reported for RegistryIntegration {
-    fn problem(&self, scans: &ScanService) -> Option<(&'static str, String)> {
-        if let Err(errors) = compile_integration(&self.name_any(), &self.spec) {
-            return Some((INVALID_SPEC, join_errors(&errors)));
-        }
+    fn invalid(&self) -> Option<Vec<FieldError>> {
+        compile_integration(&self.name_any(), &self.spec).err()
+    }
+    fn unready(&self, scans: &ScanService) -> Option<(&'static str, String)> {
         let secret = &self.spec.credentials.as_ref()?.secret_ref.name;
         scans.credentials().get(secret).is_none().then(|| {
             (
@@ -130,17 +166,54 @@ impl Reported for RegistryIntegration {
             )
         })
     }
+    fn enforced_in(&self, set: &PolicySet) -> Option<Option<i64>> {
+        set.integration(&self.name_any()).map(|i| i.generation)
+    }
     fn backend(&self, scans: &ScanService) -> Option<Health> {
         Some(scans.health(&self.name_any()).unwrap_or_default())
     }
-    fn reported(&self) -> (Option<i64>, &[Condition], Option<&Time>) {
-        self.status.as_ref().map_or((None, &[], None), |s| {
-            (
-                s.observed_generation,
-                &s.conditions,
-                s.last_contact_time.as_ref(),
-            )
-        })
+    fn spec_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.spec).unwrap_or_default()
+    }
+    fn reported(&self) -> Current<'_> {
+        let status = self.status.as_ref();
+        Current {
+            observed: status.and_then(|s| s.observed_generation),
+            conditions: status.map_or(&[], |s| &s.conditions),
+            last_contact: status.and_then(|s| s.last_contact_time.as_ref()),
+            enforced_generation: status.and_then(|s| s.enforced_generation),
+            enforced_spec: status
+                .and_then(|s| s.enforced_spec.as_ref())
+                .and_then(|spec| serde_json::to_value(spec).ok()),
+        }
+    }
+}
+
+/// The JSON merge patch that turns `old` into `new`: a merge patch merges objects, so
+/// every key only `old` has becomes `null` (removed).
+fn merge_replace(old: Option<&serde_json::Value>, new: serde_json::Value) -> serde_json::Value {
+    match (old, new) {
+        (Some(serde_json::Value::Object(old)), serde_json::Value::Object(mut new)) => {
+            for (key, old_value) in old {
+                let value = match new.remove(key) {
+                    Some(value) => merge_replace(Some(old_value), value),
+                    None => serde_json::Value::Null,
+                };
+                new.insert(key.clone(), value);
+            }
+            serde_json::Value::Object(new)
+        }
+        (_, new) => new,
+    }
+}
+
+/// `InvalidSpec`'s message: the field errors, and what keeps enforcing meanwhile.
+fn invalid_message(errors: &[FieldError], enforced: Option<Option<i64>>) -> String {
+    let errors = join_errors(errors);
+    match enforced {
+        Some(Some(generation)) => format!("{errors}; generation {generation} is still enforced"),
+        Some(None) => format!("{errors}; its last good version is still enforced"),
+        None => format!("{errors}; nothing is enforced: no version of this object has compiled"),
     }
 }
 
@@ -163,14 +236,31 @@ where
         // A Secret not listed yet is not a missing one.
         return Ok(Action::requeue(CREDENTIALS_WAIT));
     }
-    let problem = object.problem(&ctx.scans);
+    let invalid = object.invalid();
+    let problem = match &invalid {
+        Some(errors) => Some((
+            INVALID_SPEC,
+            invalid_message(errors, object.enforced_in(&ctx.policies.load())),
+        )),
+        None => object.unready(&ctx.scans),
+    };
     let done = if backend.is_some() {
         Action::requeue(BACKEND_RECHECK)
     } else {
         Action::await_change()
     };
-    let (observed, conditions, reported_contact) = object.reported();
+    let reported = object.reported();
+    let (observed, conditions, reported_contact) = (
+        reported.observed,
+        reported.conditions,
+        reported.last_contact,
+    );
     let generation = object.meta().generation;
+    // A spec that compiles is what enforces from now on, here and after restarts.
+    let (enforced_generation, enforced_spec) = match invalid {
+        None => (generation, Some(object.spec_json())),
+        Some(_) => (reported.enforced_generation, reported.enforced_spec.clone()),
+    };
     let previous = conditions.iter().find(|c| c.type_ == READY);
     let desired = ready_condition(problem.as_ref(), generation, previous);
     let mut all: Vec<Condition> = vec![desired.clone()];
@@ -197,6 +287,8 @@ where
     if observed == generation
         && conditions == all.as_slice()
         && last_contact.as_ref() == reported_contact
+        && enforced_generation == reported.enforced_generation
+        && enforced_spec == reported.enforced_spec
     {
         return Ok(done);
     }
@@ -204,6 +296,10 @@ where
     let mut status = json!({"observedGeneration": generation, "conditions": all});
     if let Some(contact) = &last_contact {
         status["lastContactTime"] = json!(contact);
+    }
+    if let Some(spec) = enforced_spec {
+        status["enforcedGeneration"] = json!(enforced_generation);
+        status["enforcedSpec"] = merge_replace(reported.enforced_spec.as_ref(), spec);
     }
     api.patch_status(
         &object.name_any(),

@@ -52,14 +52,14 @@ pub async fn run(client: Client, shared: SharedPolicySet, ready: Readiness, metr
         watch(
             Api::<ContainerPolicy>::all(client.clone()),
             WatchedKind::Policy,
-            Change::Policy,
+            |p| Change::Policy(Box::new(p)),
             |p| Change::PolicyDeleted(p.name_any()),
         )
         .boxed(),
         watch(
             Api::<RegistryIntegration>::all(client.clone()),
             WatchedKind::Integration,
-            Change::Integration,
+            |i| Change::Integration(Box::new(i)),
             |i| Change::IntegrationDeleted(i.name_any()),
         )
         .boxed(),

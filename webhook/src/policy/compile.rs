@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
+use portcullis_crds::schema::CAPABILITIES;
 use portcullis_crds::{
     Action, ContainerPolicySpec, Severity, UnscannedAction, VulnerabilityRules, WorkloadRules,
 };
@@ -17,6 +18,8 @@ use crate::workload::WorkloadKind;
 pub struct CompiledPolicy {
     /// `metadata.name`.
     pub name: String,
+    /// The `metadata.generation` compiled, where the object has one (the cluster's).
+    pub generation: Option<i64>,
     /// What a violation does.
     pub action: Action,
     pub(crate) namespaces: Option<Vec<Glob>>,
@@ -94,52 +97,6 @@ pub struct WorkloadRule {
     /// Forbidden capabilities, uppercase without `CAP_`.
     pub forbidden_capabilities: Vec<String>,
 }
-
-/// Linux capabilities a pod spec may name (without `CAP_`), and `ALL`.
-const CAPABILITIES: &[&str] = &[
-    "ALL",
-    "AUDIT_CONTROL",
-    "AUDIT_READ",
-    "AUDIT_WRITE",
-    "BLOCK_SUSPEND",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "KILL",
-    "LEASE",
-    "LINUX_IMMUTABLE",
-    "MAC_ADMIN",
-    "MAC_OVERRIDE",
-    "MKNOD",
-    "NET_ADMIN",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_RAW",
-    "PERFMON",
-    "SETFCAP",
-    "SETGID",
-    "SETPCAP",
-    "SETUID",
-    "SYSLOG",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_CHROOT",
-    "SYS_MODULE",
-    "SYS_NICE",
-    "SYS_PACCT",
-    "SYS_PTRACE",
-    "SYS_RAWIO",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "WAKE_ALARM",
-];
 
 /// Normalizes a capability as the runtime reads it: uppercase, `CAP_` prefix dropped.
 pub(crate) fn normalize_capability(name: &str) -> String {
@@ -226,6 +183,7 @@ pub fn compile(name: &str, spec: &ContainerPolicySpec) -> Result<CompiledPolicy,
 
     errors.finish(CompiledPolicy {
         name: name.to_owned(),
+        generation: None,
         action: spec.action,
         namespaces,
         exclude_namespaces,
@@ -374,7 +332,7 @@ mod tests {
                 "deny":["CVE-1"],"ignore":["cve-1"," "]},"workload":{"forbiddenCapabilities":["SYS_ADMN"]}}}"#,
         );
         let want = [
-            "spec.match.namespaces[1]: pattern \"a//b\" has an empty path segment",
+            "spec.match.namespaces[1]: pattern \"a//b\" has the character '/', which no namespace name contains",
             "spec.match.namespaceSelector.matchExpressions[0].operator: unknown operator \"Near\" (In, NotIn, Exists, DoesNotExist)",
             "spec.match.images[0]: pattern \"ghcr.io/**x\": `**` must be a whole segment",
             "spec.match.kinds[1]: unknown kind \"Service\" (Pod, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, ReplicationController)",

@@ -23,6 +23,8 @@ pub enum ScannerKind {
 pub struct CompiledIntegration {
     /// `metadata.name`.
     pub name: String,
+    /// The `metadata.generation` compiled, where the object has one (the cluster's).
+    pub generation: Option<i64>,
     /// Repositories covered.
     pub registries: Vec<Glob>,
     /// The scanner.
@@ -99,6 +101,7 @@ pub fn compile_integration(
     }
     errors.finish(CompiledIntegration {
         name: name.to_owned(),
+        generation: None,
         registries,
         scanner,
         credentials_secret,

@@ -161,6 +161,24 @@ impl PolicySet {
         &self.integrations
     }
 
+    /// The policy enforced under `name`, if any.
+    pub fn policy(&self, name: &str) -> Option<&Arc<CompiledPolicy>> {
+        let i = self
+            .policies
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()?;
+        self.policies.get(i)
+    }
+
+    /// The integration enforced under `name`, if any.
+    pub fn integration(&self, name: &str) -> Option<&Arc<CompiledIntegration>> {
+        let i = self
+            .integrations
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()?;
+        self.integrations.get(i)
+    }
+
     /// The first integration (by name) whose registries cover `repository`.
     pub fn integration_for(&self, repository: &str) -> Option<&Arc<CompiledIntegration>> {
         self.integrations

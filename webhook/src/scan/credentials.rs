@@ -8,6 +8,8 @@ use arc_swap::ArcSwap;
 use base64::Engine;
 use serde::Deserialize;
 
+use crate::image::canonical_registry;
+
 /// The Secret type that carries pull credentials.
 pub const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
 /// The Secret data key that holds them.
@@ -106,21 +108,14 @@ fn decode_auth(auth: &str) -> Option<Login> {
 }
 
 /// `https://index.docker.io/v1/`, `registry.example.com:5000/v2` and bare hosts all
-/// become the host as image references name it (`docker.io` for Docker Hub).
+/// become the registry's one name, as image references name it
+/// ([`canonical_registry`]: `docker.io` for Docker Hub).
 fn registry_host(key: &str) -> String {
     let without_scheme = key
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))
         .unwrap_or(key);
-    let host = without_scheme
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_owned(),
-        _ => host,
-    }
+    canonical_registry(without_scheme.split('/').next().unwrap_or_default())
 }
 
 /// The credential Secrets Portcullis may use, by Secret name. Writers replace the map;
@@ -184,7 +179,8 @@ mod tests {
             br#"{"auths": {
                 "https://index.docker.io/v1/": {"auth": "aHViOnNlY3JldA=="},
                 "Registry.Example.com:5000": {"username": "u", "password": "p:w"},
-                "https://harbor.acme.com/v2/": {"username": "robot$ci", "password": "t", "auth": "ignored"}
+                "https://harbor.acme.com/v2/": {"username": "robot$ci", "password": "t", "auth": "ignored"},
+                "GHCR.io:443": {"username": "g", "password": "h"}
             }}"#,
         )
         .unwrap();
@@ -196,7 +192,20 @@ mod tests {
         assert_eq!(login("docker.io"), Some(("hub", "secret")));
         assert_eq!(login("registry.example.com:5000"), Some(("u", "p:w")));
         assert_eq!(login("harbor.acme.com"), Some(("robot$ci", "t")));
+        assert_eq!(
+            login("ghcr.io"),
+            Some(("g", "h")),
+            "the registry's one name"
+        );
         assert_eq!(login("quay.io"), None);
+        let hub = DockerConfig::parse(
+            br#"{"auths": {"registry-1.docker.io": {"auth": "aHViOnNlY3JldA=="}}}"#,
+        )
+        .unwrap();
+        assert!(
+            hub.login_for("docker.io").is_some(),
+            "Docker Hub's aliases are docker.io"
+        );
         assert!(
             !format!("{config:?}").contains("secret"),
             "Debug never shows a password"

@@ -23,7 +23,7 @@ use super::credentials::{CredentialStore, DockerConfig};
 use super::metrics::ScanMetrics;
 use super::registry::{RegistryClient, Resolved};
 use super::{ScanReport, ScanResults, ScanStatus};
-use crate::image::ImageRef;
+use crate::image::{ImageRef, canonical_registry};
 use crate::policy::{CompiledIntegration, PolicySet, ScannerKind};
 
 /// How long "the scanner has no result" is believed before asking again.
@@ -472,12 +472,8 @@ impl Connection {
         reports: &Arc<ReportIndex>,
     ) -> Self {
         let login = |url: &str| {
-            let host = url
-                .parse::<axum::http::Uri>()
-                .ok()?
-                .authority()?
-                .as_str()
-                .to_ascii_lowercase();
+            let uri = url.parse::<axum::http::Uri>().ok()?;
+            let host = canonical_registry(uri.authority()?.as_str());
             credentials.as_ref()?.login_for(&host).cloned()
         };
         let backend: Result<Arc<dyn Backend>, String> = match &spec.scanner {

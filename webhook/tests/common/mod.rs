@@ -65,11 +65,11 @@ pub fn policy_set(policies: &[(&str, &str)]) -> PolicySet {
 }
 
 pub fn state(policies: &[(&str, &str)]) -> AppState {
-    AppState {
-        policies: Arc::new(ArcSwap::from_pointee(policy_set(policies))),
-        scans: ScanService::in_memory(),
-        ready: Readiness::ready_now(),
-    }
+    AppState::new(
+        Arc::new(ArcSwap::from_pointee(policy_set(policies))),
+        ScanService::in_memory(),
+        Readiness::ready_now(),
+    )
 }
 
 /// The `response` of an AdmissionReview answer.

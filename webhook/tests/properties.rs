@@ -1,0 +1,222 @@
+//! Properties over reference parsing, pattern normalization and matching, and
+//! AdmissionReview handling: nothing panics on any input, normalizing twice changes
+//! nothing, and a reference always matches the pattern made from itself.
+//!
+//! CI runs them with a fixed seed and a bounded number of cases. Before a release, run
+//! them longer: `PROPTEST_CASES=200000 cargo nextest run -p portcullis-webhook --test
+//! properties` (add `PROPTEST_RNG_SEED=<n>` for another fixed seed).
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::time::SystemTime;
+
+use common::*;
+use portcullis_webhook::admission::{self, Verdict};
+use portcullis_webhook::glob::Glob;
+use portcullis_webhook::image::ImageRef;
+use portcullis_webhook::scan::NoScanResults;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+use serde_json::Value;
+
+/// 512 cases from a fixed seed, unless `PROPTEST_CASES` / `PROPTEST_RNG_SEED` say
+/// otherwise.
+fn config() -> Config {
+    let from_env = Config::default();
+    Config {
+        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
+            from_env.cases
+        } else {
+            512
+        },
+        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+            from_env.rng_seed
+        } else {
+            RngSeed::Fixed(0x0070_6f72_7463_7573)
+        },
+        failure_persistence: None,
+        ..from_env
+    }
+}
+
+/// References as people (and attackers) write them: registries with ports, aliases
+/// and odd case, nested paths, tags, digests.
+fn written_reference() -> impl Strategy<Value = String> {
+    let host = prop::option::of(prop_oneof![
+        "[a-zA-Z0-9]{1,8}(\\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,4}[a-zA-Z0-9])?){1,2}(:[0-9]{1,5})?",
+        "localhost(:[0-9]{1,5})?",
+        "(index\\.|registry-1\\.)?[Dd]ocker\\.io(:443)?",
+        "\\[::1\\](:[0-9]{1,5})?",
+    ]);
+    // A first component with '.' would be a registry: the runtime's rule.
+    let path =
+        "[a-z0-9]{1,6}([_-][a-z0-9]{1,6}){0,2}(/[a-z0-9]{1,6}([._-][a-z0-9]{1,6}){0,2}){0,3}";
+    let tag = prop::option::of(":[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,12}");
+    let digest = prop::option::of("@sha256:[0-9a-f]{64}");
+    (host, path, tag, digest).prop_map(|(host, path, tag, digest)| {
+        let mut reference = host.map(|h| format!("{h}/")).unwrap_or_default();
+        reference.push_str(&path);
+        reference.push_str(&tag.unwrap_or_default());
+        reference.push_str(&digest.unwrap_or_default());
+        reference
+    })
+}
+
+/// Anything: well-formed references, printable noise, any text.
+fn any_reference() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => written_reference(),
+        2 => "[ -~]{0,48}",
+        1 => any::<String>(),
+    ]
+}
+
+/// Pattern-like strings: the characters patterns use, and some they must refuse.
+fn any_pattern() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => "[a-z0-9.*:/_-]{1,32}",
+        2 => written_reference().prop_map(|r| r.split(['@', ':']).next().unwrap_or_default().to_owned()),
+        1 => "[ -~]{0,32}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn parsing_a_reference_never_panics_and_normalizes_once(input in any_reference()) {
+        if let Ok(image) = ImageRef::parse(&input) {
+            let again = ImageRef::parse(&image.to_string());
+            prop_assert_eq!(again.as_ref(), Ok(&image), "normalizing twice changes nothing");
+            prop_assert_eq!(image.registry().to_ascii_lowercase(), image.registry());
+        }
+    }
+
+    #[test]
+    fn a_reference_matches_the_pattern_made_from_itself(input in written_reference()) {
+        let image = ImageRef::parse(&input).unwrap();
+        let exact = Glob::repository(image.repository()).unwrap();
+        prop_assert!(exact.matches(image.repository()));
+        // The name as written (any alias, port or case) is the same repository.
+        let written = input.split('@').next().unwrap();
+        let last_slash = written.rfind('/').map_or(0, |i| i + 1);
+        let name = match written[last_slash..].find(':') {
+            Some(i) => &written[..last_slash + i],
+            None => written,
+        };
+        if let Ok(pattern) = Glob::repository(&name.to_ascii_lowercase()) {
+            prop_assert!(pattern.matches(image.repository()), "{} ~ {}", name, image.repository());
+        }
+        let registry = Glob::repository(&format!("{}/**", image.registry())).unwrap();
+        prop_assert!(registry.matches(image.repository()));
+    }
+
+    #[test]
+    fn normalizing_a_pattern_twice_changes_nothing(pattern in any_pattern()) {
+        if let Ok(glob) = Glob::repository(&pattern) {
+            let normalized = glob.normalized();
+            let again = Glob::repository(&normalized);
+            prop_assert!(again.is_ok(), "{} normalized to {} which does not compile: {:?}", pattern, normalized, again);
+            prop_assert_eq!(again.unwrap().normalized(), normalized);
+        }
+    }
+
+    #[test]
+    fn matching_never_panics(pattern in any_pattern(), input in any_reference()) {
+        if let (Ok(glob), Ok(image)) = (Glob::repository(&pattern), ImageRef::parse(&input)) {
+            let _ = glob.matches(image.repository());
+        }
+    }
+
+    #[test]
+    fn any_body_is_answered_without_a_panic(body in prop_oneof![any::<Vec<u8>>(), json_value().prop_map(|v| v.to_string().into_bytes())]) {
+        if let Ok(request) = admission::parse(&body) {
+            let _ = admission::evaluate(&request, &policy_set(DENY_HUB), &NoScanResults, SystemTime::now());
+        }
+    }
+
+    /// A real review with one field replaced by anything: answered, never a panic,
+    /// and a Pod that would be denied is never allowed because a field went missing.
+    #[test]
+    fn damaged_reviews_never_slip_through(path in prop::collection::vec(0usize..32, 1..5), value in prop::option::of(json_value())) {
+        let mut review: Value = serde_json::from_slice(&fixture("validate-create-pod.json")).unwrap();
+        let damaged = damage(&mut review, &path, value);
+        let body = serde_json::to_vec(&review).unwrap();
+        if let Ok(request) = admission::parse(&body) {
+            let verdict = admission::evaluate(&request, &policy_set(DENY_HUB), &NoScanResults, SystemTime::now());
+            let still_a_pod_create = request.operation == "CREATE" && request.kind.kind == "Pod"
+                && request.kind.group.is_empty() && request.sub_resource.is_none();
+            if still_a_pod_create && !damaged.starts_with("/request/object/spec/containers/0/image")
+                && !damaged.starts_with("/request/object/spec/containers/0/name") {
+                prop_assert!(!matches!(verdict, Verdict::Skipped(_)), "{} damaged: a Pod create was skipped", damaged);
+            }
+        }
+    }
+}
+
+/// Denies Docker Hub everywhere: the captured Pod uses nginx from Docker Hub.
+const DENY_HUB: &[(&str, &str)] = &[(
+    "no-hub",
+    r#"{"rules":{"registries":{"deny":["docker.io/**"]}}}"#,
+)];
+
+/// Arbitrary JSON, a few levels deep.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        "[ -~]{0,16}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Replaces (or, with `None`, removes) the value at a path chosen by `choices`;
+/// returns the JSON pointer damaged.
+fn damage(root: &mut Value, choices: &[usize], value: Option<Value>) -> String {
+    let mut pointer = String::new();
+    let mut node = root;
+    for (depth, choice) in choices.iter().enumerate() {
+        let last = depth + 1 == choices.len();
+        let key = match &*node {
+            Value::Object(map) if !map.is_empty() => {
+                let key = map.keys().nth(choice % map.len()).unwrap().clone();
+                Some(key)
+            }
+            Value::Array(items) if !items.is_empty() => Some((choice % items.len()).to_string()),
+            _ => None,
+        };
+        let Some(key) = key else { break };
+        pointer.push('/');
+        pointer.push_str(&key);
+        if last {
+            match (node, &value) {
+                (Value::Object(map), None) => drop(map.remove(&key)),
+                (Value::Object(map), Some(v)) => drop(map.insert(key, v.clone())),
+                (Value::Array(items), v) => {
+                    let i: usize = key.parse().unwrap();
+                    items[i] = v.clone().unwrap_or(Value::Null);
+                }
+                _ => {}
+            }
+            return pointer;
+        }
+        node = match node {
+            Value::Object(map) => map.get_mut(&key).unwrap(),
+            Value::Array(items) => &mut items[key.parse::<usize>().unwrap()],
+            _ => unreachable!(),
+        };
+    }
+    pointer
+}
