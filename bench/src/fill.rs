@@ -50,7 +50,7 @@ pub fn fill(args: &FillArgs) -> anyhow::Result<()> {
             severity: Severity::DESCENDING[(i + k) % 5],
             fixable: (i + k) % 3 == 0,
         });
-        let report = ScanReport::new(Some(digest.clone()), scanned_at, findings);
+        let report = ScanReport::new(Some(digest.clone()), Some(scanned_at), findings);
         service.remember_scan(INTEGRATION, &repository, &digest, Arc::new(report));
         if i < 5 {
             service.remember_digest(INTEGRATION, &repository, &format!("1.{i}.0"), &digest);

@@ -47,6 +47,11 @@ pub struct RegistryIntegrationSpec {
     #[serde(default = "default_timeout")]
     #[schemars(pattern(GO_DURATION))]
     pub timeout: String,
+    /// How long past `cacheTTL` a tag's cached digest is still used while the registry
+    /// cannot be reached (Go duration); after that the image counts as unscanned.
+    #[serde(default = "default_max_tag_age")]
+    #[schemars(pattern(GO_DURATION))]
+    pub max_tag_age: String,
 }
 
 fn default_true() -> bool {
@@ -57,6 +62,9 @@ fn default_cache_ttl() -> String {
 }
 fn default_timeout() -> String {
     "2s".into()
+}
+fn default_max_tag_age() -> String {
+    "1h".into()
 }
 
 /// Where pull credentials come from.

@@ -50,10 +50,8 @@ async fn leadership_fails_over_and_hands_over() {
     );
     // The new leader writes status…
     let bad = unique("pc-leader-bad");
-    cluster.apply(&policy(
-        &bad,
-        "{rules: {workload: {forbiddenCapabilities: [NET_RAWR]}}}",
-    ));
+    // (passes the schema; no policy webhook is registered here to refuse it)
+    cluster.apply(&policy(&bad, "{match: {images: [\"ghcr.io/**x\"]}}"));
     let mut cleanup = Cleanup::new(&cluster);
     cleanup.cluster_scoped("containerpolicy", &bad);
     eventually(

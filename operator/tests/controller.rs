@@ -470,7 +470,10 @@ async fn vulnerability_reports_decide_once_an_integration_uses_trivy_operator() 
     ])
     .await;
     eventually("the report is indexed", || {
-        h.scans.reports().newest(DIGEST).is_some()
+        h.scans
+            .reports()
+            .most_severe(DIGEST, std::time::SystemTime::now())
+            .is_some()
     })
     .await;
     eventually("ready", || h.ready.is_ready()).await;
@@ -496,7 +499,10 @@ async fn vulnerability_reports_decide_once_an_integration_uses_trivy_operator() 
 
     h.api.delete(VULNERABILITY_REPORTS, "replicaset-api-1-api");
     eventually("a deleted report is forgotten", || {
-        h.scans.reports().newest(DIGEST).is_none()
+        h.scans
+            .reports()
+            .most_severe(DIGEST, std::time::SystemTime::now())
+            .is_none()
     })
     .await;
 }

@@ -83,7 +83,7 @@ fn pod(containers: usize) -> (String, Cached) {
                 repo,
                 Arc::new(ScanReport::new(
                     None,
-                    now - Duration::from_secs(3600),
+                    Some(now - Duration::from_secs(3600)),
                     findings(i),
                 )),
             )

@@ -40,6 +40,18 @@ pub fn parse(input: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A duration as a Go duration in its largest whole unit (`168h`, `90m`, `45s`).
+pub fn show(d: Duration) -> String {
+    let secs = d.as_secs();
+    if (secs >= 3600 && secs.is_multiple_of(3600)) || secs >= 36000 {
+        format!("{}h", secs / 3600)
+    } else if secs >= 60 && secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

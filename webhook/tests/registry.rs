@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use portcullis_webhook::policy::{PolicySet, compile, compile_integration};
 use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::scan::backend::BackendError;
 use portcullis_webhook::scan::credentials::{DockerConfig, Login};
-use portcullis_webhook::scan::registry::{RegistryClient, Resolved};
+use portcullis_webhook::scan::registry::{RegistryClient, RegistrySettings, Resolved};
 use portcullis_webhook::server::{AppState, Readiness};
 use portcullis_webhook::testing::TestServer;
 use portcullis_webhook::testing::scanners::{self, Scan, Sim};
@@ -31,6 +32,18 @@ fn login(user: &str, pass: &str) -> Login {
     }
 }
 
+/// A client for the test registries on 127.0.0.1 (named explicitly, as an integration
+/// for them would), trusting `ca`.
+fn client(ca: Option<&str>, plain_http: bool) -> RegistryClient {
+    RegistryClient::new(RegistrySettings {
+        ca_bundle: ca.map(str::to_owned),
+        plain_http,
+        timeout: TIMEOUT,
+        explicit_hosts: HashSet::from(["127.0.0.1".to_owned()]),
+    })
+    .unwrap()
+}
+
 #[tokio::test]
 async fn resolves_tags_with_credentials_and_refuses_missing_or_wrong_ones() {
     if !registry::available() {
@@ -38,32 +51,62 @@ async fn resolves_tags_with_credentials_and_refuses_missing_or_wrong_ones() {
     }
     let registry = Registry::start(Some(("ci", "s3cret")));
     let digest = registry.push("acme/api", "v1");
-    let ca = Some(registry.ca_pem.as_str());
-    let right = RegistryClient::new(Some(&login("ci", "s3cret")), ca, false, TIMEOUT);
+    let trusting = client(Some(&registry.ca_pem), false);
+    let right = login("ci", "s3cret");
     assert_eq!(
-        right.resolve(&registry.host, "acme/api", "v1").await,
+        trusting
+            .resolve(&registry.host, "acme/api", "v1", Some(&right))
+            .await,
         Ok(Resolved::Digest(digest))
     );
     assert_eq!(
-        right.resolve(&registry.host, "acme/api", "v2").await,
+        trusting
+            .resolve(&registry.host, "acme/api", "v2", Some(&right))
+            .await,
         Ok(Resolved::NotFound),
         "a tag the registry does not have"
     );
-    let anonymous = RegistryClient::new(None, ca, false, TIMEOUT);
     assert!(matches!(
-        anonymous.resolve(&registry.host, "acme/api", "v1").await,
+        trusting
+            .resolve(&registry.host, "acme/api", "v1", None)
+            .await,
         Err(BackendError::Denied(_))
     ));
-    let wrong = RegistryClient::new(Some(&login("ci", "wrong")), ca, false, TIMEOUT);
     assert!(matches!(
-        wrong.resolve(&registry.host, "acme/api", "v1").await,
+        trusting
+            .resolve(
+                &registry.host,
+                "acme/api",
+                "v1",
+                Some(&login("ci", "wrong"))
+            )
+            .await,
         Err(BackendError::Denied(_))
     ));
-    // https by default: without the registry's CA the certificate is refused.
-    let untrusting = RegistryClient::new(Some(&login("ci", "s3cret")), None, false, TIMEOUT);
+    // https by default: without the registry's CA the certificate is refused, and the
+    // error says why (the cause chain, not just "error sending request").
+    let untrusting = client(None, false);
+    match untrusting
+        .resolve(&registry.host, "acme/api", "v1", Some(&right))
+        .await
+    {
+        Err(BackendError::Unreachable(why)) => {
+            assert!(why.contains("certificate"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A loopback registry no integration names explicitly is never called.
+    let guarded = RegistryClient::new(RegistrySettings {
+        ca_bundle: Some(registry.ca_pem.clone()),
+        timeout: TIMEOUT,
+        ..RegistrySettings::default()
+    })
+    .unwrap();
     assert!(matches!(
-        untrusting.resolve(&registry.host, "acme/api", "v1").await,
-        Err(BackendError::Unreachable(_))
+        guarded
+            .resolve(&registry.host, "acme/api", "v1", Some(&right))
+            .await,
+        Err(BackendError::Refused(_))
     ));
 }
 
@@ -99,9 +142,10 @@ async fn an_open_registry_resolves_anonymously() {
     }
     let registry = Registry::start(None);
     let digest = registry.push("library/app", "1.0");
-    let client = RegistryClient::new(None, Some(&registry.ca_pem), false, TIMEOUT);
     assert_eq!(
-        client.resolve(&registry.host, "library/app", "1.0").await,
+        client(Some(&registry.ca_pem), false)
+            .resolve(&registry.host, "library/app", "1.0", None)
+            .await,
         Ok(Resolved::Digest(digest))
     );
 }
@@ -113,14 +157,16 @@ async fn plain_http_is_used_only_when_asked_for() {
     }
     let registry = Registry::start_plain_http();
     let digest = registry.push("dev/app", "latest");
-    let plain = RegistryClient::new(None, None, true, TIMEOUT);
     assert_eq!(
-        plain.resolve(&registry.host, "dev/app", "latest").await,
+        client(None, true)
+            .resolve(&registry.host, "dev/app", "latest", None)
+            .await,
         Ok(Resolved::Digest(digest))
     );
-    let https = RegistryClient::new(None, None, false, TIMEOUT);
     assert!(matches!(
-        https.resolve(&registry.host, "dev/app", "latest").await,
+        client(None, false)
+            .resolve(&registry.host, "dev/app", "latest", None)
+            .await,
         Err(BackendError::Unreachable(_))
     ));
 }
@@ -130,30 +176,29 @@ fn docker_config(registry: &Registry, user: &str, pass: &str) -> DockerConfig {
     DockerConfig::parse(json.to_string().as_bytes()).unwrap()
 }
 
-#[tokio::test]
-async fn a_tagged_image_is_resolved_then_scanned_and_rotated_credentials_apply_without_restart() {
-    if !registry::available() {
-        return;
-    }
-    let registry = Registry::start(Some(("ci", "s3cret")));
-    let digest = registry.push("acme/api", "v1");
-    let sim = Sim::with(&[(&digest, Scan::Done(vec![("CVE-2024-9", "High", "2.0")]))]);
-    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
-        .await
-        .unwrap();
+/// The webhook with one policy (`maxSeverity: Medium`, unscanned blocks) on images of
+/// `registry`, covered by an integration — with `settings` added to its spec — whose
+/// scanner is `scanner`.
+async fn webhook_over(
+    registry: &Registry,
+    scanner: &TestServer,
+    settings: serde_json::Value,
+) -> (TestServer, Arc<ScanService>) {
     let policy = serde_json::from_value(json!({
         "match": {"images": ["127.0.0.1:*/**"]},
         "rules": {"vulnerabilities": {"maxSeverity": "Medium", "unscanned": "Block"}}
     }))
     .unwrap();
-    let integration: RegistryIntegrationSpec = serde_json::from_value(json!({
+    let mut integration = json!({
         "registries": ["127.0.0.1:*/**"],
-        "credentials": {"secretRef": {"name": "pull"}},
         "caBundle": registry.ca_pem,
         "scanner": {"http": {"url": format!("https://localhost:{}/reports", scanner.addr.port()), "caBundle": scanner.certs.ca_pem}},
         "timeout": "5s"
-    }))
-    .unwrap();
+    });
+    for (key, value) in settings.as_object().unwrap() {
+        integration[key] = value.clone();
+    }
+    let integration: RegistryIntegrationSpec = serde_json::from_value(integration).unwrap();
     let set = PolicySet::new(
         [compile("prod", &policy).unwrap()],
         [compile_integration("local", &integration).unwrap()],
@@ -167,32 +212,58 @@ async fn a_tagged_image_is_resolved_then_scanned_and_rotated_credentials_apply_w
     ))
     .await
     .unwrap();
-    let image = format!("{}/acme/api:v1", registry.host);
+    (server, scans)
+}
+
+/// The deny message (empty when allowed) for the captured Pod running `image`.
+async fn message_for(server: &TestServer, image: &str) -> String {
     let body = String::from_utf8(common::fixture("validate-create-pod.json"))
         .unwrap()
-        .replace("nginx:1.25", &image)
+        .replace("nginx:1.25", image)
         .into_bytes();
-    let decide = || async {
-        let answer = server
-            .client()
-            .unwrap()
-            .post("/validate", body.clone())
-            .await
-            .unwrap();
-        let response = common::response(&answer.body);
-        response["status"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let answer = server
+        .client()
+        .unwrap()
+        .post("/validate", body)
+        .await
+        .unwrap();
+    let response = common::response(&answer.body);
+    response["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
 
-    // No Secret yet, then a Secret with an old password: the registry is not usable.
-    let unreachable = "the scanner or registry of RegistryIntegration \"local\" is unreachable";
-    assert!(decide().await.contains(unreachable));
+#[tokio::test]
+async fn a_tagged_image_is_resolved_then_scanned_and_rotated_credentials_apply_without_restart() {
+    if !registry::available() {
+        return;
+    }
+    let registry = Registry::start(Some(("ci", "s3cret")));
+    let digest = registry.push("acme/api", "v1");
+    let sim = Sim::with(&[(&digest, Scan::Done(vec![("CVE-2024-9", "High", "2.0")]))]);
+    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
+    let (server, scans) = webhook_over(
+        &registry,
+        &scanner,
+        json!({"credentials": {"secretRef": {"name": "pull"}}}),
+    )
+    .await;
+    let image = format!("{}/acme/api:v1", registry.host);
+
+    // No Secret yet, then a Secret with an old password: the registry is not usable,
+    // and the message says which way.
+    let missing = "the credentials Secret of RegistryIntegration \"local\" is missing or unusable";
+    let message = message_for(&server, &image).await;
+    assert!(message.contains(missing), "{message}");
     scans
         .credentials()
         .set("pull", Some(docker_config(&registry, "ci", "old")));
-    assert!(decide().await.contains(unreachable));
+    let refused = "the registry or scanner of RegistryIntegration \"local\" refused access";
+    let message = message_for(&server, &image).await;
+    assert!(message.contains(refused), "{message}");
     assert_eq!(sim.hits(), 0, "no digest, no scan lookup");
     assert!(
         scans
@@ -207,11 +278,50 @@ async fn a_tagged_image_is_resolved_then_scanned_and_rotated_credentials_apply_w
     scans
         .credentials()
         .set("pull", Some(docker_config(&registry, "ci", "s3cret")));
-    let message = decide().await;
+    let message = message_for(&server, &image).await;
     assert!(
         message.contains(&format!("image {image} violates ContainerPolicy \"prod\": 1 high vulnerability (CVE-2024-9) exceeds maxSeverity Medium")),
         "{message}"
     );
     assert_eq!(sim.hits(), 1);
     assert_eq!(scans.health("local").unwrap().reachable, Some(true));
+}
+
+/// A tag's digest, once the registry cannot be reached, serves only `maxTagAge` past
+/// `cacheTTL`: the tag may have moved to another (vulnerable) digest meanwhile.
+#[tokio::test]
+async fn a_tags_digest_is_trusted_only_max_tag_age_past_cache_ttl() {
+    if !registry::available() {
+        return;
+    }
+    let registry = Registry::start(None);
+    let digest = registry.push("acme/api", "v1");
+    let sim = Sim::with(&[(&digest, Scan::Done(vec![("CVE-2024-9", "High", "2.0")]))]);
+    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
+    let (server, _) = webhook_over(
+        &registry,
+        &scanner,
+        json!({"cacheTTL": "1s", "maxTagAge": "2s", "timeout": "1s"}),
+    )
+    .await;
+    let image = format!("{}/acme/api:v1", registry.host);
+    let found = "1 high vulnerability (CVE-2024-9) exceeds maxSeverity Medium";
+    assert!(message_for(&server, &image).await.contains(found));
+
+    drop(registry);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let message = message_for(&server, &image).await;
+    assert!(
+        message.contains(found),
+        "within maxTagAge the digest serves: {message}"
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let message = message_for(&server, &image).await;
+    assert!(
+        message.contains("more than maxTagAge past cacheTTL")
+            && message.contains("rules.vulnerabilities.unscanned is Block"),
+        "{message}"
+    );
 }

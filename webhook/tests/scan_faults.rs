@@ -251,3 +251,95 @@ async fn dry_run_requests_never_trigger_a_scan() {
     assert!(!allowed && message.contains("is pending"), "{message}");
     assert_eq!(sim.scan_requests.load(Ordering::SeqCst), 1);
 }
+
+/// A Trivy-JSON answer spelling severities `Critical` (Harbor's way) counts them as
+/// critical: `maxSeverity: High` denies it. A severity that is none of the five makes
+/// the answer unusable (the image is unscanned), never Unknown.
+#[tokio::test]
+async fn severities_count_in_any_case_and_unknown_names_are_refused() {
+    let sim = critical();
+    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
+    let policy = serde_json::from_value(json!({
+        "match": {"images": ["registry.acme.test/**"]},
+        "rules": {"vulnerabilities": {"maxSeverity": "High", "unscanned": "Block"}}
+    }))
+    .unwrap();
+    let integration: RegistryIntegrationSpec = serde_json::from_value(json!({
+        "registries": ["registry.acme.test/**"], "scanner": trivy_json(&scanner), "timeout": "1s"
+    }))
+    .unwrap();
+    let set = PolicySet::new(
+        [compile("no-critical", &policy).unwrap()],
+        [compile_integration("scans", &integration).unwrap()],
+        Arc::default(),
+    );
+    let server = webhook(set, ScanService::in_memory()).await;
+    let (allowed, message, _) = decide(&server, review("validate-create-pod.json", IMAGE)).await;
+    assert!(
+        !allowed
+            && message.contains("1 critical vulnerability (CVE-2024-1) exceeds maxSeverity High"),
+        "{message}"
+    );
+
+    let severe = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
+    sim.scans.lock().unwrap().insert(
+        severe.into(),
+        Scan::Done(vec![("CVE-2024-5", "Severe", "")]),
+    );
+    let image = format!("registry.acme.test/prod/api@{severe}");
+    let (allowed, message, _) = decide(&server, review("validate-create-pod.json", &image)).await;
+    assert!(
+        !allowed
+            && message.contains("gave an answer that cannot be used")
+            && message.contains("rules.vulnerabilities.unscanned is Block"),
+        "{message}"
+    );
+}
+
+/// Answers about single images — an HTML error page, a report for another digest — say
+/// nothing about whether the scanner is up: however many there are, the next image is
+/// looked up (and found) as usual. Only signs the host is down open its breaker.
+#[tokio::test]
+async fn bad_answers_about_other_images_never_open_the_breaker() {
+    let sim = critical();
+    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
+    let server = webhook(
+        policies(trivy_json(&scanner), "1h"),
+        ScanService::in_memory(),
+    )
+    .await;
+    let bogus = |n: u8| {
+        format!(
+            "registry.acme.test/prod/api@sha256:{}",
+            format!("{n}").repeat(64)
+        )
+    };
+    for (mode, n) in [
+        (Mode::Garbage, 2),
+        (Mode::Garbage, 3),
+        (Mode::WrongDigest, 4),
+        (Mode::Garbage, 6),
+    ] {
+        sim.set_mode(mode);
+        sim.scans.lock().unwrap().insert(
+            format!("sha256:{}", format!("{n}").repeat(64)),
+            Scan::Done(vec![]),
+        );
+        let (allowed, message, _) =
+            decide(&server, review("validate-create-pod.json", &bogus(n))).await;
+        assert!(
+            !allowed && message.contains("gave an answer that cannot be used"),
+            "{message}"
+        );
+    }
+    sim.set_mode(Mode::Normal);
+    let (allowed, message, _) = decide(&server, review("validate-create-pod.json", IMAGE)).await;
+    assert!(
+        !allowed && message.contains(VIOLATION),
+        "the scanner is still asked: {message}"
+    );
+}

@@ -194,6 +194,8 @@ struct ScanIndex {
 }
 
 impl ScanIndex {
+    /// Reads every report under `paths`. A report without `CreatedAt` (trivy before
+    /// 0.37) counts as scanned when its file was written, else `now`.
     fn read(paths: &[PathBuf], now: SystemTime, errors: &mut Vec<String>) -> Self {
         let mut index = ScanIndex::default();
         for path in paths {
@@ -207,9 +209,15 @@ impl ScanIndex {
             for file in files {
                 let parsed = std::fs::read(&file)
                     .map_err(|e| e.to_string())
-                    .and_then(|bytes| trivy::parse(&bytes, now).map_err(|e| e.to_string()));
+                    .and_then(|bytes| trivy::parse(&bytes).map_err(|e| e.to_string()));
                 match parsed {
-                    Ok(report) => index.insert(report),
+                    Ok(mut report) => {
+                        if report.report.scanned_at.is_none() {
+                            let written = std::fs::metadata(&file).and_then(|m| m.modified());
+                            report.report.scanned_at = Some(written.unwrap_or(now));
+                        }
+                        index.insert(report);
+                    }
                     Err(error) => errors.push(format!("{}: {error}", file.display())),
                 }
             }

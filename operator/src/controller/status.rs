@@ -350,7 +350,12 @@ fn backend_condition(
     previous: Option<&Condition>,
 ) -> Condition {
     let (status, reason, message) = match (health.reachable, &health.last_error) {
-        (Some(true), _) => ("True", "Answered", "the last call succeeded".to_owned()),
+        (Some(true), None) => ("True", "Answered", "the last call succeeded".to_owned()),
+        (Some(true), Some(error)) => (
+            "True",
+            "Answered",
+            format!("the last call was answered, but: {error}"),
+        ),
         (Some(false), Some(error)) => ("False", "CallFailed", error.clone()),
         (Some(false), None) => ("False", "CallFailed", "the last call failed".to_owned()),
         (None, _) => (

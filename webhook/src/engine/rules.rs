@@ -1,7 +1,7 @@
 //! The rule families, evaluated for one policy against one object.
 
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use portcullis_crds::{Action, Severity};
 
@@ -135,15 +135,17 @@ impl Evaluation<'_, '_> {
             ScanStatus::Unavailable(reason) => return self.unscanned(rule, target, reason),
         };
         if let Some(max_age) = rule.max_scan_age {
-            let age = self
-                .now
-                .duration_since(report.scanned_at)
-                .unwrap_or_default();
+            // A result whose scan time is unknown is as good as too old.
+            let Some(scanned_at) = report.scanned_at else {
+                let reason = "the scan result has no scan time, and maxScanAge is set";
+                return self.unscanned(rule, target, Cow::Borrowed(reason));
+            };
+            let age = self.now.duration_since(scanned_at).unwrap_or_default();
             if age > max_age {
                 let reason = format!(
                     "the scan result is {} old, older than maxScanAge {}",
-                    show_duration(age),
-                    show_duration(max_age)
+                    crate::duration::show(age),
+                    crate::duration::show(max_age)
                 );
                 return self.unscanned(rule, target, Cow::Owned(reason));
             }
@@ -391,17 +393,5 @@ fn ids(findings: &[&Finding]) -> String {
     match findings.len().saturating_sub(MAX_IDS) {
         0 => shown.join(", "),
         more => format!("{} and {more} more", shown.join(", ")),
-    }
-}
-
-/// A duration as a Go duration in its largest whole unit (`168h`, `90m`, `45s`).
-fn show_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if (secs >= 3600 && secs.is_multiple_of(3600)) || secs >= 36000 {
-        format!("{}h", secs / 3600)
-    } else if secs >= 60 && secs.is_multiple_of(60) {
-        format!("{}m", secs / 60)
-    } else {
-        format!("{secs}s")
     }
 }

@@ -1,11 +1,13 @@
 //! `RegistryIntegrationSpec` → `CompiledIntegration`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use portcullis_crds::{RegistryIntegrationSpec, UrlScanner};
 
 use super::{Errors, FieldError};
 use crate::glob::Glob;
+use crate::scan::registry::strip_port;
 
 /// Which scanner an integration reads results from.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +43,11 @@ pub struct CompiledIntegration {
     pub cache_ttl: Duration,
     /// Deadline of each backend call.
     pub timeout: Duration,
+    /// How long past `cache_ttl` a tag's digest serves while it cannot be refreshed.
+    pub max_tag_age: Duration,
+    /// The registry hosts `registries` names literally (no `*`): only these may be
+    /// loopback, link-local or metadata addresses.
+    pub explicit_hosts: HashSet<String>,
 }
 
 /// Validates and compiles a RegistryIntegration spec.
@@ -99,6 +106,17 @@ pub fn compile_integration(
     if timeout.is_zero() {
         errors.push("spec.timeout", "must be greater than 0");
     }
+    let max_tag_age = errors
+        .duration("spec.maxTagAge", &spec.max_tag_age)
+        .unwrap_or_default();
+    let explicit_hosts = registries
+        .iter()
+        .filter_map(|glob| {
+            let normalized = glob.normalized();
+            let host = strip_port(normalized.split('/').next()?).to_owned();
+            (!host.contains('*')).then_some(host)
+        })
+        .collect();
     errors.finish(CompiledIntegration {
         name: name.to_owned(),
         generation: None,
@@ -110,6 +128,8 @@ pub fn compile_integration(
         scan_on_demand: spec.scan_on_demand,
         cache_ttl,
         timeout,
+        max_tag_age,
+        explicit_hosts,
     })
 }
 

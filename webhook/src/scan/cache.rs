@@ -290,7 +290,8 @@ fn encode_scan(value: &CachedScan) -> Vec<u8> {
     };
     let mut out = vec![SCAN_FORMAT, outcome];
     out.extend_from_slice(&secs(value.fetched_at).to_le_bytes());
-    let scanned = report.map_or(0, |r| secs(r.scanned_at));
+    // Reports are cached with their scan time filled in (see the scan service).
+    let scanned = report.map_or(0, |r| secs(r.scanned_at.unwrap_or(value.fetched_at)));
     out.extend_from_slice(&scanned.to_le_bytes());
     for finding in report.iter().flat_map(|r| r.findings()) {
         let id = finding.id.as_str().as_bytes();
@@ -336,7 +337,11 @@ fn decode_scan(bytes: &[u8]) -> Option<CachedScan> {
                     fixable: head[1] == 1,
                 });
             }
-            Outcome::Report(Arc::new(ScanReport::new(None, time(scanned), findings)))
+            Outcome::Report(Arc::new(ScanReport::new(
+                None,
+                Some(time(scanned)),
+                findings,
+            )))
         }
         1 => Outcome::NotFound,
         2 => Outcome::Pending,
@@ -376,7 +381,7 @@ mod tests {
         CachedScan {
             outcome: Outcome::Report(Arc::new(ScanReport::new(
                 Some("sha256:aa".into()),
-                time(1_700_000_000),
+                Some(time(1_700_000_000)),
                 [Finding {
                     id: VulnId::new("CVE-2024-1"),
                     severity: Severity::Critical,
@@ -432,7 +437,7 @@ mod tests {
             panic!("the report survives");
         };
         assert_eq!(r.findings()[0].id.as_str(), "CVE-2024-1");
-        assert_eq!(r.scanned_at, time(1_700_000_000));
+        assert_eq!(r.scanned_at, Some(time(1_700_000_000)));
         assert!(matches!(
             cache.scan("i\nr/b@sha256:bb").unwrap().outcome,
             Outcome::Pending

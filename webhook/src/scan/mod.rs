@@ -38,8 +38,9 @@ pub struct Finding {
 pub struct ScanReport {
     /// The digest scanned, when the source names it.
     pub digest: Option<String>,
-    /// When the scanner produced the result.
-    pub scanned_at: SystemTime,
+    /// When the scanner produced the result, if it said (the scan service fills it in
+    /// before caching: a missing time is the first fetch's, a future one the fetch's).
+    pub scanned_at: Option<SystemTime>,
     findings: Box<[Finding]>,
 }
 
@@ -48,7 +49,7 @@ impl ScanReport {
     /// highest severity, fixable if any package has a fix.
     pub fn new(
         digest: Option<String>,
-        scanned_at: SystemTime,
+        scanned_at: Option<SystemTime>,
         findings: impl IntoIterator<Item = Finding>,
     ) -> Self {
         let mut by_id: HashMap<VulnId, Finding> = HashMap::new();
@@ -76,6 +77,29 @@ impl ScanReport {
         &self.findings
     }
 
+    /// How severe the findings are, for comparing reports: the counts from critical
+    /// down to unknown.
+    pub fn severity_profile(&self) -> [usize; 5] {
+        Severity::DESCENDING.map(|severity| {
+            self.findings
+                .iter()
+                .filter(|f| f.severity == severity)
+                .count()
+        })
+    }
+
+    /// The same report scanned at `at`.
+    pub(crate) fn scanned(self: Arc<Self>, at: SystemTime) -> Arc<Self> {
+        if self.scanned_at == Some(at) {
+            return self;
+        }
+        Arc::new(ScanReport {
+            digest: self.digest.clone(),
+            scanned_at: Some(at),
+            findings: self.findings.clone(),
+        })
+    }
+
     /// The same report without its digest (the cache keys by digest already).
     pub(crate) fn without_digest(self: Arc<Self>) -> Arc<Self> {
         match self.digest {
@@ -87,6 +111,23 @@ impl ScanReport {
             }),
         }
     }
+}
+
+/// A severity as scanners write it, in any case. Anything else is not a severity: the
+/// answer holding it is malformed, never counted as Unknown.
+pub(crate) fn parse_severity(name: &str) -> Option<Severity> {
+    Severity::DESCENDING
+        .into_iter()
+        .find(|s| s.as_str().eq_ignore_ascii_case(name))
+}
+
+/// Serde: a `severity` field, through [`parse_severity`].
+pub(crate) fn deserialize_severity<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Severity, D::Error> {
+    let name = <Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+    parse_severity(&name)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown severity {name:?}")))
 }
 
 /// What the caller knows about an image's scan.

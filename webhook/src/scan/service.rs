@@ -21,7 +21,7 @@ use super::breaker::{Admit, Breaker};
 use super::cache::{CacheError, CachedDigest, CachedScan, ScanCache};
 use super::credentials::{CredentialStore, DockerConfig};
 use super::metrics::ScanMetrics;
-use super::registry::{RegistryClient, Resolved};
+use super::registry::{RegistryClient, RegistrySettings, Resolved};
 use super::{ScanReport, ScanResults, ScanStatus};
 use crate::image::{ImageRef, canonical_registry};
 use crate::policy::{CompiledIntegration, PolicySet, ScannerKind};
@@ -61,7 +61,9 @@ pub struct Health {
     pub reachable: Option<bool>,
     /// When a call last succeeded.
     pub last_contact: Option<SystemTime>,
-    /// The last failure, as logged (never shown in deny messages).
+    /// The last call's failure, as logged (never shown in deny messages): why the host
+    /// is unreachable, or what was wrong with an answer it gave; `None` after a
+    /// success.
     pub last_error: Option<String>,
 }
 
@@ -79,9 +81,58 @@ pub struct ScanService {
 
 #[derive(Default)]
 struct IntegrationState {
-    breaker: Breaker,
+    /// One breaker per backend host (the scanner, each registry): only signs that a host
+    /// itself is down open it, and one host down never stops calls to another.
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     health: Mutex<Health>,
     connection: Mutex<Option<Arc<Connection>>>,
+}
+
+impl IntegrationState {
+    fn breaker(&self, host: &str) -> Arc<Breaker> {
+        lock(&self.breakers)
+            .entry(host.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Whether `image` may be looked up now: `Reject` if a host it needs is down,
+    /// `Probe` if one is due a probe, else `Call`.
+    fn admit(&self, hosts: &[String], now: Instant) -> Admit {
+        let mut admit = Admit::Call;
+        for host in hosts {
+            match self.breaker(host).admit(now) {
+                Admit::Reject => return Admit::Reject,
+                Admit::Probe => admit = Admit::Probe,
+                Admit::Call => {}
+            }
+        }
+        admit
+    }
+}
+
+/// The hosts a lookup of `image` calls: its registry, when a tag must be resolved, and
+/// the scanner.
+fn hosts(spec: &CompiledIntegration, image: &ImageRef) -> Vec<String> {
+    let mut hosts = Vec::with_capacity(2);
+    if image.digest().is_none() {
+        hosts.push(image.registry().to_owned());
+    }
+    hosts.push(scanner_host(spec));
+    hosts
+}
+
+/// The scanner's host, as breakers and logs name it.
+fn scanner_host(spec: &CompiledIntegration) -> String {
+    match &spec.scanner {
+        ScannerKind::Harbor(s) | ScannerKind::Http(s) => s
+            .url
+            .parse::<axum::http::Uri>()
+            .ok()
+            .and_then(|uri| uri.authority().map(|a| canonical_registry(a.as_str())))
+            .unwrap_or_else(|| s.url.clone()),
+        ScannerKind::TrivyOperator => "trivy-operator".to_owned(),
+    }
 }
 
 /// Clients built from one compiled spec and one version of its credentials.
@@ -89,7 +140,7 @@ struct Connection {
     spec: Arc<CompiledIntegration>,
     credentials: Option<Arc<DockerConfig>>,
     backend: Result<Arc<dyn Backend>, String>,
-    registries: Mutex<HashMap<String, Arc<RegistryClient>>>,
+    registries: Result<RegistryClient, String>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -215,6 +266,9 @@ impl ScanService {
         if misses.is_empty() {
             return ScanAnswers(answers);
         }
+        // Calls are about to be made: forget the clients, breakers and health of
+        // integrations that no longer exist.
+        lock(&self.integrations).retain(|name, _| set.integration(name).is_some());
         let deadline = tokio::time::Instant::from_std(started + self.deadline);
         let fetched =
             futures::future::join_all(misses.into_iter().map(|(spec, image)| async move {
@@ -273,7 +327,7 @@ impl ScanService {
         dry_run: bool,
     ) -> Result<(), Cow<'static, str>> {
         let state = self.state(&spec.name);
-        match state.breaker.admit(Instant::now()) {
+        match state.admit(&hosts(spec, image), Instant::now()) {
             Admit::Call => {}
             Admit::Reject => return Err(unreachable(spec)),
             Admit::Probe => {
@@ -294,7 +348,8 @@ impl ScanService {
 
     /// Refreshes a stale entry in the background (unless the backend is known down).
     fn refresh(self: &Arc<Self>, spec: Arc<CompiledIntegration>, image: ImageRef, dry_run: bool) {
-        if self.state(&spec.name).breaker.admit(Instant::now()) == Admit::Reject {
+        let hosts = hosts(&spec, &image);
+        if self.state(&spec.name).admit(&hosts, Instant::now()) == Admit::Reject {
             return;
         }
         let service = self.clone();
@@ -360,12 +415,9 @@ impl ScanService {
         );
         let flight = Flights::join(&self.digests_in_flight, &key.clone(), move || async move {
             let connection = service.connection(&spec_owned);
-            let work = async {
-                let client = connection.registry(&registry)?;
-                client.resolve(&registry, &path, &tag).await
-            };
+            let work = async { connection.resolve(&registry, &path, &tag).await };
             let result = service
-                .call(&spec_owned, "resolve", work)
+                .call(&spec_owned, "resolve", &registry, work)
                 .await
                 .map(|resolved| CachedDigest {
                     resolved,
@@ -378,7 +430,8 @@ impl ScanService {
         });
         match flight.await {
             Some(Ok(entry)) => Ok(entry),
-            _ => Err(unreachable(spec)),
+            Some(Err(error)) => Err(failed(spec, &error)),
+            None => Err(unreachable(spec)),
         }
     }
 
@@ -406,12 +459,13 @@ impl ScanService {
                 let backend = connection.backend.clone().map_err(BackendError::Config)?;
                 backend.fetch(&target, scan_on_demand).await
             };
+            let fetched_at = SystemTime::now();
             let result = service
-                .call(&spec_owned, "scan", work)
+                .call(&spec_owned, "scan", &scanner_host(&spec_owned), work)
                 .await
                 .map(|outcome| CachedScan {
-                    outcome,
-                    fetched_at: SystemTime::now(),
+                    outcome: service.dated(&key, outcome, fetched_at),
+                    fetched_at,
                 });
             // "No result" from a lookup that was not allowed to ask for a scan (a dry
             // run) must not keep the next real request from asking.
@@ -426,16 +480,48 @@ impl ScanService {
         });
         match flight.await {
             Some(Ok(entry)) => Ok(entry),
-            _ => Err(unreachable(spec)),
+            Some(Err(error)) => Err(failed(spec, &error)),
+            None => Err(unreachable(spec)),
         }
     }
 
-    /// Runs one backend or registry call under the integration's timeout, and records
-    /// its outcome in the breaker, the health and the metrics.
+    /// A report with its scan time settled before it is cached: a time in the future
+    /// counts as the fetch time (and is logged); a missing one is the time this report
+    /// was first fetched (kept from the cache while the findings stay the same), so
+    /// `maxScanAge` measures from the first sighting rather than from every refetch.
+    fn dated(&self, key: &str, outcome: Outcome, fetched_at: SystemTime) -> Outcome {
+        let Outcome::Report(report) = outcome else {
+            return outcome;
+        };
+        let at = match report.scanned_at {
+            Some(at) if at <= fetched_at => at,
+            Some(_) => {
+                tracing::warn!(scan = %key.replace('\n', " "), "the scanner dated its result in the future; counted as scanned now");
+                fetched_at
+            }
+            None => {
+                let previous = self.cache.scan(key).and_then(|entry| match entry.outcome {
+                    Outcome::Report(previous) if previous.findings() == report.findings() => {
+                        previous.scanned_at
+                    }
+                    _ => None,
+                });
+                previous.unwrap_or(fetched_at)
+            }
+        };
+        Outcome::Report(report.scanned(at))
+    }
+
+    /// Runs one backend or registry call to `host` under the integration's timeout, and
+    /// records its outcome in that host's breaker, the health and the metrics. Only signs
+    /// that the host is down (no connection, TLS refused, no answer in time, 5xx) count
+    /// against it; an answer about one image (not found, refused, malformed, another
+    /// digest) says the host is up.
     async fn call<T>(
         &self,
         spec: &CompiledIntegration,
         what: &'static str,
+        host: &str,
         work: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
         let started = Instant::now();
@@ -446,19 +532,33 @@ impl ScanService {
         self.metrics
             .call(&spec.name, what, started.elapsed().as_secs_f64());
         let state = self.state(&spec.name);
+        let breaker = state.breaker(host);
         let mut health = lock(&state.health);
         match &result {
-            Ok(_) => {
-                state.breaker.success();
+            Err(error) if error.is_local() => {
+                // No call was made: nothing to say about the host.
+                self.metrics.error(&spec.name, what, error.label());
+                tracing::warn!(integration = %spec.name, call = what, %error, "scan backend not called");
+            }
+            Err(error) if error.is_host_down() => {
+                breaker.failure(Instant::now());
+                self.metrics.error(&spec.name, what, error.label());
+                tracing::warn!(integration = %spec.name, call = what, %host, %error, breaker_open = breaker.is_open(), "scan backend call failed");
+                health.reachable = Some(false);
+                health.last_error = Some(format!("{what} ({host}): {error}"));
+            }
+            answered => {
+                breaker.success();
                 health.reachable = Some(true);
                 health.last_contact = Some(SystemTime::now());
-            }
-            Err(error) => {
-                state.breaker.failure(Instant::now());
-                self.metrics.error(&spec.name, what, error.label());
-                tracing::warn!(integration = %spec.name, call = what, %error, breaker_open = state.breaker.is_open(), "scan backend call failed");
-                health.reachable = Some(false);
-                health.last_error = Some(format!("{what}: {error}"));
+                health.last_error = match answered {
+                    Ok(_) => None,
+                    Err(error) => {
+                        self.metrics.error(&spec.name, what, error.label());
+                        tracing::warn!(integration = %spec.name, call = what, %host, %error, "scan backend answered, but not usably");
+                        Some(format!("{what} ({host}): {error}"))
+                    }
+                };
             }
         }
         result
@@ -485,16 +585,27 @@ impl Connection {
                 .map(|b| Arc::new(b) as Arc<dyn Backend>),
             ScannerKind::TrivyOperator => Ok(Arc::new(TrivyOperator::new(reports.clone()))),
         };
+        let registries = RegistryClient::new(RegistrySettings {
+            ca_bundle: spec.ca_bundle.clone(),
+            plain_http: spec.plain_http,
+            timeout: spec.timeout,
+            explicit_hosts: spec.explicit_hosts.clone(),
+        });
         Connection {
             spec: spec.clone(),
             credentials,
             backend,
-            registries: Mutex::default(),
+            registries,
         }
     }
 
-    /// The registry client for `host`, with the integration's login for it.
-    fn registry(&self, host: &str) -> Result<Arc<RegistryClient>, BackendError> {
+    /// Resolves `registry/path:tag` with the integration's login for that registry.
+    async fn resolve(
+        &self,
+        registry: &str,
+        path: &str,
+        tag: &str,
+    ) -> Result<Resolved, BackendError> {
         if let Some(secret) = &self.spec.credentials_secret
             && self.credentials.is_none()
         {
@@ -503,17 +614,15 @@ impl Connection {
                 super::credentials::DOCKER_CONFIG_JSON_TYPE
             )));
         }
-        let login = self.credentials.as_ref().and_then(|c| c.login_for(host));
-        let mut clients = lock(&self.registries);
-        let client = clients.entry(host.to_owned()).or_insert_with(|| {
-            Arc::new(RegistryClient::new(
-                login,
-                self.spec.ca_bundle.as_deref(),
-                self.spec.plain_http,
-                self.spec.timeout,
-            ))
-        });
-        Ok(client.clone())
+        let client = self
+            .registries
+            .as_ref()
+            .map_err(|e| BackendError::Config(e.clone()))?;
+        let login = self
+            .credentials
+            .as_ref()
+            .and_then(|c| c.login_for(registry));
+        client.resolve(registry, path, tag, login).await
     }
 }
 
@@ -522,6 +631,31 @@ fn no_result(spec: &CompiledIntegration, digest: &str) -> Cow<'static, str> {
         "the scanner of RegistryIntegration {:?} has no result for {digest}",
         spec.name
     ))
+}
+
+/// Why a lookup failed, as a deny message may say it: the kind of failure, never the
+/// backend's own words (those go to the log and the integration's status).
+fn failed(spec: &CompiledIntegration, error: &BackendError) -> Cow<'static, str> {
+    let name = &spec.name;
+    match error {
+        e if e.is_host_down() => unreachable(spec),
+        BackendError::Denied(_) => Cow::Owned(format!(
+            "the registry or scanner of RegistryIntegration {name:?} refused access"
+        )),
+        BackendError::Credentials(_) => Cow::Owned(format!(
+            "the credentials Secret of RegistryIntegration {name:?} is missing or unusable"
+        )),
+        BackendError::NotSynced => Cow::Borrowed("VulnerabilityReports are not synced yet"),
+        BackendError::Config(_) => Cow::Owned(format!(
+            "RegistryIntegration {name:?} cannot be used as configured"
+        )),
+        BackendError::Refused(_) => Cow::Owned(format!(
+            "the image's registry is an address RegistryIntegration {name:?} may not call (loopback, link-local or metadata) unless its registries name it"
+        )),
+        _ => Cow::Owned(format!(
+            "the scanner or registry of RegistryIntegration {name:?} gave an answer that cannot be used"
+        )),
+    }
 }
 
 fn unreachable(spec: &CompiledIntegration) -> Cow<'static, str> {
@@ -616,6 +750,25 @@ impl ScanService {
                 };
                 let is_fresh = fresh(entry.fetched_at, tag_ttl(spec), now);
                 match entry.resolved {
+                    // Stale, it serves while a refresh runs behind — but only so long
+                    // past cacheTTL: the tag may have moved meanwhile.
+                    Resolved::Digest(_)
+                        if !fresh(entry.fetched_at, spec.cache_ttl + spec.max_tag_age, now) =>
+                    {
+                        let age = now.duration_since(entry.fetched_at).unwrap_or_default();
+                        let too_old = format!(
+                            "the tag's last known digest was resolved {} ago, more than maxTagAge past cacheTTL",
+                            crate::duration::show(age)
+                        );
+                        let reason = match &failure {
+                            Some(failure) => format!("{failure}; {too_old}"),
+                            None => too_old,
+                        };
+                        return (
+                            ScanStatus::Unavailable(Cow::Owned(reason)),
+                            Some(Want::Fetch(spec.clone())),
+                        );
+                    }
                     Resolved::Digest(digest) => {
                         if !is_fresh {
                             want = Some(Want::Refresh(spec.clone()));

@@ -68,26 +68,27 @@ struct ResultEntry {
 struct Vulnerability {
     #[serde(rename = "VulnerabilityID")]
     vulnerability_id: String,
-    #[serde(default)]
-    severity: String,
+    #[serde(deserialize_with = "super::deserialize_severity")]
+    severity: Severity,
     #[serde(default)]
     fixed_version: Option<String>,
 }
 
-/// Parses a report; `fallback` is the scan time when the report has no `CreatedAt`
-/// (trivy before 0.37).
-pub fn parse(json: &[u8], fallback: SystemTime) -> Result<TrivyReport, TrivyError> {
-    let report: Report =
-        serde_json::from_slice(json).map_err(|e| TrivyError::Malformed(e.to_string()))?;
+/// Parses a report; its scan time is `CreatedAt`, absent before trivy 0.37.
+pub fn parse(json: &[u8]) -> Result<TrivyReport, TrivyError> {
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    let report: Report = serde_path_to_error::deserialize(de)
+        .map_err(|e| TrivyError::Malformed(format!("{}: {}", e.path(), e.inner())))?;
     if report.schema_version != 2 {
         return Err(TrivyError::SchemaVersion(report.schema_version));
     }
     let scanned_at = match &report.created_at {
-        None => fallback,
-        Some(text) => text
-            .parse::<jiff::Timestamp>()
-            .map(SystemTime::from)
-            .map_err(|_| TrivyError::CreatedAt(text.clone()))?,
+        None => None,
+        Some(text) => Some(
+            text.parse::<jiff::Timestamp>()
+                .map(SystemTime::from)
+                .map_err(|_| TrivyError::CreatedAt(text.clone()))?,
+        ),
     };
     let repo_digests = report.metadata.repo_digests.unwrap_or_default();
     let digest = repo_digests
@@ -100,7 +101,7 @@ pub fn parse(json: &[u8], fallback: SystemTime) -> Result<TrivyReport, TrivyErro
         .flatten()
         .flat_map(|r| r.vulnerabilities.into_iter().flatten())
         .map(|v| Finding {
-            severity: severity(&v.severity),
+            severity: v.severity,
             fixable: v.fixed_version.is_some_and(|f| !f.trim().is_empty()),
             id: VulnId::new(&v.vulnerability_id),
         });
@@ -110,17 +111,6 @@ pub fn parse(json: &[u8], fallback: SystemTime) -> Result<TrivyReport, TrivyErro
         repo_digests,
         report: ScanReport::new(digest, scanned_at, findings),
     })
-}
-
-/// Trivy's severities are uppercase; anything else is `Unknown`.
-fn severity(name: &str) -> Severity {
-    match name {
-        "CRITICAL" => Severity::Critical,
-        "HIGH" => Severity::High,
-        "MEDIUM" => Severity::Medium,
-        "LOW" => Severity::Low,
-        _ => Severity::Unknown,
-    }
 }
 
 #[cfg(test)]
@@ -153,7 +143,7 @@ mod tests {
 
     #[test]
     fn reads_findings_identity_and_time() {
-        let t = parse(REPORT.as_bytes(), SystemTime::UNIX_EPOCH).unwrap();
+        let t = parse(REPORT.as_bytes()).unwrap();
         assert_eq!(t.artifact_name.as_deref(), Some("nginx:1.25"));
         assert_eq!(t.repo_tags, ["nginx:1.25"]);
         assert_eq!(
@@ -161,7 +151,7 @@ mod tests {
             Some("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
         );
         let expected_time: jiff::Timestamp = "2026-11-20T10:00:00.123456789Z".parse().unwrap();
-        assert_eq!(t.report.scanned_at, SystemTime::from(expected_time));
+        assert_eq!(t.report.scanned_at, Some(SystemTime::from(expected_time)));
         let findings: Vec<(&str, Severity, bool)> = t
             .report
             .findings()
@@ -179,27 +169,53 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_v2_report() {
-        let fallback = SystemTime::UNIX_EPOCH;
+        assert!(matches!(parse(b"[]"), Err(TrivyError::Malformed(_))));
         assert!(matches!(
-            parse(b"[]", fallback),
-            Err(TrivyError::Malformed(_))
-        ));
-        assert!(matches!(
-            parse(br#"{"SchemaVersion": 1}"#, fallback),
+            parse(br#"{"SchemaVersion": 1}"#),
             Err(TrivyError::SchemaVersion(1))
         ));
         assert!(matches!(
-            parse(
-                br#"{"SchemaVersion": 2, "CreatedAt": "yesterday"}"#,
-                fallback
-            ),
+            parse(br#"{"SchemaVersion": 2, "CreatedAt": "yesterday"}"#),
             Err(TrivyError::CreatedAt(_))
         ));
-        let minimal = parse(br#"{"SchemaVersion": 2}"#, fallback).unwrap();
-        assert!(minimal.report.findings().is_empty() && minimal.report.scanned_at == fallback);
+        let minimal = parse(br#"{"SchemaVersion": 2}"#).unwrap();
+        assert!(minimal.report.findings().is_empty() && minimal.report.scanned_at.is_none());
         assert!(matches!(
-            parse(br#"{"SchemaVersion": 2, "Results": [{"Vulnerabilities": [{"Severity": "HIGH"}]}]}"#, fallback),
+            parse(br#"{"SchemaVersion": 2, "Results": [{"Vulnerabilities": [{"Severity": "HIGH"}]}]}"#),
             Err(TrivyError::Malformed(m)) if m.contains("VulnerabilityID")
         ));
+    }
+
+    /// Severities in any case count as what they say; anything else is no severity at
+    /// all: the report is refused, never read as Unknown.
+    #[test]
+    fn severities_in_any_case_and_nothing_else() {
+        let with = |severity: &str| {
+            parse(
+                format!(
+                    r#"{{"SchemaVersion": 2, "Results": [{{"Vulnerabilities": [
+                {{"VulnerabilityID": "CVE-1", "Severity": "{severity}"}}]}}]}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        for (written, severity) in [
+            ("CRITICAL", Severity::Critical),
+            ("Critical", Severity::Critical),
+            ("critical", Severity::Critical),
+            ("High", Severity::High),
+            ("unknown", Severity::Unknown),
+        ] {
+            assert_eq!(
+                with(written).unwrap().report.findings()[0].severity,
+                severity
+            );
+        }
+        for bad in ["Severe", "", "CRIT"] {
+            assert!(
+                matches!(with(bad), Err(TrivyError::Malformed(m)) if m.contains("Results[0].Vulnerabilities[0].Severity")),
+                "{bad:?}"
+            );
+        }
     }
 }

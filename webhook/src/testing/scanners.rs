@@ -252,7 +252,7 @@ async fn trivy_report(State(sim): State<Arc<Sim>>, Path(digest): Path<String>) -
         .iter()
         .map(|(id, severity, fixed)| {
             json!({"VulnerabilityID": id, "PkgName": "openssl", "InstalledVersion": "3.0.1",
-                   "FixedVersion": fixed, "Severity": severity.to_uppercase()})
+                   "FixedVersion": fixed, "Severity": severity})
         })
         .collect();
     axum::Json(json!({

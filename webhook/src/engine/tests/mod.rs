@@ -55,7 +55,11 @@ impl Scans {
         });
         self.0.insert(
             image.to_owned(),
-            Arc::new(ScanReport::new(Some(DIGEST.into()), now() - age, findings)),
+            Arc::new(ScanReport::new(
+                Some(DIGEST.into()),
+                Some(now() - age),
+                findings,
+            )),
         );
         self
     }

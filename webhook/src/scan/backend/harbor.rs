@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{Backend, BackendError, Outcome, Target, decode, https_client, send_capped};
 use crate::scan::credentials::Login;
-use crate::scan::{Finding, ScanReport, VulnId};
+use crate::scan::{Finding, ScanReport, VulnId, parse_severity};
 
 /// The report formats asked for, newest first (`X-Accept-Vulnerabilities`).
 const REPORT_MIME_TYPES: [&str; 2] = [
@@ -55,8 +55,8 @@ struct VulnerabilityReport {
 #[derive(Deserialize)]
 struct Vulnerability {
     id: String,
-    #[serde(default)]
-    severity: String,
+    #[serde(deserialize_with = "harbor_severity")]
+    severity: Severity,
     #[serde(default)]
     fix_version: Option<String>,
 }
@@ -133,10 +133,11 @@ impl Harbor {
             _ if scan_on_demand => return self.scan(&url).await,
             _ => return Ok(Outcome::NotFound),
         }
+        // Without generated_at, the scan's end time; without that, unknown.
         let fallback = overview
             .and_then(|o| o.end_time.as_deref())
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .map_or_else(SystemTime::now, SystemTime::from);
+            .map(SystemTime::from);
         let request = self.request(
             reqwest::Method::GET,
             &format!("{url}/additions/vulnerabilities"),
@@ -156,19 +157,20 @@ impl Harbor {
                 ))
             })?;
         let scanned_at = match &report.generated_at {
-            Some(text) => text
-                .parse::<jiff::Timestamp>()
-                .map(SystemTime::from)
-                .map_err(|_| {
-                    BackendError::Malformed(format!(
-                        "generated_at {text:?} is not an RFC 3339 time"
-                    ))
-                })?,
+            Some(text) => Some(
+                text.parse::<jiff::Timestamp>()
+                    .map(SystemTime::from)
+                    .map_err(|_| {
+                        BackendError::Malformed(format!(
+                            "generated_at {text:?} is not an RFC 3339 time"
+                        ))
+                    })?,
+            ),
             None => fallback,
         };
         let findings = report.vulnerabilities.iter().flatten().map(|v| Finding {
             id: VulnId::new(&v.id),
-            severity: severity(&v.severity),
+            severity: v.severity,
             fixable: v
                 .fix_version
                 .as_deref()
@@ -200,15 +202,15 @@ fn status_error(status: u16) -> BackendError {
     }
 }
 
-/// Harbor's severities; `Negligible` is Harbor's name for the lowest real one.
-fn severity(name: &str) -> Severity {
-    match name {
-        "Critical" => Severity::Critical,
-        "High" => Severity::High,
-        "Medium" => Severity::Medium,
-        "Low" | "Negligible" => Severity::Low,
-        _ => Severity::Unknown,
+/// Harbor's severities: the five names in any case, and `Negligible`, Harbor's name for
+/// the lowest real one; anything else makes the answer malformed.
+fn harbor_severity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Severity, D::Error> {
+    let name = <std::borrow::Cow<'de, str> as Deserialize>::deserialize(d)?;
+    if name.eq_ignore_ascii_case("negligible") {
+        return Ok(Severity::Low);
     }
+    parse_severity(&name)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown severity {name:?}")))
 }
 
 impl Backend for Harbor {

@@ -2,7 +2,7 @@
 //! (`SchemaVersion: 2`); 404 means no result, 202 a scan in progress.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -38,8 +38,7 @@ impl HttpScanner {
             Err(202) => return Ok(Outcome::Pending),
             Err(status) => return Err(BackendError::Status(status)),
         };
-        let parsed = trivy::parse(&body, SystemTime::now())
-            .map_err(|e| BackendError::Malformed(e.to_string()))?;
+        let parsed = trivy::parse(&body).map_err(|e| BackendError::Malformed(e.to_string()))?;
         let suffix = format!("@{}", target.digest);
         if !parsed.repo_digests.iter().any(|d| d.ends_with(&suffix)) {
             return Err(BackendError::WrongDigest {

@@ -79,6 +79,9 @@ pub enum BackendError {
     /// The integration's settings cannot make a client (a bad caBundle).
     #[error("configuration: {0}")]
     Config(String),
+    /// Not called: the address is one Portcullis never calls for a Pod's image.
+    #[error("not called: {0}")]
+    Refused(String),
 }
 
 /// A scanner that answers for digests.
@@ -122,8 +125,25 @@ fn transport(error: reqwest::Error, timeout: Duration) -> BackendError {
     if error.is_timeout() {
         BackendError::Timeout(timeout)
     } else {
-        BackendError::Unreachable(error.without_url().to_string())
+        BackendError::Unreachable(error_chain(&error.without_url()))
     }
+}
+
+/// An error and its causes, as one line (`error sending request: client error
+/// (Connect): invalid peer certificate: CaUsedAsEndEntity`); a cause whose text its
+/// parent already holds is not repeated.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = current.source();
+    }
+    line
 }
 
 /// Sends a GET (or the given request) and reads at most [`MAX_RESPONSE`] bytes of a 2xx
@@ -164,6 +184,28 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BackendError
 }
 
 impl BackendError {
+    /// Whether the error says the host itself is down (what a breaker counts), rather
+    /// than something about the one image asked for.
+    pub fn is_host_down(&self) -> bool {
+        match self {
+            BackendError::Timeout(_) | BackendError::Unreachable(_) => true,
+            BackendError::Status(status) => *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// Whether the error arose here, before any call (credentials, configuration, the
+    /// in-cluster index not synced): it says nothing about the host.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Credentials(_)
+                | BackendError::Config(_)
+                | BackendError::NotSynced
+                | BackendError::Refused(_)
+        )
+    }
+
     /// A short label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -178,6 +220,7 @@ impl BackendError {
             BackendError::Credentials(_) => "credentials",
             BackendError::NotSynced => "not_synced",
             BackendError::Config(_) => "config",
+            BackendError::Refused(_) => "refused",
         }
     }
 }

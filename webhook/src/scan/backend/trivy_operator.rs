@@ -51,8 +51,8 @@ struct Artifact {
 struct Vulnerability {
     #[serde(rename = "vulnerabilityID")]
     vulnerability_id: String,
-    #[serde(default)]
-    severity: String,
+    #[serde(deserialize_with = "crate::scan::deserialize_severity")]
+    severity: Severity,
     #[serde(default)]
     fixed_version: Option<String>,
 }
@@ -84,20 +84,20 @@ pub fn parse_report(object: &serde_json::Value) -> Result<ScanReport, String> {
         .flatten()
         .map(|v| Finding {
             id: VulnId::new(&v.vulnerability_id),
-            severity: match v.severity.as_str() {
-                "CRITICAL" => Severity::Critical,
-                "HIGH" => Severity::High,
-                "MEDIUM" => Severity::Medium,
-                "LOW" => Severity::Low,
-                _ => Severity::Unknown,
-            },
+            severity: v.severity,
             fixable: v.fixed_version.is_some_and(|f| !f.trim().is_empty()),
         });
-    Ok(ScanReport::new(Some(digest), scanned_at, findings))
+    Ok(ScanReport::new(Some(digest), Some(scanned_at), findings))
 }
 
+/// How far ahead of this replica's clock a report's time may be before it counts as
+/// dated in the future.
+const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Reports by object (`namespace/name`) and the objects of each digest. Several
-/// workloads running one image each have a report; the newest counts.
+/// workloads running one image each have a report; the most severe counts — never the
+/// newest, so that one report written (or forged) later cannot clear a digest others
+/// report findings for — and a report dated in the future counts for nothing.
 #[derive(Debug, Default)]
 pub struct ReportIndex {
     inner: RwLock<Inner>,
@@ -180,14 +180,17 @@ impl ReportIndex {
         self.len() == 0
     }
 
-    /// The newest report for a digest.
-    pub fn newest(&self, digest: &str) -> Option<Arc<ScanReport>> {
+    /// The most severe report for a digest (by counts from critical down, then the
+    /// number of findings), among those not dated after `now` (plus clock skew).
+    pub fn most_severe(&self, digest: &str, now: SystemTime) -> Option<Arc<ScanReport>> {
+        let latest = now + CLOCK_SKEW;
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         inner
             .by_digest
             .get(digest)?
             .values()
-            .max_by_key(|r| r.scanned_at)
+            .filter(|r| r.scanned_at.is_some_and(|at| at <= latest))
+            .max_by_key(|r| (r.severity_profile(), r.findings().len()))
             .cloned()
     }
 }
@@ -216,7 +219,7 @@ impl Backend for TrivyOperator {
         } else {
             Ok(self
                 .index
-                .newest(&target.digest)
+                .most_severe(&target.digest, SystemTime::now())
                 .map_or(Outcome::NotFound, Outcome::Report))
         };
         Box::pin(std::future::ready(outcome))
@@ -252,39 +255,60 @@ mod tests {
 
     const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
+    /// A later report from another namespace — a clean one anyone with write access to
+    /// VulnerabilityReports could create — does not clear what another report found;
+    /// one dated in the future counts for nothing.
     #[test]
-    fn reads_reports_and_keeps_the_newest_per_digest() {
+    fn the_most_severe_report_of_a_digest_counts_never_the_newest() {
+        let now = SystemTime::from("2026-11-30T00:00:00Z".parse::<jiff::Timestamp>().unwrap());
         let index = ReportIndex::default();
-        let old = parse_report(&object(
+        let critical = parse_report(&object(
             DIGEST,
             "2026-11-01T00:00:00Z",
             &[("CVE-1", "CRITICAL", "")],
         ))
         .unwrap();
-        let new = parse_report(&object(
+        let newer_clean = parse_report(&object(
             DIGEST,
             "2026-11-20T00:00:00Z",
             &[("CVE-2", "LOW", "1.1")],
         ))
         .unwrap();
-        assert_eq!(old.digest.as_deref(), Some(DIGEST));
+        let future = parse_report(&object(
+            DIGEST,
+            "2027-01-01T00:00:00Z",
+            &[("CVE-3", "CRITICAL", ""), ("CVE-4", "CRITICAL", "")],
+        ))
+        .unwrap();
+        assert_eq!(critical.digest.as_deref(), Some(DIGEST));
         assert_eq!(
-            (old.findings()[0].severity, old.findings()[0].fixable),
+            (
+                critical.findings()[0].severity,
+                critical.findings()[0].fixable
+            ),
             (Severity::Critical, false)
         );
-        index.replace([("team-a/a".to_owned(), old), ("team-b/b".to_owned(), new)]);
+        index.replace([
+            ("team-a/a".to_owned(), critical),
+            ("team-b/b".to_owned(), newer_clean),
+            ("team-c/c".to_owned(), future),
+        ]);
         assert!(index.is_synced());
-        assert_eq!(
-            index.newest(DIGEST).unwrap().findings()[0].id.as_str(),
-            "CVE-2"
-        );
-        index.delete("team-b/b");
-        assert_eq!(
-            index.newest(DIGEST).unwrap().findings()[0].id.as_str(),
-            "CVE-1"
-        );
+        let counted = |index: &ReportIndex| {
+            index.most_severe(DIGEST, now).unwrap().findings()[0]
+                .id
+                .as_str()
+        };
+        assert_eq!(counted(&index), "CVE-1");
         index.delete("team-a/a");
-        assert!(index.newest(DIGEST).is_none() && index.is_empty());
+        assert_eq!(counted(&index), "CVE-2");
+        index.delete("team-b/b");
+        assert!(
+            index.most_severe(DIGEST, now).is_none(),
+            "only the future-dated one is left"
+        );
+        index.delete("team-c/c");
+        assert!(index.is_empty());
     }
 
     #[test]
