@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use portcullis_crds::Severity;
+use portcullis_webhook::scan::cache::Budget;
 use portcullis_webhook::scan::{Finding, ScanReport, ScanService, ScanSettings, VulnId};
 
 /// The integration the cached results belong to.
@@ -38,7 +39,10 @@ pub fn fill(args: &FillArgs) -> anyhow::Result<()> {
         .context("writing policies.yaml")?;
     let service = ScanService::new(&ScanSettings {
         cache_dir: Some(args.out.join("cache")),
-        capacity: args.scans * 2,
+        budget: Budget {
+            entries: args.scans * 2,
+            bytes: u64::MAX / 2,
+        },
         ..ScanSettings::default()
     })?;
     let scanned_at = SystemTime::now() - Duration::from_secs(3600);

@@ -62,6 +62,10 @@ pub struct ScanArgs {
     /// Most scan results (and as many tag digests) held in memory.
     #[arg(long, env = "PORTCULLIS_CACHE_ENTRIES", default_value_t = 200_000)]
     pub cache_entries: usize,
+    /// Most memory the scan results and tag digests take (estimated), e.g. `128Mi`,
+    /// `1Gi`; startup loads the most recent results that fit.
+    #[arg(long, env = "PORTCULLIS_CACHE_MEMORY", default_value = "128Mi", value_parser = parse_bytes)]
+    pub cache_memory: u64,
     /// The most time one admission request waits for missing scan results, in total
     /// (each backend call is also bounded by its integration's timeout).
     #[arg(long, env = "PORTCULLIS_SCAN_DEADLINE", default_value = "3s", value_parser = parse_duration)]
@@ -73,7 +77,10 @@ impl ScanArgs {
     pub fn settings(&self) -> portcullis_webhook::scan::ScanSettings {
         portcullis_webhook::scan::ScanSettings {
             cache_dir: self.cache_dir.clone(),
-            capacity: self.cache_entries,
+            budget: portcullis_webhook::scan::cache::Budget {
+                entries: self.cache_entries,
+                bytes: self.cache_memory,
+            },
             deadline: self.scan_deadline,
         }
     }
@@ -201,6 +208,31 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// A size in bytes: a number with an optional `Ki`, `Mi` or `Gi` suffix.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let scale: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a size (use bytes, or a number with Ki, Mi or Gi)"
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size (use bytes, or a number with Ki, Mi or Gi)"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

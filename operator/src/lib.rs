@@ -10,6 +10,7 @@ pub mod local;
 pub mod manifests;
 pub mod metrics;
 pub mod run;
+pub mod supervise;
 pub mod tls;
 
 use std::process::ExitCode;

@@ -13,6 +13,7 @@ use portcullis_webhook::server::{self, AppState, Readiness};
 
 use crate::cli::ServeArgs;
 use crate::manifests::{self, Document, Loaded};
+use crate::supervise::Essentials;
 use crate::tls::serving_tls;
 
 /// A policy directory and the documents last read from each file.
@@ -127,14 +128,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.listen
         )
     })?;
-    let tls = serving_tls(&args.tls, args.listen)?;
+    let mut essentials = Essentials::default();
+    let tls = serving_tls(&args.tls, args.listen, &mut essentials)?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(listen = %addr, policies = %args.policies.display(), "serving the admission webhook (local mode)");
     eprintln!("portcullis: serving https://{addr}/validate");
 
     let reload_shared = shared.clone();
     let reload_scans = scans.clone();
-    tokio::spawn(async move {
+    essentials.spawn("the policy directory reload", async move {
         let mut tick = tokio::time::interval(args.reload_interval.max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -147,14 +149,28 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let state = AppState::new(shared, scans.clone(), Readiness::ready_now());
-    let served = server::serve(
-        listener,
-        tls,
-        server::router(state),
-        crate::shutdown_signal(),
-    )
-    .await
-    .context("webhook server");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(server::serve(listener, tls, server::router(state), async {
+        let _ = stopped.await;
+    }));
+    let served = tokio::select! {
+        () = crate::shutdown_signal() => {
+            let _ = stop.send(());
+            match server.await {
+                Ok(result) => result.context("webhook server"),
+                Err(error) => Err(error.into()),
+            }
+        }
+        error = essentials.first_to_end() => {
+            tracing::error!(%error, "an essential task ended: stopping");
+            Err(error)
+        }
+        result = &mut server => match result {
+            Ok(result) => result.context("webhook server"),
+            Err(error) => Err(error.into()),
+        },
+    };
+    essentials.abort();
     scans.cache().flush();
     served
 }

@@ -6,11 +6,10 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use axum::routing::get;
 use kube::Client;
-use portcullis_webhook::policy::PolicySet;
+use portcullis_webhook::policy::{PolicySet, SharedPolicySet};
 use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{self, AppState, Readiness};
 use portcullis_webhook::tls::{CertStore, certified_key, generate, server_config};
-use tokio::task::JoinHandle;
 
 use crate::certs::{self, CertSettings};
 use crate::cli::RunArgs;
@@ -19,6 +18,7 @@ use crate::controller::lookup::ApiReads;
 use crate::controller::{scans as scan_inputs, status, watch};
 use crate::leader::{self, Election};
 use crate::metrics::Metrics;
+use crate::supervise::Essentials;
 
 /// The Lease the writers (status, certificates) are elected by.
 const LEASE: &str = "portcullis-leader";
@@ -63,42 +63,55 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }));
 
     let ready = Readiness::default();
-    let (tls, cert_manager) = serving_certificate(&args, &client, &ready, &leader)?;
+    let mut essentials = Essentials::default();
+    let tls = serving_certificate(&args, &client, &ready, &leader, &mut essentials)?;
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
     let metrics = Arc::new(Metrics::default());
     let scans = ScanService::new(&args.scan.settings()).context("opening the scan cache")?;
     metrics.register_scans(scans.metrics());
-    tokio::spawn(scan_inputs::credentials(
-        client.clone(),
-        args.namespace.clone(),
-        scans.clone(),
-        metrics.clone(),
-    ));
-    tokio::spawn(scan_inputs::vulnerability_reports(
-        client.clone(),
-        shared.clone(),
-        scans.clone(),
-        metrics.clone(),
-    ));
+    require_scan_inputs(&ready, &scans, &shared);
+    essentials.spawn(
+        "the pull-credential Secret watch",
+        scan_inputs::credentials(
+            client.clone(),
+            args.namespace.clone(),
+            scans.clone(),
+            metrics.clone(),
+        ),
+    );
+    essentials.spawn(
+        "the VulnerabilityReport watch",
+        scan_inputs::vulnerability_reports(
+            client.clone(),
+            shared.clone(),
+            scans.clone(),
+            metrics.clone(),
+        ),
+    );
     let reporter = Reporter {
         controller: "portcullis.dev/controller".into(),
         instance: identity,
     };
-
-    let mut watches = tokio::spawn(watch::run(
-        client.clone(),
-        shared.clone(),
-        ready.clone(),
-        metrics.clone(),
-    ));
-    let mut statuses = tokio::spawn(status::run(
-        client.clone(),
-        reporter,
-        metrics.clone(),
-        leader.clone(),
-        scans.clone(),
-        shared.clone(),
-    ));
+    essentials.spawn(
+        "the policy, integration and namespace watches",
+        watch::run(
+            client.clone(),
+            shared.clone(),
+            ready.clone(),
+            metrics.clone(),
+        ),
+    );
+    essentials.spawn(
+        "the status controllers",
+        status::run(
+            client.clone(),
+            reporter,
+            metrics.clone(),
+            leader.clone(),
+            scans.clone(),
+            shared.clone(),
+        ),
+    );
     let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
         cluster: Some(Arc::new(ApiReads::new(client, metrics.clone()))),
@@ -122,8 +135,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }),
     );
-    let mut metrics_server =
-        tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
+    essentials.spawn("the metrics server", async move {
+        if let Err(error) = axum::serve(metrics_listener, metrics_app).await {
+            tracing::error!(%error, "the metrics server failed");
+        }
+    });
 
     let outcome = tokio::select! {
         _ = crate::shutdown_signal() => {
@@ -140,26 +156,37 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::time::sleep(args.shutdown_grace).await;
             Ok(())
         }
-        result = &mut watches => Err(anyhow::anyhow!("the watches ended: {result:?}")),
-        result = &mut statuses => Err(anyhow::anyhow!("the status controllers ended: {result:?}")),
+        error = essentials.first_to_end() => {
+            tracing::error!(%error, "an essential task ended: stopping");
+            Err(error)
+        }
         result = &mut webhook => Err(anyhow::anyhow!("the webhook server ended: {result:?}")),
-        result = &mut metrics_server => Err(anyhow::anyhow!("the metrics server ended: {result:?}")),
         result = &mut lease_task => Err(anyhow::anyhow!("leader election ended: {result:?}")),
     };
     ready.stopping();
     let _ = stop_webhook.send(());
     let _ = webhook.await;
     scans.cache().flush();
-    statuses.abort();
-    if let Some(manager) = cert_manager {
-        manager.abort();
-    }
+    essentials.abort();
     // After a failure the lease is still held: release it for the next leader.
     if let Some(stop) = stop_election.take() {
         let _ = stop.send(());
         let _ = tokio::time::timeout(LEASE_RELEASE, &mut lease_task).await;
     }
     outcome
+}
+
+/// Readiness waits for every input decisions read: the pull-credential Secrets, and —
+/// once an integration reads them — trivy-operator's VulnerabilityReports.
+fn require_scan_inputs(ready: &Readiness, scans: &Arc<ScanService>, policies: &SharedPolicySet) {
+    let credentials = scans.clone();
+    ready.require("pull-credential Secrets not listed yet", move || {
+        credentials.credentials().is_synced()
+    });
+    let (reports, policies) = (scans.clone(), policies.clone());
+    ready.require("VulnerabilityReports not listed yet", move || {
+        reports.reports().is_synced() || !scan_inputs::uses_reports(&policies)
+    });
 }
 
 /// The serving certificate: from files (cert-manager), or self-managed through a
@@ -170,11 +197,12 @@ fn serving_certificate(
     client: &Client,
     ready: &Readiness,
     leader: &tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<(Arc<rustls::ServerConfig>, Option<JoinHandle<()>>)> {
+    essentials: &mut Essentials,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     if args.tls.tls_cert_file.is_some() {
-        let tls = crate::tls::from_files(&args.tls)?;
+        let tls = crate::tls::from_files(&args.tls, essentials)?;
         ready.certificate_loaded();
-        return Ok((tls, None));
+        return Ok(tls);
     }
     let placeholder =
         generate(&["localhost".to_owned()]).context("generating a placeholder certificate")?;
@@ -190,17 +218,59 @@ fn serving_certificate(
         extra_names: args.tls.self_signed_name.clone(),
         lifetime: args.cert_lifetime,
     };
-    tokio::spawn(certs::serve_from_secret(
-        client.clone(),
-        settings.clone(),
-        store.clone(),
-        ready.clone(),
-    ));
-    let manager = tokio::spawn(certs::manage(
-        client.clone(),
-        settings,
-        leader.clone(),
-        CERT_INTERVAL,
-    ));
-    Ok((server_config(store)?, Some(manager)))
+    essentials.spawn(
+        "the serving certificate Secret watch",
+        certs::serve_from_secret(
+            client.clone(),
+            settings.clone(),
+            store.clone(),
+            ready.clone(),
+        ),
+    );
+    essentials.spawn(
+        "the certificate manager",
+        certs::manage(client.clone(), settings, leader.clone(), CERT_INTERVAL),
+    );
+    Ok(server_config(store)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_crds::RegistryIntegrationSpec;
+    use portcullis_webhook::policy::compile_integration;
+
+    fn integration(scanner: serde_json::Value) -> portcullis_webhook::policy::CompiledIntegration {
+        let spec: RegistryIntegrationSpec = serde_json::from_value(
+            serde_json::json!({"registries": ["ghcr.io/**"], "scanner": scanner}),
+        )
+        .unwrap();
+        compile_integration("scans", &spec).unwrap()
+    }
+
+    /// Right after a restart the credentials and reports are not listed yet: serving
+    /// then would count every image "unreachable". Readiness waits for them.
+    #[test]
+    fn readiness_waits_for_credentials_and_reports_in_use() {
+        let ready = Readiness::ready_now();
+        let scans = ScanService::in_memory();
+        let policies: SharedPolicySet = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
+        require_scan_inputs(&ready, &scans, &policies);
+        assert!(!ready.is_ready(), "{ready:?}");
+        scans.credentials().replace(Default::default());
+        assert!(
+            ready.is_ready(),
+            "no integration reads VulnerabilityReports: {ready:?}"
+        );
+
+        policies.store(Arc::new(PolicySet::new(
+            Vec::<portcullis_webhook::policy::CompiledPolicy>::new(),
+            [integration(serde_json::json!({"trivyOperator": {}}))],
+            Arc::default(),
+        )));
+        assert!(!ready.is_ready(), "{ready:?}");
+        assert!(format!("{ready:?}").contains("VulnerabilityReports not listed yet"));
+        scans.reports().replace([]);
+        assert!(ready.is_ready(), "{ready:?}");
+    }
 }

@@ -10,20 +10,27 @@ use portcullis_webhook::tls::{
 };
 
 use crate::cli::TlsArgs;
+use crate::supervise::Essentials;
 
 /// How often certificate files are checked for changes.
 const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The certificate from `--tls-cert-file`/`--tls-key-file`, validated now and
-/// re-read when the files change.
-pub fn from_files(args: &TlsArgs) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// The certificate from `--tls-cert-file`/`--tls-key-file`, validated now and re-read
+/// (an essential task) when the files change.
+pub fn from_files(
+    args: &TlsArgs,
+    essentials: &mut Essentials,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) else {
         anyhow::bail!("--tls-cert-file and --tls-key-file go together");
     };
     let (files, certified) =
         FileCert::load(cert, key).context("loading the serving certificate")?;
     let store = CertStore::new(certified);
-    tokio::spawn(files.watch(store.clone(), CERT_RELOAD_INTERVAL));
+    essentials.spawn(
+        "the certificate file watch",
+        files.watch(store.clone(), CERT_RELOAD_INTERVAL),
+    );
     Ok(server_config(store)?)
 }
 
@@ -32,9 +39,10 @@ pub fn from_files(args: &TlsArgs) -> anyhow::Result<Arc<rustls::ServerConfig>> {
 pub fn serving_tls(
     args: &TlsArgs,
     listen: SocketAddr,
+    essentials: &mut Essentials,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let store = match &args.tls_cert_file {
-        Some(_) => return from_files(args),
+        Some(_) => return from_files(args, essentials),
         _ => {
             let mut names = vec![
                 "localhost".to_owned(),

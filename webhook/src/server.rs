@@ -47,13 +47,29 @@ impl AppState {
     }
 }
 
-/// Ready means enforcing the real policy set with a certificate clients trust, and not
-/// shutting down. Each part is set by the task that knows it.
-#[derive(Clone, Debug, Default)]
+/// Ready means enforcing the real policy set, with every other input decisions read
+/// (credentials, scan reports) listed, a certificate clients trust, and not shutting
+/// down. Each part is set by the task that knows it.
+#[derive(Clone, Default)]
 pub struct Readiness {
     policies: Arc<AtomicBool>,
     certificate: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
+    inputs: Arc<std::sync::RwLock<Vec<Input>>>,
+}
+
+/// An input readiness waits for: why not ready while `ready()` is false.
+struct Input {
+    waiting: &'static str,
+    ready: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("reason", &self.not_ready_because())
+            .finish()
+    }
 }
 
 impl Readiness {
@@ -74,14 +90,26 @@ impl Readiness {
     /// Why `/readyz` answers 503, if it does.
     fn not_ready_because(&self) -> Option<&'static str> {
         if self.stopping.load(Ordering::Acquire) {
-            Some("shutting down")
+            return Some("shutting down");
         } else if !self.policies.load(Ordering::Acquire) {
-            Some("policies not loaded yet")
+            return Some("policies not loaded yet");
         } else if !self.certificate.load(Ordering::Acquire) {
-            Some("serving certificate not loaded yet")
-        } else {
-            None
+            return Some("serving certificate not loaded yet");
         }
+        let inputs = self.inputs.read().unwrap_or_else(|e| e.into_inner());
+        inputs
+            .iter()
+            .find(|input| !(input.ready)())
+            .map(|input| input.waiting)
+    }
+
+    /// Waits, too, for an input: unready saying `waiting` while `ready()` is false.
+    pub fn require(&self, waiting: &'static str, ready: impl Fn() -> bool + Send + Sync + 'static) {
+        let mut inputs = self.inputs.write().unwrap_or_else(|e| e.into_inner());
+        inputs.push(Input {
+            waiting,
+            ready: Box::new(ready),
+        });
     }
 
     /// The policy set reflects every watched kind; returns whether it already did.

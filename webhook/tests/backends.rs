@@ -50,13 +50,13 @@ async fn common_cases(backend: &dyn Backend, sim: &Sim) {
     let findings: Vec<_> = report
         .findings()
         .iter()
-        .map(|f| (f.id.as_str(), f.severity, f.fixable))
+        .map(|f| (f.id.to_string(), f.severity, f.fixable))
         .collect();
     assert_eq!(
         findings,
         [
-            ("CVE-2024-1", Severity::Critical, false),
-            ("CVE-2024-2", Severity::Low, true)
+            ("CVE-2024-1".to_owned(), Severity::Critical, false),
+            ("CVE-2024-2".to_owned(), Severity::Low, true)
         ]
     );
     assert_eq!(report.digest.as_deref(), Some(FOUND));

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use portcullis_crds::RegistryIntegrationSpec;
+use portcullis_webhook::image::ImageRef;
 use portcullis_webhook::policy::{PolicySet, compile, compile_integration};
-use portcullis_webhook::scan::{ScanService, ScanSettings};
+use portcullis_webhook::scan::{ScanResults, ScanService, ScanSettings, ScanStatus};
 use portcullis_webhook::server::{AppState, Readiness};
 use portcullis_webhook::testing::TestServer;
 use portcullis_webhook::testing::scanners::{self, Mode, Scan, Sim};
@@ -341,5 +342,71 @@ async fn bad_answers_about_other_images_never_open_the_breaker() {
     assert!(
         !allowed && message.contains(VIOLATION),
         "the scanner is still asked: {message}"
+    );
+}
+
+/// The captured Pod review with `n` containers, each its own image in the covered
+/// registry (digests `sha256:000…1`, `…2`, …).
+fn review_with_images(n: usize) -> Vec<u8> {
+    let mut review: Value =
+        serde_json::from_slice(&common::fixture("validate-create-pod.json")).unwrap();
+    let containers: Vec<Value> = (1..=n)
+        .map(|i| json!({"name": format!("c{i}"), "image": format!("registry.acme.test/prod/api@sha256:{i:064x}")}))
+        .collect();
+    review["request"]["object"]["spec"]["containers"] = Value::Array(containers);
+    review["request"]["object"]["spec"]["initContainers"] = json!([]);
+    serde_json::to_vec(&review).unwrap()
+}
+
+/// One request cannot make the scan service call without bound, nor make the engine
+/// work without bound: at most 200 distinct images are looked up (the rest are
+/// unscanned, saying why), and an object with more than 1,000 images is not evaluated
+/// image by image.
+#[tokio::test]
+async fn a_request_with_many_images_is_bounded() {
+    let sim = critical();
+    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
+    let set = policies(trivy_json(&scanner), "1h");
+    let scans = ScanService::in_memory();
+    let server = webhook(set.clone(), scans.clone()).await;
+
+    let (allowed, message, _) = decide(&server, review_with_images(300)).await;
+    assert!(!allowed, "{message}");
+    assert!(
+        sim.hits() <= 200,
+        "{} backend calls for one request",
+        sim.hits()
+    );
+    // What the 201st image and after are told (the deny message is capped before them).
+    let images: Vec<ImageRef> = (1..=300)
+        .map(|i| ImageRef::parse(&format!("registry.acme.test/prod/api@sha256:{i:064x}")).unwrap())
+        .collect();
+    let answers = scans
+        .results(&set, images.clone(), Instant::now(), true)
+        .await;
+    match answers.lookup(&images[250]) {
+        ScanStatus::Unavailable(reason) => {
+            assert!(
+                reason.contains("only the first 200 are looked up"),
+                "{reason}"
+            )
+        }
+        ScanStatus::Found(_) => panic!("looked up beyond the bound"),
+    }
+
+    let before = sim.hits();
+    let (allowed, message, _) = decide(&server, review_with_images(1500)).await;
+    assert!(
+        !allowed
+            && message
+                .contains("the object has 1500 images, more than the 1000 evaluated in one object"),
+        "{message}"
+    );
+    assert_eq!(
+        sim.hits(),
+        before,
+        "nothing looked up for an object that is not evaluated"
     );
 }

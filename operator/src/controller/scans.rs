@@ -80,6 +80,15 @@ fn docker_config(secret: &Secret) -> Option<DockerConfig> {
     }
 }
 
+/// Whether an integration reads trivy-operator's VulnerabilityReports.
+pub fn uses_reports(policies: &SharedPolicySet) -> bool {
+    policies
+        .load()
+        .integrations()
+        .iter()
+        .any(|i| i.scanner == ScannerKind::TrivyOperator)
+}
+
 /// Once an integration uses `trivyOperator`, watches VulnerabilityReports in every
 /// namespace into the scan service's report index.
 pub async fn vulnerability_reports(
@@ -88,14 +97,7 @@ pub async fn vulnerability_reports(
     scans: Arc<ScanService>,
     metrics: Arc<Metrics>,
 ) {
-    let uses_reports = || {
-        policies
-            .load()
-            .integrations()
-            .iter()
-            .any(|i| i.scanner == ScannerKind::TrivyOperator)
-    };
-    while !uses_reports() {
+    while !uses_reports(&policies) {
         tokio::time::sleep(TRIVY_OPERATOR_CHECK).await;
     }
     let gvk = GroupVersionKind::gvk(

@@ -31,23 +31,42 @@ pub struct Subject<'a> {
     pub spec: &'a PodSpec<'a>,
 }
 
+/// Most images (containers, init and ephemeral containers, image volumes) evaluated in
+/// one object. No real workload comes near; an object with more is not evaluated image by
+/// image, which bounds the work any request can cause.
+pub const MAX_IMAGES: usize = 1000;
+
 /// An object under review with its images parsed once: what it needs from the scan
 /// service, then its decision.
 #[derive(Debug)]
 pub struct Review<'a> {
     subject: Subject<'a>,
     images: Vec<(ImageUse<'a>, Result<ImageRef, ImageError>)>,
+    /// How many images the object has, when more than [`MAX_IMAGES`].
+    oversized: Option<usize>,
 }
 
 impl<'a> Review<'a> {
     /// Parses the subject's image references.
     pub fn new(subject: Subject<'a>) -> Self {
+        let count = subject.spec.images().count();
+        if count > MAX_IMAGES {
+            return Review {
+                subject,
+                images: Vec::new(),
+                oversized: Some(count),
+            };
+        }
         let images = subject
             .spec
             .images()
             .map(|u| (u, ImageRef::parse(u.image)))
             .collect();
-        Review { subject, images }
+        Review {
+            subject,
+            images,
+            oversized: None,
+        }
     }
 
     /// The policies that apply to the subject, with whether that is assumed.
@@ -100,6 +119,10 @@ impl<'a> Review<'a> {
                 now,
                 decision: &mut decision,
             };
+            if let Some(count) = self.oversized {
+                eval.oversized(count);
+                continue;
+            }
             let mut any_image = self.images.is_empty() && policy.images.is_none();
             for (image_use, parsed) in &self.images {
                 match parsed {

@@ -42,6 +42,16 @@ impl Evaluation<'_, '_> {
         });
     }
 
+    /// An object with more images than are evaluated violates every policy that applies
+    /// to it, once.
+    pub fn oversized(&mut self, count: usize) {
+        let detail = format!(
+            "the object has {count} images, more than the {} evaluated in one object",
+            super::MAX_IMAGES
+        );
+        self.violate(self.policy.action, "image", "pod spec", detail);
+    }
+
     /// A reference that does not parse violates every policy matching the namespace.
     pub fn unparsable(&mut self, image_use: &ImageUse<'_>, error: &ImageError) {
         let target = target(image_use);
@@ -385,7 +395,7 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
 }
 
 fn ids(findings: &[&Finding]) -> String {
-    let shown: Vec<&str> = findings
+    let shown: Vec<std::sync::Arc<str>> = findings
         .iter()
         .take(MAX_IDS)
         .map(|f| f.id.as_str())

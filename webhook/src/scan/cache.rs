@@ -56,30 +56,109 @@ pub enum CacheError {
     Store(PathBuf, redb::Error),
 }
 
+/// What an in-memory scan entry costs besides its findings (key, slot, the report's
+/// allocation), in bytes: the estimate the memory budget counts.
+const SCAN_ENTRY_BYTES: u64 = 160;
+/// What one finding costs.
+const FINDING_BYTES: u64 = std::mem::size_of::<Finding>() as u64;
+/// What an in-memory tag entry costs (key, slot, the digest's text).
+const DIGEST_ENTRY_BYTES: u64 = 200;
+
+/// How much memory the cache may hold: entries and bytes, whichever binds first. Scans
+/// get seven eighths of the bytes, tag digests the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Most scans (and most tags) held.
+    pub entries: usize,
+    /// Most bytes held, as estimated.
+    pub bytes: u64,
+}
+
+impl Budget {
+    fn scan_bytes(self) -> u64 {
+        self.bytes / 8 * 7
+    }
+
+    fn digest_bytes(self) -> u64 {
+        self.bytes / 8
+    }
+}
+
+/// An entry weighs its estimated bytes, and never less than its share of the entry
+/// count: the byte budget then bounds the entries too.
+#[derive(Clone)]
+struct Weight {
+    floor: u64,
+}
+
+impl Weight {
+    fn new(bytes: u64, entries: usize) -> Self {
+        Weight {
+            floor: (bytes / entries.max(1) as u64).max(1),
+        }
+    }
+
+    fn of(&self, bytes: u64) -> u64 {
+        bytes.max(self.floor)
+    }
+}
+
+impl quick_cache::Weighter<u128, CachedScan> for Weight {
+    fn weight(&self, _key: &u128, value: &CachedScan) -> u64 {
+        let findings = match &value.outcome {
+            Outcome::Report(report) => report.findings().len(),
+            _ => 0,
+        };
+        self.of(scan_bytes(findings))
+    }
+}
+
+impl quick_cache::Weighter<u128, CachedDigest> for Weight {
+    fn weight(&self, _key: &u128, _value: &CachedDigest) -> u64 {
+        self.of(DIGEST_ENTRY_BYTES)
+    }
+}
+
+fn scan_bytes(findings: usize) -> u64 {
+    SCAN_ENTRY_BYTES + FINDING_BYTES * findings as u64
+}
+
+type Memory<V> = quick_cache::sync::Cache<u128, V, Weight>;
+
 /// The cache: memory first, disk behind it. In memory an entry is keyed by a 128-bit
 /// hash of its key under per-process random keys (a fraction of the key's size, and
 /// not collidable by someone choosing image names); on disk by the key itself.
 pub struct ScanCache {
-    scans: quick_cache::sync::Cache<u128, CachedScan>,
-    digests: quick_cache::sync::Cache<u128, CachedDigest>,
+    scans: Memory<CachedScan>,
+    digests: Memory<CachedDigest>,
     hashers: (RandomState, RandomState),
     disk: Option<DiskWriter>,
 }
 
 impl ScanCache {
-    /// A memory-only cache holding at most `capacity` scans (and as many tags).
-    pub fn in_memory(capacity: usize) -> Self {
+    /// A memory-only cache within `budget`.
+    pub fn in_memory(budget: Budget) -> Self {
+        let (scan_bytes, digest_bytes) = (budget.scan_bytes(), budget.digest_bytes());
         ScanCache {
-            scans: quick_cache::sync::Cache::new(capacity),
-            digests: quick_cache::sync::Cache::new(capacity),
+            scans: Memory::with_weighter(
+                budget.entries,
+                scan_bytes,
+                Weight::new(scan_bytes, budget.entries),
+            ),
+            digests: Memory::with_weighter(
+                budget.entries,
+                digest_bytes,
+                Weight::new(digest_bytes, budget.entries),
+            ),
             hashers: (RandomState::new(), RandomState::new()),
             disk: None,
         }
     }
 
-    /// Opens (or creates) the store in `dir` and loads what it holds into memory.
-    /// Returns the cache and how many entries were loaded.
-    pub fn open(dir: &Path, capacity: usize) -> Result<(Self, usize), CacheError> {
+    /// Opens (or creates) the store in `dir` and loads into memory, most recent first,
+    /// what fits `budget` (the rest stays on disk). Returns the cache and how many
+    /// entries were loaded.
+    pub fn open(dir: &Path, budget: Budget) -> Result<(Self, usize), CacheError> {
         std::fs::create_dir_all(dir).map_err(|e| CacheError::Directory(dir.to_owned(), e))?;
         let path = dir.join(FILE_NAME);
         let store_error = |e: redb::Error| CacheError::Store(path.clone(), e);
@@ -89,8 +168,8 @@ impl ScanCache {
             .set_cache_size(STORE_CACHE_BYTES)
             .create(&path)
             .map_err(|e| store_error(e.into()))?;
-        let mut cache = ScanCache::in_memory(capacity);
-        let loaded = load(&db, &cache).map_err(store_error)?;
+        let mut cache = ScanCache::in_memory(budget);
+        let loaded = load(&db, &cache, budget).map_err(store_error)?;
         let (sender, receiver) = mpsc::channel();
         std::thread::Builder::new()
             .name("scan-cache-writer".into())
@@ -205,14 +284,12 @@ fn write_loop(db: Database, receiver: mpsc::Receiver<Write>) {
     }
 }
 
-/// Loads both tables into `cache`, dropping entries older than [`KEEP_ON_DISK`] or
-/// unreadable ones (a format change) from disk.
-fn load(db: &Database, cache: &ScanCache) -> Result<usize, redb::Error> {
+/// Loads both tables into `cache`, most recent first, as far as `budget` goes; entries
+/// older than [`KEEP_ON_DISK`] or unreadable (a format change) are dropped from disk.
+fn load(db: &Database, cache: &ScanCache, budget: Budget) -> Result<usize, redb::Error> {
     let cutoff = SystemTime::now()
         .checked_sub(KEEP_ON_DISK)
         .unwrap_or(UNIX_EPOCH);
-    let mut dropped: Vec<(bool, String)> = Vec::new();
-    let mut loaded = 0;
     let txn = db.begin_write()?;
     {
         // Create the tables on first use, so readers and the writer find them.
@@ -221,24 +298,64 @@ fn load(db: &Database, cache: &ScanCache) -> Result<usize, redb::Error> {
     }
     txn.commit()?;
     let read = db.begin_read()?;
-    for (is_scan, table) in [(true, SCANS), (false, DIGESTS)] {
-        let table = read.open_table(table)?;
-        for item in table.iter()? {
+    // First pass: what each entry would weigh and when it was fetched, to find the
+    // oldest fetch time that still fits; only headers are read.
+    let mut dropped: Vec<(bool, String)> = Vec::new();
+    let mut since = [UNIX_EPOCH; 2];
+    for (is_scan, table, bytes, weight) in [
+        (
+            true,
+            SCANS,
+            budget.scan_bytes(),
+            Weight::new(budget.scan_bytes(), budget.entries),
+        ),
+        (
+            false,
+            DIGESTS,
+            budget.digest_bytes(),
+            Weight::new(budget.digest_bytes(), budget.entries),
+        ),
+    ] {
+        let mut entries: Vec<(SystemTime, u64)> = Vec::new();
+        for item in read.open_table(table)?.iter()? {
             let (key, value) = item?;
-            let (key, value) = (key.value().to_owned(), value.value());
-            let kept = if is_scan {
-                decode_scan(value)
-                    .filter(|v| v.fetched_at >= cutoff)
-                    .map(|v| cache.scans.insert(cache.memory_key(&key), v))
+            let header = if is_scan {
+                scan_header(value.value())
             } else {
-                decode_digest(value)
-                    .filter(|v| v.fetched_at >= cutoff)
-                    .map(|v| cache.digests.insert(cache.memory_key(&key), v))
+                decode_digest(value.value()).map(|d| (d.fetched_at, DIGEST_ENTRY_BYTES))
             };
-            match kept {
-                Some(()) => loaded += 1,
-                None => dropped.push((is_scan, key)),
+            match header {
+                Some((fetched, size)) if fetched >= cutoff => {
+                    entries.push((fetched, weight.of(size)))
+                }
+                _ => dropped.push((is_scan, key.value().to_owned())),
             }
+        }
+        entries.sort_unstable_by_key(|(fetched, _)| std::cmp::Reverse(*fetched));
+        let mut total = 0u64;
+        since[usize::from(!is_scan)] = entries
+            .iter()
+            .take_while(|(_, weight)| {
+                total += weight;
+                total <= bytes
+            })
+            .last()
+            .map_or(SystemTime::now() + KEEP_ON_DISK, |(fetched, _)| *fetched);
+    }
+    // Second pass: load what fits.
+    let mut loaded = 0;
+    for item in read.open_table(SCANS)?.iter()? {
+        let (key, value) = item?;
+        if let Some(entry) = decode_scan(value.value()).filter(|v| v.fetched_at >= since[0]) {
+            cache.scans.insert(cache.memory_key(key.value()), entry);
+            loaded += 1;
+        }
+    }
+    for item in read.open_table(DIGESTS)?.iter()? {
+        let (key, value) = item?;
+        if let Some(entry) = decode_digest(value.value()).filter(|v| v.fetched_at >= since[1]) {
+            cache.digests.insert(cache.memory_key(key.value()), entry);
+            loaded += 1;
         }
     }
     drop(read);
@@ -294,7 +411,8 @@ fn encode_scan(value: &CachedScan) -> Vec<u8> {
     let scanned = report.map_or(0, |r| secs(r.scanned_at.unwrap_or(value.fetched_at)));
     out.extend_from_slice(&scanned.to_le_bytes());
     for finding in report.iter().flat_map(|r| r.findings()) {
-        let id = finding.id.as_str().as_bytes();
+        let text = finding.id.as_str();
+        let id = text.as_bytes();
         let Ok(len) = u16::try_from(id.len()) else {
             continue;
         };
@@ -314,6 +432,24 @@ fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     let (head, tail) = bytes.split_at_checked(n)?;
     *bytes = tail;
     Some(head)
+}
+
+/// When a stored scan was fetched and what it would weigh in memory, from its bytes
+/// (nothing interned, nothing allocated per finding).
+fn scan_header(bytes: &[u8]) -> Option<(SystemTime, u64)> {
+    let mut rest = bytes;
+    let header = take(&mut rest, 18)?;
+    if header[0] != SCAN_FORMAT {
+        return None;
+    }
+    let fetched = time(u64::from_le_bytes(header[2..10].try_into().ok()?));
+    let mut findings = 0;
+    while !rest.is_empty() {
+        let head = take(&mut rest, 4)?;
+        take(&mut rest, u16::from_le_bytes([head[2], head[3]]) as usize)?;
+        findings += 1;
+    }
+    Some((fetched, scan_bytes(findings)))
 }
 
 fn decode_scan(bytes: &[u8]) -> Option<CachedScan> {
@@ -377,6 +513,11 @@ fn decode_digest(bytes: &[u8]) -> Option<CachedDigest> {
 mod tests {
     use super::*;
 
+    const BUDGET: Budget = Budget {
+        entries: 100,
+        bytes: 1 << 30,
+    };
+
     fn report() -> CachedScan {
         CachedScan {
             outcome: Outcome::Report(Arc::new(ScanReport::new(
@@ -396,7 +537,7 @@ mod tests {
     fn survives_a_reopen_and_drops_what_is_too_old() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (cache, loaded) = ScanCache::open(dir.path(), 100).unwrap();
+            let (cache, loaded) = ScanCache::open(dir.path(), BUDGET).unwrap();
             assert_eq!(loaded, 0);
             cache.put_scan("i\nr/a@sha256:aa".into(), report());
             cache.put_scan(
@@ -425,7 +566,7 @@ mod tests {
         // The writer thread exits once the cache is dropped; the file lock goes with it.
         let reopened = (0..50).find_map(|_| {
             std::thread::sleep(Duration::from_millis(20));
-            ScanCache::open(dir.path(), 100).ok()
+            ScanCache::open(dir.path(), BUDGET).ok()
         });
         let (cache, loaded) = reopened.expect("the store reopens");
         assert_eq!(loaded, 3, "the month-old tag is dropped");
@@ -436,7 +577,7 @@ mod tests {
         else {
             panic!("the report survives");
         };
-        assert_eq!(r.findings()[0].id.as_str(), "CVE-2024-1");
+        assert_eq!(&*r.findings()[0].id.as_str(), "CVE-2024-1");
         assert_eq!(r.scanned_at, Some(time(1_700_000_000)));
         assert!(matches!(
             cache.scan("i\nr/b@sha256:bb").unwrap().outcome,
@@ -449,11 +590,78 @@ mod tests {
         assert!(cache.digest("i\nr/old:v1").is_none());
     }
 
+    fn report_with(findings: usize, fetched_at: SystemTime) -> CachedScan {
+        CachedScan {
+            outcome: Outcome::Report(Arc::new(ScanReport::new(
+                None,
+                Some(fetched_at),
+                (0..findings).map(|i| Finding {
+                    id: VulnId::new(&format!("CVE-2099-{i}")),
+                    severity: Severity::High,
+                    fixable: false,
+                }),
+            ))),
+            fetched_at,
+        }
+    }
+
+    /// The byte budget binds as well as the entry count: large reports make room by
+    /// evicting; at start, the most recent results that fit are loaded, the rest stay on
+    /// disk.
+    #[test]
+    fn memory_is_bounded_in_bytes_and_loading_takes_the_most_recent() {
+        // Room for about ten reports of 1,000 findings (8 KiB each).
+        let budget = Budget {
+            entries: 10_000,
+            bytes: 8 * 10 * 8 * 1024 / 7,
+        };
+        let memory = ScanCache::in_memory(budget);
+        let now = SystemTime::now();
+        for i in 0..40 {
+            memory.put_scan(format!("i\nr/x@{i}"), report_with(1000, now));
+        }
+        let held = (0..40)
+            .filter(|i| memory.scan(&format!("i\nr/x@{i}")).is_some())
+            .count();
+        assert!(
+            (5..=12).contains(&held),
+            "{held} large reports held in a 10-report budget"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (cache, _) = ScanCache::open(dir.path(), BUDGET).unwrap();
+            for i in 0..40u64 {
+                let fetched = now - Duration::from_secs(3600 * (40 - i));
+                cache.put_scan(format!("i\nr/y@{i}"), report_with(1000, fetched));
+            }
+            cache.flush();
+        }
+        let reopened = (0..50).find_map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            ScanCache::open(dir.path(), budget).ok()
+        });
+        let (cache, loaded) = reopened.expect("the store reopens");
+        assert!((5..=10).contains(&loaded), "{loaded} loaded");
+        let present: Vec<u64> = (0..40)
+            .filter(|i| cache.scan(&format!("i\nr/y@{i}")).is_some())
+            .collect();
+        // (quick_cache bounds each shard, so a few may be evicted on the way in.)
+        assert!(present.len() >= 4, "{present:?}");
+        assert!(
+            present.iter().all(|i| *i >= 40 - loaded as u64),
+            "the newest: {present:?}"
+        );
+    }
+
     #[test]
     fn a_held_store_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = ScanCache::open(dir.path(), 10).unwrap();
-        let error = ScanCache::open(dir.path(), 10).err().unwrap().to_string();
+        let _first = ScanCache::open(dir.path(), BUDGET).unwrap();
+        let error = ScanCache::open(dir.path(), BUDGET)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.contains(FILE_NAME), "{error}");
     }
 }

@@ -71,9 +71,21 @@ pub enum CredentialsError {
 impl DockerConfig {
     /// Parses the JSON of a `.dockerconfigjson` key.
     pub fn parse(json: &[u8]) -> Result<Self, CredentialsError> {
-        let raw: RawConfig = serde_json::from_slice(json).map_err(|e| {
-            // serde_json's message names the position, never the value.
-            CredentialsError::Malformed(e.to_string())
+        // serde's own message may quote the value it choked on (a credential): say
+        // only where, and what kind of problem.
+        let de = &mut serde_json::Deserializer::from_slice(json);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let inner = e.inner();
+            let what = match inner.classify() {
+                serde_json::error::Category::Data => "a value of the wrong type or shape",
+                _ => "invalid JSON",
+            };
+            CredentialsError::Malformed(format!(
+                "{what} at {} (line {}, column {})",
+                e.path(),
+                inner.line(),
+                inner.column()
+            ))
         })?;
         let mut auths = HashMap::new();
         for (key, entry) in raw.auths {
@@ -218,6 +230,12 @@ mod tests {
             DockerConfig::parse(b"{"),
             Err(CredentialsError::Malformed(_))
         ));
+        // An auths entry that is a bare string: serde's own message would quote it.
+        let error = DockerConfig::parse(br#"{"auths":{"r.example.com":"dXNlcjpodW50ZXIy"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("dXNlcjpodW50ZXIy"), "{error}");
+        assert!(error.contains("auths.r.example.com"), "{error}");
         let error =
             DockerConfig::parse(br#"{"auths": {"r.io": {"auth": "bm9jb2xvbg=="}}}"#).unwrap_err();
         assert_eq!(error, CredentialsError::Entry("r.io".into()));

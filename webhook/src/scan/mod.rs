@@ -23,7 +23,7 @@ use portcullis_crds::Severity;
 use crate::image::ImageRef;
 
 /// One known vulnerability of an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     /// The vulnerability ID (`CVE-2024-1`, `GHSA-…`).
     pub id: VulnId,
@@ -52,19 +52,22 @@ impl ScanReport {
         scanned_at: Option<SystemTime>,
         findings: impl IntoIterator<Item = Finding>,
     ) -> Self {
-        let mut by_id: HashMap<VulnId, Finding> = HashMap::new();
+        let mut by_id: HashMap<u32, Finding> = HashMap::new();
         for finding in findings {
-            by_id
-                .entry(finding.id)
-                .and_modify(|f| {
-                    f.severity = f.severity.max(finding.severity);
-                    f.fixable |= finding.fixable;
-                })
-                .or_insert(finding);
+            match by_id.entry(finding.id.index()) {
+                std::collections::hash_map::Entry::Occupied(mut known) => {
+                    let known = known.get_mut();
+                    known.severity = known.severity.max(finding.severity);
+                    known.fixable |= finding.fixable;
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(finding);
+                }
+            }
         }
-        let mut findings: Vec<(&'static str, Finding)> =
+        let mut findings: Vec<(Arc<str>, Finding)> =
             by_id.into_values().map(|f| (f.id.as_str(), f)).collect();
-        findings.sort_unstable_by_key(|(id, _)| *id);
+        findings.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         ScanReport {
             digest,
             scanned_at,

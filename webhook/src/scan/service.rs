@@ -18,7 +18,7 @@ use super::backend::http::HttpScanner;
 use super::backend::trivy_operator::{ReportIndex, TrivyOperator};
 use super::backend::{Backend, BackendError, Outcome, Target};
 use super::breaker::{Admit, Breaker};
-use super::cache::{CacheError, CachedDigest, CachedScan, ScanCache};
+use super::cache::{Budget, CacheError, CachedDigest, CachedScan, ScanCache};
 use super::credentials::{CredentialStore, DockerConfig};
 use super::metrics::ScanMetrics;
 use super::registry::{RegistryClient, RegistrySettings, Resolved};
@@ -32,14 +32,18 @@ const NOT_FOUND_TTL: Duration = Duration::from_secs(300);
 const PENDING_TTL: Duration = Duration::from_secs(15);
 /// How long a tag's digest is used before it is resolved again (in the background).
 const TAG_TTL: Duration = Duration::from_secs(300);
+/// Most distinct images one request looks up; the rest count as unscanned.
+pub const MAX_LOOKUPS_PER_REQUEST: usize = 200;
+/// Most backend and registry calls in flight at once per integration.
+const MAX_CALLS_PER_INTEGRATION: usize = 32;
 
 /// How the service is set up.
 #[derive(Debug, Clone)]
 pub struct ScanSettings {
     /// Where the on-disk store lives; `None` keeps results in memory only.
     pub cache_dir: Option<PathBuf>,
-    /// Most scan results (and as many tags) held in memory.
-    pub capacity: usize,
+    /// How much the in-memory cache holds (entries and bytes).
+    pub budget: Budget,
     /// The most time one admission request spends fetching missing results.
     pub deadline: Duration,
 }
@@ -48,7 +52,10 @@ impl Default for ScanSettings {
     fn default() -> Self {
         ScanSettings {
             cache_dir: None,
-            capacity: 200_000,
+            budget: Budget {
+                entries: 200_000,
+                bytes: 128 * 1024 * 1024,
+            },
             deadline: Duration::from_secs(3),
         }
     }
@@ -79,13 +86,25 @@ pub struct ScanService {
     deadline: Duration,
 }
 
-#[derive(Default)]
 struct IntegrationState {
     /// One breaker per backend host (the scanner, each registry): only signs that a host
     /// itself is down open it, and one host down never stops calls to another.
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     health: Mutex<Health>,
     connection: Mutex<Option<Arc<Connection>>>,
+    /// Calls in flight: one integration never takes every connection and task.
+    calls: tokio::sync::Semaphore,
+}
+
+impl Default for IntegrationState {
+    fn default() -> Self {
+        IntegrationState {
+            breakers: Mutex::default(),
+            health: Mutex::default(),
+            connection: Mutex::default(),
+            calls: tokio::sync::Semaphore::new(MAX_CALLS_PER_INTEGRATION),
+        }
+    }
 }
 
 impl IntegrationState {
@@ -151,9 +170,9 @@ impl ScanService {
     /// A service with the given settings; opens and loads the disk store if any.
     pub fn new(settings: &ScanSettings) -> Result<Arc<Self>, CacheError> {
         let cache = match &settings.cache_dir {
-            None => ScanCache::in_memory(settings.capacity),
+            None => ScanCache::in_memory(settings.budget),
             Some(dir) => {
-                let (cache, loaded) = ScanCache::open(dir, settings.capacity)?;
+                let (cache, loaded) = ScanCache::open(dir, settings.budget)?;
                 tracing::info!(loaded, dir = %dir.display(), "scan cache loaded");
                 cache
             }
@@ -164,7 +183,7 @@ impl ScanService {
     /// A memory-only service with default settings.
     pub fn in_memory() -> Arc<Self> {
         let settings = ScanSettings::default();
-        Self::with_cache(ScanCache::in_memory(settings.capacity), settings.deadline)
+        Self::with_cache(ScanCache::in_memory(settings.budget), settings.deadline)
     }
 
     fn with_cache(cache: ScanCache, deadline: Duration) -> Arc<Self> {
@@ -247,7 +266,8 @@ impl ScanService {
     ) -> ScanAnswers {
         let mut answers = HashMap::with_capacity(images.len());
         let mut misses = Vec::new();
-        for image in images {
+        let mut images = images.into_iter();
+        for image in images.by_ref().take(MAX_LOOKUPS_PER_REQUEST) {
             let (status, want) = self.cached(set, &image, SystemTime::now(), None);
             match want {
                 Some(Want::Refresh(spec)) => {
@@ -262,6 +282,12 @@ impl ScanService {
                 None => {}
             }
             answers.insert(image, status);
+        }
+        for image in images {
+            let reason = Cow::Owned(format!(
+                "the object has more than {MAX_LOOKUPS_PER_REQUEST} distinct images; only the first {MAX_LOOKUPS_PER_REQUEST} are looked up"
+            ));
+            answers.insert(image, ScanStatus::Unavailable(reason));
         }
         if misses.is_empty() {
             return ScanAnswers(answers);
@@ -524,14 +550,19 @@ impl ScanService {
         host: &str,
         work: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
+        let state = self.state(&spec.name);
+        // A slot not free within the call's deadline says nothing about the host.
+        let slot = tokio::time::timeout(spec.timeout, state.calls.acquire()).await;
         let started = Instant::now();
-        let result = match tokio::time::timeout(spec.timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(BackendError::Timeout(spec.timeout)),
+        let result = match slot {
+            Ok(Ok(_slot)) => match tokio::time::timeout(spec.timeout, work).await {
+                Ok(result) => result,
+                Err(_) => Err(BackendError::Timeout(spec.timeout)),
+            },
+            _ => Err(BackendError::Busy(MAX_CALLS_PER_INTEGRATION)),
         };
         self.metrics
             .call(&spec.name, what, started.elapsed().as_secs_f64());
-        let state = self.state(&spec.name);
         let breaker = state.breaker(host);
         let mut health = lock(&state.health);
         match &result {
@@ -646,6 +677,9 @@ fn failed(spec: &CompiledIntegration, error: &BackendError) -> Cow<'static, str>
             "the credentials Secret of RegistryIntegration {name:?} is missing or unusable"
         )),
         BackendError::NotSynced => Cow::Borrowed("VulnerabilityReports are not synced yet"),
+        BackendError::Busy(_) => Cow::Owned(format!(
+            "RegistryIntegration {name:?} has too many lookups in flight"
+        )),
         BackendError::Config(_) => Cow::Owned(format!(
             "RegistryIntegration {name:?} cannot be used as configured"
         )),

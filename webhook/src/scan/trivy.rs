@@ -152,17 +152,17 @@ mod tests {
         );
         let expected_time: jiff::Timestamp = "2026-11-20T10:00:00.123456789Z".parse().unwrap();
         assert_eq!(t.report.scanned_at, Some(SystemTime::from(expected_time)));
-        let findings: Vec<(&str, Severity, bool)> = t
+        let findings: Vec<(String, Severity, bool)> = t
             .report
             .findings()
             .iter()
-            .map(|f| (f.id.as_str(), f.severity, f.fixable))
+            .map(|f| (f.id.to_string(), f.severity, f.fixable))
             .collect();
         assert_eq!(
             findings,
             [
-                ("CVE-2024-1", Severity::Critical, true),
-                ("CVE-2024-2", Severity::Low, false)
+                ("CVE-2024-1".to_owned(), Severity::Critical, true),
+                ("CVE-2024-2".to_owned(), Severity::Low, false)
             ]
         );
     }

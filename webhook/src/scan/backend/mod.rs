@@ -82,6 +82,9 @@ pub enum BackendError {
     /// Not called: the address is one Portcullis never calls for a Pod's image.
     #[error("not called: {0}")]
     Refused(String),
+    /// Not called: this many calls to the integration were in flight already.
+    #[error("not called: {0} calls to this integration are in flight")]
+    Busy(usize),
 }
 
 /// A scanner that answers for digests.
@@ -203,6 +206,7 @@ impl BackendError {
                 | BackendError::Config(_)
                 | BackendError::NotSynced
                 | BackendError::Refused(_)
+                | BackendError::Busy(_)
         )
     }
 
@@ -221,6 +225,7 @@ impl BackendError {
             BackendError::NotSynced => "not_synced",
             BackendError::Config(_) => "config",
             BackendError::Refused(_) => "refused",
+            BackendError::Busy(_) => "busy",
         }
     }
 }

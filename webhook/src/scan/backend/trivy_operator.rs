@@ -297,7 +297,7 @@ mod tests {
         let counted = |index: &ReportIndex| {
             index.most_severe(DIGEST, now).unwrap().findings()[0]
                 .id
-                .as_str()
+                .to_string()
         };
         assert_eq!(counted(&index), "CVE-1");
         index.delete("team-a/a");
@@ -361,7 +361,7 @@ mod tests {
         index.apply("team-a/r", report);
         assert!(matches!(
             backend.fetch(&target, false).await,
-            Ok(Outcome::Report(r)) if r.findings()[0].id.as_str() == "CVE-9"
+            Ok(Outcome::Report(r)) if &*r.findings()[0].id.as_str() == "CVE-9"
         ));
     }
 }
