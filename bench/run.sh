@@ -27,6 +27,18 @@ PY
 # 1,000 policies (100 of them checking vulnerabilities of ghcr.io/acme/**) and 100,000
 # cached scan results, the Pod's five images among them.
 $bin/portcullis-bench fill --out "$work/big" --policies 1000 --scans 100000
+# /mutate: one more policy pins the Pod's images (digests cached by fill) and fills in
+# every security default; the same review is sent to /mutate.
+cat >"$work/big/policies/mutate.yaml" <<'YAML'
+apiVersion: portcullis.dev/v1alpha1
+kind: ContainerPolicy
+metadata: {name: pin-and-default}
+spec:
+  match: {images: ["ghcr.io/acme/**"]}
+  mutate:
+    pinDigests: true
+    securityDefaults: {runAsNonRoot: true, allowPrivilegeEscalation: false, dropAllCapabilities: true, seccompProfile: RuntimeDefault}
+YAML
 
 start() { # name, command...
   local name=$1; shift
@@ -55,6 +67,7 @@ run saturation typed 19445 "$work/typed.ca"
 run saturation echo 19444 "$work/echo.ca"
 run saturation portcullis 19443 "$work/pc/ca.crt"
 run saturation portcullis-1000-policies-100k-cached 19446 "$work/cached-pc/ca.crt"
+run saturation "portcullis-1000-policies-100k-cached /mutate" 19446 "$work/cached-pc/ca.crt" --path /mutate
 for rate in 600 1000; do
   echo "== $rate req/s"
   run "$rate req/s" portcullis-1000-policies-100k-cached 19446 "$work/cached-pc/ca.crt" --rate $rate

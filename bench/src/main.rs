@@ -57,9 +57,12 @@ struct ServerArgs {
 
 #[derive(clap::Args)]
 struct LoadArgs {
-    /// `https://127.0.0.1:PORT/validate`.
+    /// The server's address (`127.0.0.1:PORT`).
     #[arg(long)]
     addr: SocketAddr,
+    /// The path posted to.
+    #[arg(long, default_value = "/validate")]
+    path: String,
     /// The CA the server's certificate chains to.
     #[arg(long)]
     ca: PathBuf,
@@ -172,6 +175,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for (connection, mut sender) in senders.into_iter().enumerate() {
         let body = body.clone();
+        let path = args.path.clone();
         let offset = interval.map(|i| i.mul_f64(connection as f64 / args.connections as f64));
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -190,7 +194,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
                 } else {
                     Instant::now()
                 };
-                let request = hyper::Request::post("/validate")
+                let request = hyper::Request::post(path.as_str())
                     .header("host", "localhost")
                     .header("content-type", "application/json")
                     .body(Full::new(body.clone()))?;

@@ -36,6 +36,49 @@ pub struct ContainerPolicySpec {
     /// The checks; a rule family that is absent is not checked.
     #[serde(default)]
     pub rules: Rules,
+    /// What the mutating webhook changes in the Pods this policy matches (never in
+    /// Deployments or other templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutate: Option<MutateSpec>,
+}
+
+/// Changes to matched Pods, made before they are validated.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MutateSpec {
+    /// Rewrite each image tag to `tag@sha256:…`, the digest resolved (and scanned) at
+    /// admission, so the digest validated is the digest that runs.
+    #[serde(default)]
+    pub pin_digests: bool,
+    /// Security settings, each set only where the Pod leaves it unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_defaults: Option<SecurityDefaults>,
+}
+
+/// Security settings filled in where a Pod leaves them unset; what the author wrote
+/// is never changed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityDefaults {
+    /// `true`: the Pod's `securityContext.runAsNonRoot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_non_root: Option<bool>,
+    /// `false`: each container's `securityContext.allowPrivilegeEscalation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_privilege_escalation: Option<bool>,
+    /// `capabilities.drop: [ALL]` on each container that drops nothing.
+    #[serde(default)]
+    pub drop_all_capabilities: bool,
+    /// The Pod's `securityContext.seccompProfile.type`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_profile: Option<SeccompProfile>,
+}
+
+/// Seccomp profiles a default may set.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SeccompProfile {
+    /// The container runtime's default profile.
+    RuntimeDefault,
 }
 
 /// What a violation does.

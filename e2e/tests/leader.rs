@@ -25,7 +25,7 @@ async fn leadership_fails_over_and_hands_over() {
         Installed::start(&cluster, "pc-leader", 2, &["--shutdown-grace", "2s"]).await;
 
     let repaired = installed.wipe_ca_bundle();
-    eprintln!("caBundle repaired by the first leader in {repaired:?}");
+    println!("caBundle repaired by the first leader in {repaired:?}");
     assert!(
         repaired < Duration::from_secs(2),
         "caBundle repaired after {repaired:?}"
@@ -43,7 +43,7 @@ async fn leadership_fails_over_and_hands_over() {
         || installed.holder() == successor,
     );
     let took = killed.elapsed();
-    eprintln!("after SIGKILL of the leader, {successor} held the lease in {took:?}");
+    println!("after SIGKILL of the leader, {successor} held the lease in {took:?}");
     assert!(
         took <= LEASE_DURATION + Duration::from_secs(1),
         "took {took:?}, more than the lease duration"
@@ -61,7 +61,7 @@ async fn leadership_fails_over_and_hands_over() {
     );
     // …and keeps the caBundle.
     let repaired = installed.wipe_ca_bundle();
-    eprintln!("caBundle repaired by the new leader in {repaired:?}");
+    println!("caBundle repaired by the new leader in {repaired:?}");
     assert!(
         repaired < Duration::from_secs(2),
         "caBundle repaired after {repaired:?}"
@@ -83,7 +83,7 @@ async fn leadership_fails_over_and_hands_over() {
     let took = eventually("hand-over to the standby", Duration::from_secs(10), || {
         installed.holder() == standby
     });
-    eprintln!("after SIGTERM of the leader, {standby} held the lease in {took:?}");
+    println!("after SIGTERM of the leader, {standby} held the lease in {took:?}");
     assert!(
         took < Duration::from_secs(2),
         "hand-over took {took:?} after SIGTERM (the lease is released at once)"

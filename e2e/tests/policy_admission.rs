@@ -41,6 +41,7 @@ async fn policies_are_checked_when_applied_and_the_last_good_version_enforces() 
         Routes {
             workloads: false,
             policies: true,
+            ephemeral_containers: true,
         },
     ));
     cleanup.cluster_scoped("validatingwebhookconfiguration", &webhook);
@@ -183,6 +184,7 @@ async fn a_namespace_created_with_its_workloads_is_judged_by_its_labels() {
         Routes {
             workloads: false,
             policies: false,
+            ephemeral_containers: true,
         },
     ));
     cleanup.cluster_scoped("validatingwebhookconfiguration", &webhook);
@@ -224,7 +226,7 @@ async fn a_namespace_created_with_its_workloads_is_judged_by_its_labels() {
         .lines()
         .filter(|l| l.starts_with("portcullis_namespace_lookups_total"))
         .collect();
-    eprintln!("namespace reads on the request path: {lookups:?}");
+    println!("namespace reads on the request path: {lookups:?}");
 }
 
 /// `GET /metrics` (plain HTTP on the metrics port).

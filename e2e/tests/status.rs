@@ -66,6 +66,7 @@ async fn status_events_and_admission_through_the_real_api_server() {
         Routes {
             workloads: true,
             policies: false,
+            ephemeral_containers: true,
         },
     ));
     cleanup.cluster_scoped("validatingwebhookconfiguration", &webhook);

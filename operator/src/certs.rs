@@ -1,15 +1,18 @@
 //! Self-managed serving certificates. The leader keeps a CA and a serving certificate
 //! for the Service's DNS names in a Secret, renews them at two thirds of their
-//! lifetime, and keeps the webhook configuration's `caBundle` trusting them — the new
-//! CA before anyone serves with it, the old one until its certificate expires. Every
-//! replica watches the Secret and serves what it holds, without a restart.
+//! lifetime, and keeps the `caBundle` of the webhook configurations (validating and
+//! mutating, one name) trusting them — the new CA before anyone serves with it, the
+//! old one until its certificate expires. Every replica watches the Secret and serves
+//! what it holds, without a restart.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::WatchStreamExt;
@@ -34,7 +37,8 @@ pub struct CertSettings {
     pub namespace: String,
     /// The Secret holding CA, certificate and key.
     pub secret: String,
-    /// The ValidatingWebhookConfiguration whose `caBundle` is kept current.
+    /// The Validating- and MutatingWebhookConfiguration (one name) whose `caBundle` is
+    /// kept current; a mutating one need not exist.
     pub webhook: String,
     /// The Service the API server calls.
     pub service: String,
@@ -264,22 +268,72 @@ pub async fn reconcile(
     })
 }
 
-/// Sets `caBundle` on every webhook of the configuration; returns whether it changed.
+/// A webhook configuration kind whose `caBundle` the leader keeps.
+trait WebhookConfiguration:
+    kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    /// How logs name it.
+    const KIND: &'static str;
+    /// Whether the deployment needs it (the mutating webhook is optional).
+    const REQUIRED: bool;
+    fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig>;
+}
+
+impl WebhookConfiguration for ValidatingWebhookConfiguration {
+    const KIND: &'static str = "ValidatingWebhookConfiguration";
+    const REQUIRED: bool = true;
+    fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig> {
+        let webhooks = self.webhooks.iter_mut().flatten();
+        webhooks.map(|w| &mut w.client_config).collect()
+    }
+}
+
+impl WebhookConfiguration for MutatingWebhookConfiguration {
+    const KIND: &'static str = "MutatingWebhookConfiguration";
+    const REQUIRED: bool = false;
+    fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig> {
+        let webhooks = self.webhooks.iter_mut().flatten();
+        webhooks.map(|w| &mut w.client_config).collect()
+    }
+}
+
+/// Sets `caBundle` on every webhook of both configurations; returns whether it changed.
 async fn ensure_ca_bundle(
     client: &Client,
     settings: &CertSettings,
     bundle: &str,
 ) -> Result<bool, CertError> {
-    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let validating =
+        ensure_ca_bundle_of::<ValidatingWebhookConfiguration>(client, settings, bundle).await?;
+    let mutating =
+        ensure_ca_bundle_of::<MutatingWebhookConfiguration>(client, settings, bundle).await?;
+    Ok(validating || mutating)
+}
+
+async fn ensure_ca_bundle_of<K: WebhookConfiguration>(
+    client: &Client,
+    settings: &CertSettings,
+    bundle: &str,
+) -> Result<bool, CertError> {
+    let api: Api<K> = Api::all(client.clone());
     let Some(mut config) = api.get_opt(&settings.webhook).await? else {
-        tracing::warn!(webhook = %settings.webhook, "webhook configuration not found; caBundle not written");
+        if K::REQUIRED {
+            tracing::warn!(webhook = %settings.webhook, kind = K::KIND, "webhook configuration not found; caBundle not written");
+        }
         return Ok(false);
     };
     let wanted = ByteString(bundle.as_bytes().to_vec());
     let mut changed = false;
-    for webhook in config.webhooks.iter_mut().flatten() {
-        if webhook.client_config.ca_bundle.as_ref() != Some(&wanted) {
-            webhook.client_config.ca_bundle = Some(wanted.clone());
+    for client_config in config.client_configs() {
+        if client_config.ca_bundle.as_ref() != Some(&wanted) {
+            client_config.ca_bundle = Some(wanted.clone());
             changed = true;
         }
     }
@@ -290,7 +344,22 @@ async fn ensure_ca_bundle(
     Ok(changed)
 }
 
-/// The leader's loop: reconciles on gaining leadership, whenever the webhook
+/// Changes to the webhook configuration of kind `K` named `name`, as a stream of
+/// "reconcile now" signals.
+fn configuration_changes<K: WebhookConfiguration>(
+    client: &Client,
+    name: &str,
+) -> impl futures::Stream<Item = Result<bool, watcher::Error>> + Send + use<K> {
+    let api: Api<K> = Api::all(client.clone());
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    watcher::watcher(api, config)
+        .default_backoff()
+        .map(|event| {
+            event.map(|e| matches!(e, Event::Apply(_) | Event::InitApply(_) | Event::Delete(_)))
+        })
+}
+
+/// The leader's loop: reconciles on gaining leadership, whenever a webhook
 /// configuration changes (a GitOps sync that drops the `caBundle` is repaired at once),
 /// when the certificate is due, and at least every `interval`.
 pub async fn manage(
@@ -299,9 +368,10 @@ pub async fn manage(
     mut leader: watch::Receiver<bool>,
     interval: Duration,
 ) {
-    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let config = watcher::Config::default().fields(&format!("metadata.name={}", settings.webhook));
-    let mut changes = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    let mut changes = std::pin::pin!(futures::stream::select(
+        configuration_changes::<ValidatingWebhookConfiguration>(&client, &settings.webhook),
+        configuration_changes::<MutatingWebhookConfiguration>(&client, &settings.webhook),
+    ));
     let mut due = true;
     let mut wait = interval;
     loop {
@@ -329,8 +399,8 @@ pub async fn manage(
                 due = true;
             }
             event = changes.next() => match event {
-                Some(Ok(Event::Apply(_) | Event::InitApply(_) | Event::Delete(_))) => due = true,
-                Some(Ok(_)) => {}
+                Some(Ok(true)) => due = true,
+                Some(Ok(false)) => {}
                 Some(Err(error)) => tracing::warn!(%error, webhook = %settings.webhook, "watching the webhook configuration; retrying"),
                 None => return,
             },

@@ -110,7 +110,8 @@ pub struct RunArgs {
     /// and serving certificate in.
     #[arg(long, env = "PORTCULLIS_TLS_SECRET", default_value = "portcullis-tls")]
     pub tls_secret: String,
-    /// Self-managed TLS: the ValidatingWebhookConfiguration whose caBundle the leader keeps.
+    /// Self-managed TLS: the Validating- and MutatingWebhookConfiguration (one name) whose
+    /// caBundle the leader keeps.
     #[arg(
         long,
         env = "PORTCULLIS_WEBHOOK_CONFIGURATION",

@@ -128,10 +128,11 @@ impl Metrics {
             .inc();
     }
 
-    /// Adds the scan service's metrics to the registry.
-    pub fn register_scans(&self, scans: &portcullis_webhook::scan::metrics::ScanMetrics) {
+    /// Adds metrics kept elsewhere (the scan service's, the mutating webhook's) to the
+    /// registry.
+    pub fn register_with(&self, add: impl FnOnce(&mut Registry)) {
         let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        scans.register(&mut registry);
+        add(&mut registry);
     }
 
     /// The OpenMetrics text exposition.

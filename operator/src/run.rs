@@ -68,7 +68,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
     let metrics = Arc::new(Metrics::default());
     let scans = ScanService::new(&args.scan.settings()).context("opening the scan cache")?;
-    metrics.register_scans(scans.metrics());
+    metrics.register_with(|registry| scans.metrics().register(registry));
     require_scan_inputs(&ready, &scans, &shared);
     essentials.spawn(
         "the pull-credential Secret watch",
@@ -117,6 +117,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster: Some(Arc::new(ApiReads::new(client, metrics.clone()))),
         ..AppState::new(shared, scans.clone(), ready.clone())
     };
+    metrics.register_with(|registry| state.mutations.register(registry));
     let mut webhook = tokio::spawn(server::serve(listener, tls, server::router(state), async {
         let _ = webhook_stopped.await;
     }));

@@ -315,3 +315,59 @@ fn verdicts_agree_with_the_webhook_on_the_fixtures() {
     }
     assert!(compared >= 15, "only {compared} fixtures compared");
 }
+
+/// A Pod is checked as the mutating webhook would leave it (pinned from the digest a
+/// report names, defaults filled), and the report says what changed; a Deployment's
+/// template is never mutated.
+#[test]
+fn pods_are_checked_as_mutated_and_the_changes_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pin.yaml"),
+        "apiVersion: portcullis.dev/v1alpha1\nkind: ContainerPolicy\nmetadata: {name: pin}\nspec:\n  match: {images: [\"ghcr.io/acme/**\"]}\n  mutate: {pinDigests: true, securityDefaults: {allowPrivilegeEscalation: false}}\n  rules:\n    tags: {requireDigest: true}\n    workload: {denyPrivilegeEscalation: true}\n",
+    )
+    .unwrap();
+    let policies = dir.path().to_str().unwrap();
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: api}\nspec:\n  containers: [{name: api, image: ghcr.io/acme/api:1.4.0}]\n";
+    let with_scans = ["-p", policies, "--scan-results", "scans", "-n", "shop", "-"];
+
+    let out = portcullis(&with_scans, Some(pod));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let digest = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    assert!(
+        stdout.contains(&format!("      Mutate container \"api\" image ghcr.io/acme/api:1.4.0 pinned to ghcr.io/acme/api:1.4.0@{digest}\n"))
+            && stdout.contains("      Mutate container \"api\" securityContext.allowPrivilegeEscalation set to false\n"),
+        "{stdout}"
+    );
+    let out = portcullis(
+        &[&with_scans[..6], &["-o", "json", "-"]].concat(),
+        Some(pod),
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["objects"][0]["mutations"].as_array().unwrap().len(),
+        2
+    );
+
+    // Without a report naming the tag's digest: left as written, said so, and
+    // requireDigest denies the Pod as the cluster would.
+    let out = portcullis(&["-p", policies, "-n", "shop", "-"], Some(pod));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("Mutate image ghcr.io/acme/api:1.4.0 stays unpinned: no --scan-results report names this tag's digest"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rules.tags.requireDigest") || stdout.contains("digest"),
+        "{stdout}"
+    );
+
+    // The same container in a Deployment: templates stay as written.
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api}\nspec:\n  template:\n    spec:\n      containers: [{name: api, image: ghcr.io/acme/api:1.4.0}]\n";
+    let out = portcullis(&with_scans, Some(deployment));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(!stdout.contains("Mutate"), "{stdout}");
+}

@@ -1,5 +1,6 @@
 //! The decision engine: a Pod with 1, 5 and 20 containers against 10, 100 and 1,000
-//! compiled policies, with every image's scan result cached; and reference parsing.
+//! compiled policies, with every image's scan result cached; the mutating webhook's
+//! answer for a 5-container Pod with every digest cached; and reference parsing.
 //!
 //! `cargo bench -p portcullis-webhook --bench engine`
 
@@ -12,10 +13,13 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use portcullis_crds::{ContainerPolicySpec, Severity};
-use portcullis_webhook::engine::{Subject, decide};
+use portcullis_webhook::admission;
+use portcullis_webhook::engine::mutation::{DigestResults, Unresolved};
+use portcullis_webhook::engine::{Review, Subject, decide};
 use portcullis_webhook::image::ImageRef;
+use portcullis_webhook::mutate;
 use portcullis_webhook::policy::{
-    CompiledIntegration, NamespaceLabels, NamespaceView, PolicySet, compile,
+    CompiledIntegration, CompiledPolicy, NamespaceLabels, NamespaceView, PolicySet, compile,
 };
 use portcullis_webhook::scan::{Finding, ScanReport, ScanResults, ScanStatus, VulnId};
 use portcullis_webhook::workload::{PodSpec, WorkloadKind};
@@ -24,7 +28,11 @@ use serde_json::json;
 /// Policies of the kinds a platform team writes: most scoped to a team's namespaces,
 /// a few cluster-wide, every rule family present somewhere.
 fn policies(n: usize) -> PolicySet {
-    let compiled = (0..n).map(|i| {
+    policy_set(compiled(n))
+}
+
+fn compiled(n: usize) -> Vec<CompiledPolicy> {
+    (0..n).map(|i| {
         let spec = match i % 4 {
             0 => json!({"match": {"namespaces": [format!("team-{i}-*")]}, "rules": {"registries": {"allow": ["ghcr.io/acme/**"]}}}),
             1 => json!({"action": "Warn", "match": {"images": [format!("ghcr.io/acme/svc-{i}/**")]}, "rules": {"tags": {"denyLatest": true, "requireDigest": true}}}),
@@ -37,7 +45,11 @@ fn policies(n: usize) -> PolicySet {
             spec.selector = Default::default();
         }
         compile(&format!("policy-{i:04}"), &spec).unwrap()
-    });
+    })
+    .collect()
+}
+
+fn policy_set(compiled: Vec<CompiledPolicy>) -> PolicySet {
     let namespaces = HashMap::from([(
         "shop".to_owned(),
         NamespaceLabels::from([("env".to_owned(), "prod".to_owned())]),
@@ -119,6 +131,8 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
+    mutation(c);
+
     let mut parse = c.benchmark_group("image_ref");
     for image in [
         "nginx",
@@ -132,6 +146,75 @@ fn bench(c: &mut Criterion) {
         );
     }
     parse.finish();
+}
+
+/// Every tag's digest is cached.
+struct Digests;
+
+impl DigestResults for Digests {
+    fn digest(&self, _image: &ImageRef) -> Result<String, Unresolved> {
+        Ok(format!("sha256:{}", "ab".repeat(32)))
+    }
+}
+
+/// The mutating webhook's whole answer for a 5-container Pod review (parse, read, plan,
+/// patch, JSON) against 100 policies and one that pins and fills every default; what
+/// mutation adds to reading the review; and beside them the validating answer for the
+/// same review, parsed and answered the same way.
+fn mutation(c: &mut Criterion) {
+    let mut all = compiled(100);
+    let pin = json!({"mutate": {"pinDigests": true, "securityDefaults": {"runAsNonRoot": true,
+        "allowPrivilegeEscalation": false, "dropAllCapabilities": true, "seccompProfile": "RuntimeDefault"}}});
+    all.push(compile("pin", &serde_json::from_value(pin).unwrap()).unwrap());
+    let set = policy_set(all);
+    let (spec, scans) = pod(5);
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": "shop", "operation": "CREATE",
+                    "object": {"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"name": "web", "namespace": "shop", "annotations": {"team": "shop"}},
+                               "spec": serde_json::from_str::<serde_json::Value>(&spec).unwrap()}}
+    })
+    .to_string();
+    let now = SystemTime::now();
+    let mut group = c.benchmark_group("answer");
+    group.bench_function("mutate/5_containers", |b| {
+        b.iter(|| {
+            let request = admission::parse(black_box(review.as_bytes())).unwrap();
+            let target = mutate::read(&request).unwrap();
+            let review = Review::new(target.evaluable.subject("shop", NamespaceView::Snapshot));
+            let _ = review.digests_to_pin(&set, target.scope());
+            let plan = review.mutation(&set, target.scope(), &Digests);
+            let answer = mutate::answer(&target, &plan, "Pod shop/web");
+            mutate::respond(&request.uid, &answer).unwrap()
+        })
+    });
+    // What mutation adds once the review is read (as validation reads it too): the
+    // digests asked for, the plan, the patch and the answer.
+    let request = admission::parse(review.as_bytes()).unwrap();
+    let target = mutate::read(&request).unwrap();
+    let read = Review::new(target.evaluable.subject("shop", NamespaceView::Snapshot));
+    group.bench_function("mutation_only/5_containers", |b| {
+        b.iter(|| {
+            let _ = read.digests_to_pin(&set, target.scope());
+            let plan = read.mutation(black_box(&set), target.scope(), &Digests);
+            let answer = mutate::answer(&target, &plan, "Pod shop/web");
+            mutate::respond(&request.uid, &answer).unwrap()
+        })
+    });
+    group.bench_function("validate/5_containers", |b| {
+        b.iter(|| {
+            let request = admission::parse(black_box(review.as_bytes())).unwrap();
+            let evaluable = admission::read(&request).unwrap();
+            let review = Review::new(evaluable.subject("shop", NamespaceView::Snapshot));
+            let _ = review.scans_needed(&set);
+            let verdict = admission::Verdict::Decided(review.decide(&set, &scans, now));
+            serde_json::to_vec(&admission::respond(&request.uid, &verdict)).unwrap()
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, bench);

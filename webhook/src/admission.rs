@@ -83,6 +83,18 @@ pub struct Request<'a> {
     old_object: Option<&'a RawValue>,
 }
 
+impl<'a> Request<'a> {
+    /// `object`, as sent.
+    pub fn object_json(&self) -> Option<&'a str> {
+        self.object.map(RawValue::get)
+    }
+
+    /// `oldObject`, as sent.
+    pub fn old_object_json(&self) -> Option<&'a str> {
+        self.old_object.map(RawValue::get)
+    }
+}
+
 /// `request.kind`.
 #[derive(Debug, Default, Deserialize)]
 pub struct GroupVersionKind<'a> {

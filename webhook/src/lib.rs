@@ -10,6 +10,7 @@ pub mod duration;
 pub mod engine;
 pub mod glob;
 pub mod image;
+pub mod mutate;
 pub mod policy;
 pub mod scan;
 pub mod server;

@@ -1,4 +1,5 @@
-//! The HTTPS admission server: `POST /validate`, `GET /healthz`, `GET /readyz`.
+//! The HTTPS admission server: `POST /validate`, `POST /mutate`, `GET /healthz`,
+//! `GET /readyz`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,8 +16,9 @@ use axum::routing::{get, post};
 use crate::admission::{self, Verdict};
 use crate::cluster::ClusterReads;
 use crate::engine::Review;
+use crate::mutate::{self, MutationMetrics, Untouched};
 use crate::policy::{NamespaceLabels, NamespaceView, PolicySet, SharedPolicySet};
-use crate::scan::ScanService;
+use crate::scan::{DigestAnswers, ScanService};
 
 /// Largest AdmissionReview accepted; the API server's own request limit is 3 MiB of
 /// object, and a review carries the object twice on UPDATE.
@@ -33,6 +35,8 @@ pub struct AppState {
     pub ready: Readiness,
     /// Bounded reads of what the snapshot lacks (in a cluster; none in local mode).
     pub cluster: Option<Arc<dyn ClusterReads>>,
+    /// What `/mutate` changed.
+    pub mutations: MutationMetrics,
 }
 
 impl AppState {
@@ -43,6 +47,7 @@ impl AppState {
             scans,
             ready,
             cluster: None,
+            mutations: MutationMetrics::default(),
         }
     }
 }
@@ -132,6 +137,7 @@ impl Readiness {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/validate", post(validate))
+        .route("/mutate", post(mutate))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -160,10 +166,18 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(evaluable) => decide(&state, &request, &snapshot, evaluable, started).await,
     };
     log_verdict(&request, &verdict, started);
-    match serde_json::to_vec(&admission::respond(&request.uid, &verdict)) {
+    reply(
+        &request.uid,
+        serde_json::to_vec(&admission::respond(&request.uid, &verdict)),
+    )
+}
+
+/// The AdmissionReview answer serialized for `uid`, or a 500 if it could not be.
+fn reply(uid: &str, answer: serde_json::Result<Vec<u8>>) -> Response {
+    match answer {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(error) => {
-            tracing::error!(%error, uid = %request.uid, "could not serialize the AdmissionReview answer");
+            tracing::error!(%error, uid, "could not serialize the AdmissionReview answer");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
@@ -198,12 +212,7 @@ async fn decide(
         None => evaluable,
     };
     let labels = namespace_labels(state, snapshot, namespace).await;
-    let view = match &labels {
-        Labels::Snapshot => NamespaceView::Snapshot,
-        Labels::LookedUp(labels) => NamespaceView::LookedUp(labels),
-        Labels::Unknown => NamespaceView::Unknown,
-    };
-    let review = Review::new(evaluable.subject(namespace, view));
+    let review = Review::new(evaluable.subject(namespace, labels.view()));
     let needed = review.scans_needed(snapshot);
     let dry_run = request.dry_run == Some(true);
     let results = state
@@ -218,6 +227,71 @@ enum Labels {
     Snapshot,
     LookedUp(NamespaceLabels),
     Unknown,
+}
+
+impl Labels {
+    fn view(&self) -> NamespaceView<'_> {
+        match self {
+            Labels::Snapshot => NamespaceView::Snapshot,
+            Labels::LookedUp(labels) => NamespaceView::LookedUp(labels),
+            Labels::Unknown => NamespaceView::Unknown,
+        }
+    }
+}
+
+async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let request = match admission::parse(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            tracing::warn!(%error, "rejected a request that is not an AdmissionReview");
+            return (StatusCode::BAD_REQUEST, error.to_string()).into_response();
+        }
+    };
+    let answer = match mutate::read(&request) {
+        Err(Untouched::Skipped(_)) => mutate::Answer::default(),
+        Err(Untouched::Unreadable(message)) => {
+            tracing::info!(uid = %request.uid, %message, "not mutated: the object cannot be read");
+            mutate::Answer {
+                warnings: vec![format!("not mutated: {message}")],
+                ..Default::default()
+            }
+        }
+        Ok(target) => plan(&state, &request, target, started).await,
+    };
+    reply(&request.uid, mutate::respond(&request.uid, &answer))
+}
+
+/// The mutation path: the digests the applying policies ask to pin (from memory, or
+/// resolved within the deadline; never a scan), the engine's plan, the patch.
+async fn plan(
+    state: &AppState,
+    request: &admission::Request<'_>,
+    target: mutate::Target<'_>,
+    started: Instant,
+) -> mutate::Answer {
+    let snapshot = state.policies.load();
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let labels = namespace_labels(state, &snapshot, namespace).await;
+    let review = Review::new(target.evaluable.subject(namespace, labels.view()));
+    let scope = target.scope();
+    let needed = review.digests_to_pin(&snapshot, scope);
+    let digests = if needed.is_empty() {
+        DigestAnswers::default()
+    } else {
+        state.scans.digests(&snapshot, needed, started).await
+    };
+    let plan = review.mutation(&snapshot, scope, &digests);
+    let subject = format!("Pod {namespace}/{}", target.evaluable.object.name);
+    let answer = mutate::answer(&target, &plan, &subject);
+    if request.dry_run != Some(true) {
+        match &answer.not_sent {
+            None => state.mutations.applied(&plan),
+            Some(reason) => state.mutations.not_mutated(reason.label()),
+        }
+    }
+    tracing::debug!(uid = %request.uid, pins = plan.pins.len(), unpinned = plan.unpinned.len(), micros = started.elapsed().as_micros() as u64, "mutation");
+    answer
 }
 
 /// The snapshot's labels, unless the watch has not delivered the namespace and a policy

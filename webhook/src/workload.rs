@@ -124,6 +124,25 @@ pub struct PodSpec<'a> {
     /// `hostIPC`.
     #[serde(rename = "hostIPC")]
     pub host_ipc: Option<bool>,
+    /// `os` (Kubernetes 1.23+).
+    #[serde(borrow)]
+    pub os: Option<PodOs<'a>>,
+}
+
+impl PodSpec<'_> {
+    /// Whether `os.name` is `windows`: the API server then refuses the Linux-only
+    /// security settings (seccomp, capabilities, privilege escalation).
+    pub fn is_windows(&self) -> bool {
+        self.os.as_ref().is_some_and(|os| os.name == "windows")
+    }
+}
+
+/// `spec.os`.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+pub struct PodOs<'a> {
+    /// `name`: `linux` or `windows`.
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
 }
 
 /// A container, init container or ephemeral container.
@@ -156,6 +175,9 @@ pub struct SecurityContext {
     pub read_only_root_filesystem: Option<bool>,
     /// `capabilities`.
     pub capabilities: Option<Capabilities>,
+    /// Whether `seccompProfile` is set.
+    #[serde(default, deserialize_with = "present")]
+    pub seccomp_profile: bool,
 }
 
 /// `securityContext.capabilities`.
@@ -163,6 +185,8 @@ pub struct SecurityContext {
 pub struct Capabilities {
     /// `add`.
     pub add: Option<Vec<String>>,
+    /// `drop`.
+    pub drop: Option<Vec<String>>,
 }
 
 /// The pod-level security settings the rules read.
@@ -173,6 +197,9 @@ pub struct PodSecurityContext {
     pub run_as_non_root: Option<bool>,
     /// `runAsUser`.
     pub run_as_user: Option<i64>,
+    /// Whether `seccompProfile` is set.
+    #[serde(default, deserialize_with = "present")]
+    pub seccomp_profile: bool,
 }
 
 /// A volume: only whether it is a hostPath, and an image volume's reference.
@@ -216,6 +243,16 @@ pub enum Slot {
 }
 
 impl Slot {
+    /// The pod-spec field holding it.
+    pub fn field(self) -> &'static str {
+        match self {
+            Slot::InitContainer => "initContainers",
+            Slot::Container => "containers",
+            Slot::EphemeralContainer => "ephemeralContainers",
+            Slot::Volume => "volumes",
+        }
+    }
+
     /// How messages name it.
     pub fn noun(self) -> &'static str {
         match self {
@@ -232,6 +269,8 @@ impl Slot {
 pub struct ImageUse<'s> {
     /// Where it is used.
     pub slot: Slot,
+    /// Its position in that list.
+    pub index: usize,
     /// The container's or volume's name.
     pub name: &'s str,
     /// The reference as written.
@@ -248,22 +287,32 @@ impl PodSpec<'_> {
             list: &'s Option<Vec<Container<'_>>>,
             slot: Slot,
         ) -> impl Iterator<Item = ImageUse<'s>> {
-            list.iter().flatten().map(move |c| ImageUse {
-                slot,
-                name: &c.name,
-                image: c.image.as_deref().unwrap_or_default(),
-                security: c.security_context.as_ref(),
-            })
+            list.iter()
+                .flatten()
+                .enumerate()
+                .map(move |(index, c)| ImageUse {
+                    slot,
+                    index,
+                    name: &c.name,
+                    image: c.image.as_deref().unwrap_or_default(),
+                    security: c.security_context.as_ref(),
+                })
         }
-        let volumes = self.volumes.iter().flatten().filter_map(|v| {
-            let image = v.image.as_ref()?;
-            Some(ImageUse {
-                slot: Slot::Volume,
-                name: &v.name,
-                image: image.reference.as_deref().unwrap_or_default(),
-                security: None,
-            })
-        });
+        let volumes = self
+            .volumes
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(index, v)| {
+                let image = v.image.as_ref()?;
+                Some(ImageUse {
+                    slot: Slot::Volume,
+                    index,
+                    name: &v.name,
+                    image: image.reference.as_deref().unwrap_or_default(),
+                    security: None,
+                })
+            });
         containers(&self.init_containers, Slot::InitContainer)
             .chain(containers(&self.containers, Slot::Container))
             .chain(containers(
@@ -305,6 +354,10 @@ pub struct WorkloadObject<'a> {
     pub pod_spec_path: &'static str,
     /// The raw spec is a bare `ephemeralContainers` list (the pre-1.22 subresource shape).
     pub ephemeral_list: bool,
+    /// Whether the object has `metadata`.
+    pub has_metadata: bool,
+    /// `metadata.annotations`, raw (absent or null: `None`).
+    pub annotations: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -314,6 +367,8 @@ struct Meta<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(borrow)]
     generate_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    annotations: Option<&'a RawValue>,
 }
 
 impl Meta<'_> {
@@ -385,24 +440,42 @@ impl<'a> WorkloadObject<'a> {
                 (o.metadata, o.spec.and_then(|s| s.template?.spec))
             }
         };
-        Ok(WorkloadObject {
-            name: meta.unwrap_or_default().display_name(),
+        Ok(WorkloadObject::new(
+            meta,
             pod_spec,
-            pod_spec_path: kind.pod_spec_path(),
-            ephemeral_list: false,
-        })
+            kind.pod_spec_path(),
+            false,
+        ))
     }
 
     /// Reads the pre-1.22 `EphemeralContainers` object of the `pods/ephemeralcontainers`
     /// subresource.
     pub fn read_ephemeral_containers(object: &'a str) -> Result<Self, ReadError> {
         let o: EphemeralContainersObject<'a> = decode(object)?;
-        Ok(WorkloadObject {
-            name: o.metadata.unwrap_or_default().display_name(),
-            pod_spec: o.ephemeral_containers,
-            pod_spec_path: "ephemeralContainers",
-            ephemeral_list: true,
-        })
+        Ok(WorkloadObject::new(
+            o.metadata,
+            o.ephemeral_containers,
+            "ephemeralContainers",
+            true,
+        ))
+    }
+
+    fn new(
+        meta: Option<Meta<'a>>,
+        pod_spec: Option<&'a RawValue>,
+        pod_spec_path: &'static str,
+        ephemeral_list: bool,
+    ) -> Self {
+        let has_metadata = meta.is_some();
+        let meta = meta.unwrap_or_default();
+        WorkloadObject {
+            name: meta.display_name(),
+            pod_spec,
+            pod_spec_path,
+            ephemeral_list,
+            has_metadata,
+            annotations: meta.annotations,
+        }
     }
 
     /// Decodes the pod spec (an empty spec when the object has none).

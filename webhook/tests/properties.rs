@@ -18,28 +18,7 @@ use portcullis_webhook::glob::Glob;
 use portcullis_webhook::image::ImageRef;
 use portcullis_webhook::scan::NoScanResults;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 use serde_json::Value;
-
-/// 512 cases from a fixed seed, unless `PROPTEST_CASES` / `PROPTEST_RNG_SEED` say
-/// otherwise.
-fn config() -> Config {
-    let from_env = Config::default();
-    Config {
-        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-            from_env.cases
-        } else {
-            512
-        },
-        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-            from_env.rng_seed
-        } else {
-            RngSeed::Fixed(0x0070_6f72_7463_7573)
-        },
-        failure_persistence: None,
-        ..from_env
-    }
-}
 
 /// References as people (and attackers) write them: registries with ports, aliases
 /// and odd case, nested paths, tags, digests.
@@ -161,62 +140,3 @@ const DENY_HUB: &[(&str, &str)] = &[(
     "no-hub",
     r#"{"rules":{"registries":{"deny":["docker.io/**"]}}}"#,
 )];
-
-/// Arbitrary JSON, a few levels deep.
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(Value::from),
-        "[ -~]{0,16}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(3, 24, 4, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
-
-/// Replaces (or, with `None`, removes) the value at a path chosen by `choices`;
-/// returns the JSON pointer damaged.
-fn damage(root: &mut Value, choices: &[usize], value: Option<Value>) -> String {
-    let mut pointer = String::new();
-    let mut node = root;
-    for (depth, choice) in choices.iter().enumerate() {
-        let last = depth + 1 == choices.len();
-        let key = match &*node {
-            Value::Object(map) if !map.is_empty() => {
-                let key = map.keys().nth(choice % map.len()).unwrap().clone();
-                Some(key)
-            }
-            Value::Array(items) if !items.is_empty() => Some((choice % items.len()).to_string()),
-            _ => None,
-        };
-        let Some(key) = key else { break };
-        pointer.push('/');
-        pointer.push_str(&key);
-        if last {
-            match (node, &value) {
-                (Value::Object(map), None) => drop(map.remove(&key)),
-                (Value::Object(map), Some(v)) => drop(map.insert(key, v.clone())),
-                (Value::Array(items), v) => {
-                    let i: usize = key.parse().unwrap();
-                    items[i] = v.clone().unwrap_or(Value::Null);
-                }
-                _ => {}
-            }
-            return pointer;
-        }
-        node = match node {
-            Value::Object(map) => map.get_mut(&key).unwrap(),
-            Value::Array(items) => &mut items[key.parse::<usize>().unwrap()],
-            _ => unreachable!(),
-        };
-    }
-    pointer
-}

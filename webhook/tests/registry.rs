@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use common::registry::{self, Registry};
 use portcullis_crds::RegistryIntegrationSpec;
 use portcullis_webhook::policy::{PolicySet, compile, compile_integration};
 use portcullis_webhook::scan::ScanService;
@@ -20,6 +19,7 @@ use portcullis_webhook::scan::credentials::{DockerConfig, Login};
 use portcullis_webhook::scan::registry::{RegistryClient, RegistrySettings, Resolved};
 use portcullis_webhook::server::{AppState, Readiness};
 use portcullis_webhook::testing::TestServer;
+use portcullis_webhook::testing::registry::{self, Registry};
 use portcullis_webhook::testing::scanners::{self, Scan, Sim};
 use serde_json::json;
 
@@ -184,11 +184,22 @@ async fn webhook_over(
     scanner: &TestServer,
     settings: serde_json::Value,
 ) -> (TestServer, Arc<ScanService>) {
-    let policy = serde_json::from_value(json!({
+    let policy = json!({
         "match": {"images": ["127.0.0.1:*/**"]},
         "rules": {"vulnerabilities": {"maxSeverity": "Medium", "unscanned": "Block"}}
-    }))
-    .unwrap();
+    });
+    webhook_with(registry, scanner, policy, settings).await
+}
+
+/// The webhook with `policy` on images of `registry`, covered by an integration — with
+/// `settings` added to its spec — whose scanner is `scanner`.
+async fn webhook_with(
+    registry: &Registry,
+    scanner: &TestServer,
+    policy: serde_json::Value,
+    settings: serde_json::Value,
+) -> (TestServer, Arc<ScanService>) {
+    let policy = serde_json::from_value(policy).unwrap();
     let mut integration = json!({
         "registries": ["127.0.0.1:*/**"],
         "caBundle": registry.ca_pem,
@@ -323,5 +334,106 @@ async fn a_tags_digest_is_trusted_only_max_tag_age_past_cache_ttl() {
         message.contains("more than maxTagAge past cacheTTL")
             && message.contains("rules.vulnerabilities.unscanned is Block"),
         "{message}"
+    );
+}
+
+/// The captured mutating review of Pod `web`, its `nginx:1.25` replaced by `image`.
+fn mutate_review(fixture: &str, image: &str) -> Vec<u8> {
+    String::from_utf8(common::fixture(fixture))
+        .unwrap()
+        .replace("nginx:1.25", image)
+        .into_bytes()
+}
+
+/// The Pod of `review` with the patch of `answer` (an AdmissionReview answer) applied.
+fn patched(review: &[u8], answer: &serde_json::Value) -> serde_json::Value {
+    use base64::Engine as _;
+    let review: serde_json::Value = serde_json::from_slice(review).unwrap();
+    let mut pod = review["request"]["object"].clone();
+    if let Some(patch) = answer["patch"].as_str() {
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        json_patch::patch(&mut pod, &patch).unwrap();
+    }
+    pod
+}
+
+/// `/mutate` pins a tag to the digest the real registry resolves, from the cache once
+/// the registry is gone; a tag it cannot resolve stays as written with the annotation,
+/// and `requireDigest` then denies it. The scanner is never asked.
+#[tokio::test]
+async fn mutate_pins_tags_to_the_registry_digest_and_says_what_it_could_not_pin() {
+    if !registry::available() {
+        return;
+    }
+    let registry = Registry::start(None);
+    let digest = registry.push("acme/api", "v1");
+    let sim = Sim::with(&[]);
+    let scanner = scanners::serve(scanners::trivy_json(sim.clone()))
+        .await
+        .unwrap();
+    let policy = json!({
+        "match": {"images": ["127.0.0.1:*/**"]},
+        "mutate": {"pinDigests": true},
+        "rules": {"tags": {"requireDigest": true}}
+    });
+    let (server, _) = webhook_with(&registry, &scanner, policy, json!({"timeout": "1s"})).await;
+    let client = server.client().unwrap();
+    let image = format!("{}/acme/api:v1", registry.host);
+
+    for fixture in ["mutate-create-pod.json", "mutate-create-pod-dryrun.json"] {
+        let review = mutate_review(fixture, &image);
+        let answer = common::response(&client.post("/mutate", review.clone()).await.unwrap().body);
+        assert_eq!(answer["allowed"], true);
+        let pod = patched(&review, &answer);
+        let pinned = format!("{image}@{digest}");
+        let containers = pod["spec"]["containers"].as_array().unwrap();
+        assert!(
+            containers.iter().any(|c| c["image"] == pinned.as_str()),
+            "{fixture}: {containers:?}"
+        );
+    }
+    assert_eq!(sim.hits(), 0, "pinning never asks the scanner");
+
+    // The pinned Pod passes requireDigest; the Pod as written does not.
+    let review = mutate_review("mutate-create-pod.json", &image);
+    let answer = common::response(&client.post("/mutate", review.clone()).await.unwrap().body);
+    let pod = patched(&review, &answer);
+    let validate = |object: &serde_json::Value| {
+        let mut review: serde_json::Value =
+            serde_json::from_slice(&common::fixture("validate-create-pod.json")).unwrap();
+        review["request"]["object"] = object.clone();
+        serde_json::to_vec(&review).unwrap()
+    };
+    let verdict = common::response(&client.post("/validate", validate(&pod)).await.unwrap().body);
+    let message = verdict["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        !message.contains(&image),
+        "pinned, {image} passes: {message}"
+    );
+
+    // The registry goes away: v1 pins from the cache; v2 was never resolved.
+    drop(registry);
+    let answer = common::response(&client.post("/mutate", review.clone()).await.unwrap().body);
+    assert!(answer["patch"].is_string(), "{answer}");
+    let unresolved = image.replace(":v1", ":v2");
+    let review = mutate_review("mutate-create-pod.json", &unresolved);
+    let answer = common::response(&client.post("/mutate", review.clone()).await.unwrap().body);
+    let pod = patched(&review, &answer);
+    let containers = pod["spec"]["containers"].as_array().unwrap();
+    assert!(containers.iter().any(|c| c["image"] == unresolved.as_str()));
+    let note = pod["metadata"]["annotations"]["portcullis.dev/unpinned"]
+        .as_str()
+        .unwrap();
+    assert!(note.starts_with(&format!("{unresolved}: ")), "{note}");
+    let warnings = answer["warnings"].to_string();
+    assert!(warnings.contains("is not pinned to a digest"), "{warnings}");
+    let verdict = common::response(&client.post("/validate", validate(&pod)).await.unwrap().body);
+    let message = verdict["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        verdict["allowed"] == false && message.contains(&unresolved),
+        "requireDigest fails closed: {verdict}"
     );
 }

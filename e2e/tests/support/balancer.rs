@@ -1,6 +1,7 @@
 //! A loopback TCP balancer that behaves like a Service's endpoints: new connections go
-//! only to backends whose `/readyz` answered 200 at the last probe (every 200 ms, like a
-//! readiness probe), round robin; a connection, once made, stays with its backend.
+//! only to ready backends, round robin; a connection, once made, stays with its backend.
+//! Readiness is probed as the kubelet does: `/readyz` every 200 ms, ready after one
+//! answer of 200, unready after three probes in a row that got none.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use super::replica::ready;
 
 /// How often each backend's readiness is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// Failed probes in a row that make a ready backend unready (the kubelet's default).
+const FAILURE_THRESHOLD: usize = 3;
 
 struct Backend {
     addr: SocketAddr,
@@ -51,10 +54,17 @@ impl Balancer {
             let backends = backends.clone();
             tasks.push(tokio::spawn(async move {
                 let backend = &backends[index];
+                let mut failed = 0;
                 loop {
-                    backend
-                        .ready
-                        .store(ready(backend.addr).await, Ordering::Release);
+                    failed = if ready(backend.addr).await {
+                        0
+                    } else {
+                        failed + 1
+                    };
+                    // A backend starts unready; one good answer makes it ready.
+                    let now_ready = failed == 0
+                        || (backend.ready.load(Ordering::Acquire) && failed < FAILURE_THRESHOLD);
+                    backend.ready.store(now_ready, Ordering::Release);
                     tokio::time::sleep(PROBE_EVERY).await;
                 }
             }));

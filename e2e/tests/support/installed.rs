@@ -49,6 +49,7 @@ impl Installed {
             Routes {
                 workloads: false,
                 policies: false,
+                ephemeral_containers: true,
             },
         ));
         cleanup.cluster_scoped("validatingwebhookconfiguration", &webhook);

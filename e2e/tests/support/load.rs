@@ -43,6 +43,22 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
+impl Report {
+    /// Fails the test when any create failed, listing each on stdout first (a test
+    /// report shows stdout whole; stderr carries the replicas' logs).
+    pub fn assert_no_failures(&self) {
+        for failure in &self.failures {
+            println!("failed: {failure}");
+        }
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} creates failed (listed on stdout)",
+            self.failures.len(),
+            self.sent
+        );
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

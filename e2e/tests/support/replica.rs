@@ -50,7 +50,8 @@ impl Installation {
             .args(&self.flags)
             .env("KUBECONFIG", &self.cluster.kubeconfig)
             .env("POD_NAME", name)
-            .env("RUST_LOG", "info")
+            // Every admission is logged at info; under load that drowns what matters.
+            .env("RUST_LOG", "info,portcullis_webhook::server=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut process = Spawned::spawn(&mut command).expect("start portcullis run");

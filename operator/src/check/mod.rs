@@ -8,10 +8,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use portcullis_webhook::admission::evaluate_object;
+use portcullis_webhook::admission::{Evaluable, evaluate_object};
+use portcullis_webhook::engine::Review;
+use portcullis_webhook::engine::mutation::{DigestResults, Unresolved, UnresolvedCause};
 use portcullis_webhook::image::ImageRef;
+use portcullis_webhook::mutate;
+use portcullis_webhook::policy::{NamespaceView, PolicySet};
 use portcullis_webhook::scan::{ScanReport, ScanResults, ScanStatus, trivy};
-use portcullis_webhook::workload::WorkloadKind;
+use portcullis_webhook::workload::{WorkloadKind, WorkloadObject};
 use serde_json::Value;
 
 use crate::cli::{CheckArgs, OutputFormat};
@@ -128,7 +132,7 @@ fn decide(
     object: &Value,
     location: &str,
     args: &CheckArgs,
-    set: &portcullis_webhook::policy::PolicySet,
+    set: &PolicySet,
     scans: &ScanIndex,
     now: SystemTime,
     report: &mut CheckReport,
@@ -151,7 +155,10 @@ fn decide(
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or(&args.namespace);
-    let json = object.to_string();
+    let (json, mutations) = match workload {
+        WorkloadKind::Pod => mutated_pod(object, namespace, set, scans),
+        _ => (object.to_string(), Vec::new()),
+    };
     let verdict = evaluate_object(workload, namespace, &json, set, scans, now);
     report.add(
         location,
@@ -159,7 +166,54 @@ fn decide(
         namespace,
         name.unwrap_or_default(),
         &verdict,
+        mutations,
     );
+}
+
+/// A Pod as validation sees it once the mutating webhook has changed it (JSON), and
+/// what it changed. A Pod that cannot be read is left as written: validation says why.
+fn mutated_pod(
+    object: &Value,
+    namespace: &str,
+    set: &PolicySet,
+    scans: &ScanIndex,
+) -> (String, Vec<String>) {
+    let json = object.to_string();
+    match mutate_pod(object, &json, namespace, set, scans) {
+        Some((mutated, changes)) => (mutated.to_string(), changes),
+        None => (json, Vec::new()),
+    }
+}
+
+fn mutate_pod(
+    object: &Value,
+    json: &str,
+    namespace: &str,
+    set: &PolicySet,
+    scans: &ScanIndex,
+) -> Option<(Value, Vec<String>)> {
+    let read = WorkloadObject::read(WorkloadKind::Pod, json).ok()?;
+    let spec = read.pod_spec().ok()?;
+    let subject = format!("Pod {namespace}/{}", read.name);
+    let evaluable = Evaluable {
+        kind: WorkloadKind::Pod,
+        object: read,
+        spec,
+    };
+    let target = mutate::creating(evaluable, json.len()).ok()?;
+    let review = Review::new(target.evaluable.subject(namespace, NamespaceView::Snapshot));
+    let plan = review.mutation(set, target.scope(), scans);
+    if plan.is_empty() {
+        return None;
+    }
+    let answer = mutate::answer(&target, &plan, &subject);
+    let Some(patch) = &answer.patch else {
+        return Some((object.clone(), answer.warnings));
+    };
+    let patch: json_patch::Patch = serde_json::from_slice(patch).ok()?;
+    let mut mutated = object.clone();
+    json_patch::patch(&mut mutated, &patch).ok()?;
+    Some((mutated, plan.changes()))
 }
 
 fn read_path(path: &Path, out: &mut Vec<Document>, errors: &mut Vec<String>) {
@@ -248,6 +302,22 @@ impl ScanResults for ScanIndex {
             Some(report) => ScanStatus::Found(report.clone()),
             None => ScanStatus::Unavailable("no --scan-results report matches this image".into()),
         }
+    }
+}
+
+/// A tag's digest is the one a report for that tag names.
+impl DigestResults for ScanIndex {
+    fn digest(&self, image: &ImageRef) -> Result<String, Unresolved> {
+        if let Some(digest) = image.digest() {
+            return Ok(digest.to_owned());
+        }
+        self.by_reference
+            .get(&image.to_string())
+            .and_then(|report| report.digest.clone())
+            .ok_or(Unresolved {
+                cause: UnresolvedCause::RegistryUnavailable,
+                reason: "no --scan-results report names this tag's digest".into(),
+            })
     }
 }
 

@@ -67,6 +67,9 @@ pub struct ObjectResult {
     pub message: Option<String>,
     /// Every violation, Block, Warn and Audit alike.
     pub violations: Vec<ViolationOut>,
+    /// What the mutating webhook would change (Pods; the verdict is on the changed Pod).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mutations: Vec<String>,
 }
 
 /// One violation.
@@ -115,6 +118,7 @@ impl CheckReport {
         namespace: &str,
         name: &str,
         verdict: &Verdict,
+        mutations: Vec<String>,
     ) {
         let (verdict_label, message, violations) = match verdict {
             Verdict::Skipped(reason) => {
@@ -156,6 +160,7 @@ impl CheckReport {
             verdict: verdict_label,
             message,
             violations,
+            mutations,
         });
     }
 
@@ -176,6 +181,9 @@ impl CheckReport {
                 && let Some(message) = &o.message
             {
                 let _ = writeln!(out, "      {message}");
+            }
+            for change in &o.mutations {
+                let _ = writeln!(out, "      Mutate {change}");
             }
             for v in &o.violations {
                 let action = format!("{:?}", v.action);

@@ -2,18 +2,20 @@
 //! No I/O and no clock reads here, so the webhook and `portcullis check` agree.
 
 mod decision;
+pub mod mutation;
 mod rules;
 
 pub(crate) use decision::truncate;
 pub use decision::{Decision, Violation};
 
+use std::cell::OnceCell;
 use std::collections::HashSet;
 use std::time::SystemTime;
 
 use crate::glob::any_match;
 use crate::image::{ImageError, ImageRef};
 use crate::policy::{CompiledPolicy, Matching, NamespaceView, PolicySet};
-use crate::scan::ScanResults;
+use crate::scan::{ScanResults, ScanStatus};
 use crate::workload::{ImageUse, PodSpec, WorkloadKind};
 
 /// The object under review.
@@ -92,7 +94,7 @@ impl<'a> Review<'a> {
         if readers.is_empty() {
             return Vec::new();
         }
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::with_hasher(foldhash::fast::RandomState::default());
         self.images
             .iter()
             .filter_map(|(_, parsed)| parsed.as_ref().ok())
@@ -110,6 +112,8 @@ impl<'a> Review<'a> {
     pub fn decide(&self, set: &PolicySet, scans: &dyn ScanResults, now: SystemTime) -> Decision {
         let subject = &self.subject;
         let mut decision = Decision::new(subject);
+        let statuses: Vec<OnceCell<ScanStatus>> =
+            self.images.iter().map(|_| OnceCell::new()).collect();
         for (policy, assumed) in self.policies(set) {
             let mut eval = rules::Evaluation {
                 policy,
@@ -124,12 +128,12 @@ impl<'a> Review<'a> {
                 continue;
             }
             let mut any_image = self.images.is_empty() && policy.images.is_none();
-            for (image_use, parsed) in &self.images {
+            for ((image_use, parsed), status) in self.images.iter().zip(&statuses) {
                 match parsed {
                     Err(error) => eval.unparsable(image_use, error),
                     Ok(image) if matches_image(policy, image.repository()) => {
                         any_image = true;
-                        eval.image(image_use, image);
+                        eval.image(image_use, image, status);
                     }
                     Ok(_) => {}
                 }

@@ -1,6 +1,7 @@
 //! The rule families, evaluated for one policy against one object.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::time::SystemTime;
 
 use portcullis_crds::{Action, Severity};
@@ -64,7 +65,14 @@ impl Evaluation<'_, '_> {
     }
 
     /// The per-image rules, for an image the policy matches.
-    pub fn image(&mut self, image_use: &ImageUse<'_>, image: &ImageRef) {
+    /// `status` holds the image's scan status once a rule has looked it up (one lookup
+    /// per image, however many policies read it).
+    pub fn image(
+        &mut self,
+        image_use: &ImageUse<'_>,
+        image: &ImageRef,
+        status: &OnceCell<ScanStatus>,
+    ) {
         let policy = self.policy;
         let action = policy.action;
         let target = Target::new(image_use);
@@ -125,7 +133,7 @@ impl Evaluation<'_, '_> {
             }
         }
         if let Some(rule) = &policy.vulnerabilities {
-            self.vulnerabilities(rule, image, &target);
+            self.vulnerabilities(rule, image, status, &target);
         }
         if let Some(rule) = &policy.workload
             && image_use.slot != Slot::Volume
@@ -138,11 +146,14 @@ impl Evaluation<'_, '_> {
         &mut self,
         rule: &VulnerabilityRule,
         image: &ImageRef,
+        status: &OnceCell<ScanStatus>,
         target: &Target<'_, '_>,
     ) {
-        let report = match self.scans.lookup(image) {
+        let report = match status.get_or_init(|| self.scans.lookup(image)) {
             ScanStatus::Found(report) => report,
-            ScanStatus::Unavailable(reason) => return self.unscanned(rule, target, reason),
+            ScanStatus::Unavailable(reason) => {
+                return self.unscanned(rule, target, reason.clone());
+            }
         };
         if let Some(max_age) = rule.max_scan_age {
             // A result whose scan time is unknown is as good as too old.

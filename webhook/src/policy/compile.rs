@@ -34,6 +34,7 @@ pub struct CompiledPolicy {
     pub(crate) tags: Option<TagRule>,
     pub(crate) vulnerabilities: Option<VulnerabilityRule>,
     pub(crate) workload: Option<WorkloadRule>,
+    pub(crate) mutate: Option<MutationRule>,
 }
 
 impl CompiledPolicy {
@@ -87,6 +88,21 @@ pub struct VulnerabilityRule {
     pub max_scan_age: Option<Duration>,
     /// What no usable result does; `None` allows.
     pub unscanned: Option<Action>,
+}
+
+/// Compiled `mutate`: what the mutating webhook does to matched Pods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MutationRule {
+    /// Pin image tags to the resolved digest.
+    pub pin_digests: bool,
+    /// Set the Pod's `runAsNonRoot: true` where unset.
+    pub run_as_non_root: bool,
+    /// Set each container's `allowPrivilegeEscalation: false` where unset.
+    pub no_privilege_escalation: bool,
+    /// Set `capabilities.drop: [ALL]` where a container drops nothing.
+    pub drop_all_capabilities: bool,
+    /// Set the Pod's `seccompProfile: RuntimeDefault` where unset.
+    pub seccomp_runtime_default: bool,
 }
 
 /// Compiled `rules.workload`.
@@ -180,6 +196,7 @@ pub fn compile(name: &str, spec: &ContainerPolicySpec) -> Result<CompiledPolicy,
         .workload
         .as_ref()
         .map(|w| workload_rule(w, &mut errors));
+    let mutate = spec.mutate.as_ref().map(|m| mutation_rule(m, &mut errors));
 
     errors.finish(CompiledPolicy {
         name: name.to_owned(),
@@ -197,7 +214,32 @@ pub fn compile(name: &str, spec: &ContainerPolicySpec) -> Result<CompiledPolicy,
         tags,
         vulnerabilities,
         workload,
+        mutate,
     })
+}
+
+fn mutation_rule(m: &portcullis_crds::MutateSpec, errors: &mut Errors) -> MutationRule {
+    const PATH: &str = "spec.mutate.securityDefaults";
+    let defaults = m.security_defaults.clone().unwrap_or_default();
+    if defaults.run_as_non_root == Some(false) {
+        errors.push(
+            format!("{PATH}.runAsNonRoot"),
+            "only true is a default (leave the field out for none)",
+        );
+    }
+    if defaults.allow_privilege_escalation == Some(true) {
+        errors.push(
+            format!("{PATH}.allowPrivilegeEscalation"),
+            "only false is a default (leave the field out for none)",
+        );
+    }
+    MutationRule {
+        pin_digests: m.pin_digests,
+        run_as_non_root: defaults.run_as_non_root == Some(true),
+        no_privilege_escalation: defaults.allow_privilege_escalation == Some(false),
+        drop_all_capabilities: defaults.drop_all_capabilities,
+        seccomp_runtime_default: defaults.seccomp_profile.is_some(),
+    }
 }
 
 fn vulnerability_rule(

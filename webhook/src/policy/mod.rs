@@ -6,7 +6,9 @@ mod selector;
 mod set;
 
 pub(crate) use compile::normalize_capability;
-pub use compile::{CompiledPolicy, TagRule, VulnerabilityRule, WorkloadRule, compile};
+pub use compile::{
+    CompiledPolicy, MutationRule, TagRule, VulnerabilityRule, WorkloadRule, compile,
+};
 pub use integration::{CompiledIntegration, ScannerKind, compile_integration};
 pub use selector::Selector;
 pub use set::{Matching, NamespaceLabels, NamespaceView, PolicySet, SharedPolicySet};

@@ -23,6 +23,7 @@ use super::credentials::{CredentialStore, DockerConfig};
 use super::metrics::ScanMetrics;
 use super::registry::{RegistryClient, RegistrySettings, Resolved};
 use super::{ScanReport, ScanResults, ScanStatus};
+use crate::engine::mutation::{DigestResults, Unresolved, UnresolvedCause};
 use crate::image::{ImageRef, canonical_registry};
 use crate::policy::{CompiledIntegration, PolicySet, ScannerKind};
 
@@ -264,15 +265,76 @@ impl ScanService {
         started: Instant,
         dry_run: bool,
     ) -> ScanAnswers {
-        let mut answers = HashMap::with_capacity(images.len());
+        let over = || {
+            ScanStatus::Unavailable(Cow::Owned(format!(
+                "the object has more than {MAX_LOOKUPS_PER_REQUEST} distinct images; only the first {MAX_LOOKUPS_PER_REQUEST} are looked up"
+            )))
+        };
+        let read = |image: &ImageRef, failure| self.cached(set, image, SystemTime::now(), failure);
+        ScanAnswers(
+            self.gather(set, images, started, dry_run, Need::Scan, read, over)
+                .await,
+        )
+    }
+
+    /// The digest of each of `images`' tags (what pinning reads), from the same cache
+    /// and resolution as [`Self::results`]; nothing is asked of a scanner.
+    pub async fn digests(
+        self: &Arc<Self>,
+        set: &PolicySet,
+        images: Vec<ImageRef>,
+        started: Instant,
+    ) -> DigestAnswers {
+        let over = || {
+            Err(Unresolved {
+                cause: UnresolvedCause::TooManyImages,
+                reason: Cow::Owned(format!(
+                    "the Pod has more than {MAX_LOOKUPS_PER_REQUEST} distinct images to pin"
+                )),
+            })
+        };
+        let read = |image: &ImageRef, failure| match set.integration_for(image.repository()) {
+            Some(spec) => {
+                let (digest, want) = self.cached_tag(spec, image, SystemTime::now(), failure);
+                (digest.map(Cow::into_owned), want)
+            }
+            None => (
+                Err(Unresolved {
+                    cause: UnresolvedCause::NoIntegration,
+                    reason: Cow::Borrowed(NO_INTEGRATION),
+                }),
+                None,
+            ),
+        };
+        DigestAnswers(
+            self.gather(set, images, started, true, Need::Digest, read, over)
+                .await,
+        )
+    }
+
+    /// What the cache says of each image (`read`), after fetching, within the deadline,
+    /// what it lacks; stale entries are refreshed behind. At most
+    /// [`MAX_LOOKUPS_PER_REQUEST`] images are looked up; the rest get `over()`.
+    #[allow(clippy::too_many_arguments)]
+    async fn gather<T>(
+        self: &Arc<Self>,
+        set: &PolicySet,
+        images: Vec<ImageRef>,
+        started: Instant,
+        dry_run: bool,
+        need: Need,
+        read: impl Fn(&ImageRef, Option<Cow<'static, str>>) -> (T, Option<Want>),
+        over: impl Fn() -> T,
+    ) -> FastMap<ImageRef, T> {
+        let mut answers = FastMap::with_capacity_and_hasher(images.len(), Default::default());
         let mut misses = Vec::new();
         let mut images = images.into_iter();
         for image in images.by_ref().take(MAX_LOOKUPS_PER_REQUEST) {
-            let (status, want) = self.cached(set, &image, SystemTime::now(), None);
+            let (answer, want) = read(&image, None);
             match want {
                 Some(Want::Refresh(spec)) => {
                     self.metrics.lookup(&spec.name, "stale");
-                    self.refresh(spec, image.clone(), dry_run);
+                    self.refresh(spec, image.clone(), dry_run, need);
                 }
                 Some(Want::Fetch(spec)) => {
                     self.metrics.lookup(&spec.name, "miss");
@@ -281,16 +343,13 @@ impl ScanService {
                 }
                 None => {}
             }
-            answers.insert(image, status);
+            answers.insert(image, answer);
         }
         for image in images {
-            let reason = Cow::Owned(format!(
-                "the object has more than {MAX_LOOKUPS_PER_REQUEST} distinct images; only the first {MAX_LOOKUPS_PER_REQUEST} are looked up"
-            ));
-            answers.insert(image, ScanStatus::Unavailable(reason));
+            answers.insert(image, over());
         }
         if misses.is_empty() {
-            return ScanAnswers(answers);
+            return answers;
         }
         // Calls are about to be made: forget the clients, breakers and health of
         // integrations that no longer exist.
@@ -299,7 +358,7 @@ impl ScanService {
         let fetched =
             futures::future::join_all(misses.into_iter().map(|(spec, image)| async move {
                 let failure = self
-                    .fetch_within(&spec, &image, deadline, dry_run)
+                    .fetch_within(&spec, &image, deadline, dry_run, need)
                     .await
                     .err();
                 (image, failure)
@@ -307,10 +366,10 @@ impl ScanService {
             .await;
         for (image, failure) in fetched {
             let reason = failure.unwrap_or(Cow::Borrowed("no result was fetched in time"));
-            let (status, _) = self.cached(set, &image, SystemTime::now(), Some(reason));
-            answers.insert(image, status);
+            let (answer, _) = read(&image, Some(reason));
+            answers.insert(image, answer);
         }
-        ScanAnswers(answers)
+        answers
     }
 
     fn state(&self, integration: &str) -> Arc<IntegrationState> {
@@ -351,6 +410,7 @@ impl ScanService {
         image: &ImageRef,
         deadline: tokio::time::Instant,
         dry_run: bool,
+        need: Need,
     ) -> Result<(), Cow<'static, str>> {
         let state = self.state(&spec.name);
         match state.admit(&hosts(spec, image), Instant::now()) {
@@ -359,11 +419,13 @@ impl ScanService {
             Admit::Probe => {
                 let service = self.clone();
                 let (spec_owned, image) = (spec.clone(), image.clone());
-                tokio::spawn(async move { service.lookup(&spec_owned, &image, dry_run).await });
+                tokio::spawn(
+                    async move { service.lookup(&spec_owned, &image, dry_run, need).await },
+                );
                 return Err(unreachable(spec));
             }
         }
-        match tokio::time::timeout_at(deadline, self.lookup(spec, image, dry_run)).await {
+        match tokio::time::timeout_at(deadline, self.lookup(spec, image, dry_run, need)).await {
             Ok(result) => result,
             Err(_) => Err(Cow::Owned(format!(
                 "RegistryIntegration {:?} did not answer within the webhook's deadline",
@@ -373,13 +435,19 @@ impl ScanService {
     }
 
     /// Refreshes a stale entry in the background (unless the backend is known down).
-    fn refresh(self: &Arc<Self>, spec: Arc<CompiledIntegration>, image: ImageRef, dry_run: bool) {
+    fn refresh(
+        self: &Arc<Self>,
+        spec: Arc<CompiledIntegration>,
+        image: ImageRef,
+        dry_run: bool,
+        need: Need,
+    ) {
         let hosts = hosts(&spec, &image);
         if self.state(&spec.name).admit(&hosts, Instant::now()) == Admit::Reject {
             return;
         }
         let service = self.clone();
-        tokio::spawn(async move { service.lookup(&spec, &image, dry_run).await });
+        tokio::spawn(async move { service.lookup(&spec, &image, dry_run, need).await });
     }
 
     /// Makes sure the cache holds a fresh answer for `image` (tag, then scan).
@@ -388,6 +456,7 @@ impl ScanService {
         spec: &Arc<CompiledIntegration>,
         image: &ImageRef,
         dry_run: bool,
+        need: Need,
     ) -> Result<(), Cow<'static, str>> {
         let now = SystemTime::now();
         let digest = match (image.digest(), image.tag()) {
@@ -409,6 +478,9 @@ impl ScanService {
                 }
             }
         };
+        if need == Need::Digest {
+            return Ok(());
+        }
         let key = scan_key(&spec.name, image.repository(), &digest);
         if self
             .cache
@@ -724,6 +796,13 @@ fn fresh(fetched_at: SystemTime, ttl: Duration, now: SystemTime) -> bool {
     now.duration_since(fetched_at).is_ok_and(|age| age <= ttl) || fetched_at > now
 }
 
+/// How far a lookup goes: a tag's digest (pinning), or on to the scan (the rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Digest,
+    Scan,
+}
+
 /// What a cached answer asks of the backend.
 enum Want {
     /// Nothing usable is cached: fetch, and wait (within the deadline).
@@ -732,9 +811,26 @@ enum Want {
     Refresh(Arc<CompiledIntegration>),
 }
 
+/// The digests of the tags one Pod's pinning needs, looked up before it is planned.
+#[derive(Debug, Default)]
+pub struct DigestAnswers(FastMap<ImageRef, Result<String, Unresolved>>);
+
+impl DigestResults for DigestAnswers {
+    fn digest(&self, image: &ImageRef) -> Result<String, Unresolved> {
+        self.0.get(image).cloned().unwrap_or(Err(Unresolved {
+            cause: UnresolvedCause::RegistryUnavailable,
+            reason: Cow::Borrowed("the image was not looked up for this request"),
+        }))
+    }
+}
+
 /// The scan status of the images one request needs, looked up before it is decided.
 #[derive(Debug, Default)]
-pub struct ScanAnswers(HashMap<ImageRef, ScanStatus>);
+pub struct ScanAnswers(FastMap<ImageRef, ScanStatus>);
+
+/// A map for the few images of one request: hashed fast (foldhash, seeded per process),
+/// since it is built and read on every request.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl ScanResults for ScanAnswers {
     fn lookup(&self, image: &ImageRef) -> ScanStatus {
@@ -747,7 +843,79 @@ impl ScanResults for ScanAnswers {
     }
 }
 
+/// Why an image has no result when nothing covers it.
+const NO_INTEGRATION: &str = "no RegistryIntegration covers this image's registry";
+
 impl ScanService {
+    /// The digest `image` names or its tag points at, as cached, and what the cache
+    /// asks of the registry. `failure` is why a fetch just failed.
+    fn cached_tag<'i>(
+        &self,
+        spec: &Arc<CompiledIntegration>,
+        image: &'i ImageRef,
+        now: SystemTime,
+        failure: Option<Cow<'static, str>>,
+    ) -> (Result<Cow<'i, str>, Unresolved>, Option<Want>) {
+        if let Some(digest) = image.digest() {
+            return (Ok(Cow::Borrowed(digest)), None);
+        }
+        let unresolved = |cause, reason| Unresolved { cause, reason };
+        let miss = || {
+            let reason = failure
+                .clone()
+                .unwrap_or(Cow::Borrowed("no result was fetched in time"));
+            (
+                Err(unresolved(UnresolvedCause::RegistryUnavailable, reason)),
+                Some(Want::Fetch(spec.clone())),
+            )
+        };
+        let key = digest_key(
+            &spec.name,
+            image.repository(),
+            image.tag().unwrap_or("latest"),
+        );
+        let Some(entry) = self.cache.digest(&key) else {
+            return miss();
+        };
+        let is_fresh = fresh(entry.fetched_at, tag_ttl(spec), now);
+        match entry.resolved {
+            // Stale, it serves while a refresh runs behind — but only so long past
+            // cacheTTL: the tag may have moved meanwhile.
+            Resolved::Digest(_)
+                if !fresh(entry.fetched_at, spec.cache_ttl + spec.max_tag_age, now) =>
+            {
+                let age = now.duration_since(entry.fetched_at).unwrap_or_default();
+                let too_old = format!(
+                    "the tag's last known digest was resolved {} ago, more than maxTagAge past cacheTTL",
+                    crate::duration::show(age)
+                );
+                let reason = match &failure {
+                    Some(failure) => format!("{failure}; {too_old}"),
+                    None => too_old,
+                };
+                (
+                    Err(unresolved(
+                        UnresolvedCause::DigestTooOld,
+                        Cow::Owned(reason),
+                    )),
+                    Some(Want::Fetch(spec.clone())),
+                )
+            }
+            Resolved::Digest(digest) => {
+                let want = (!is_fresh).then(|| Want::Refresh(spec.clone()));
+                (Ok(Cow::Owned(digest)), want)
+            }
+            Resolved::NotFound if is_fresh => {
+                let reason = format!("the tag is not found in registry {}", image.registry());
+                (
+                    Err(unresolved(UnresolvedCause::TagNotFound, Cow::Owned(reason))),
+                    None,
+                )
+            }
+            Resolved::NotFound => miss(),
+        }
+    }
+
     /// What the cache says of `image` now, and what it asks of the backend. `failure`
     /// is why a fetch just failed, said instead of "not fetched in time".
     fn cached(
@@ -758,12 +926,11 @@ impl ScanService {
         failure: Option<Cow<'static, str>>,
     ) -> (ScanStatus, Option<Want>) {
         let Some(spec) = set.integration_for(image.repository()) else {
-            return (
-                ScanStatus::Unavailable(Cow::Borrowed(
-                    "no RegistryIntegration covers this image's registry",
-                )),
-                None,
-            );
+            return (ScanStatus::Unavailable(Cow::Borrowed(NO_INTEGRATION)), None);
+        };
+        let (digest, mut want) = match self.cached_tag(spec, image, now, failure.clone()) {
+            (Ok(digest), want) => (digest, want),
+            (Err(unresolved), want) => return (ScanStatus::Unavailable(unresolved.reason), want),
         };
         let miss = || {
             let reason = failure
@@ -773,50 +940,6 @@ impl ScanService {
                 ScanStatus::Unavailable(reason),
                 Some(Want::Fetch(spec.clone())),
             )
-        };
-        let mut want = None;
-        let digest = match (image.digest(), image.tag()) {
-            (Some(digest), _) => Cow::Borrowed(digest),
-            (None, tag) => {
-                let key = digest_key(&spec.name, image.repository(), tag.unwrap_or("latest"));
-                let Some(entry) = self.cache.digest(&key) else {
-                    return miss();
-                };
-                let is_fresh = fresh(entry.fetched_at, tag_ttl(spec), now);
-                match entry.resolved {
-                    // Stale, it serves while a refresh runs behind — but only so long
-                    // past cacheTTL: the tag may have moved meanwhile.
-                    Resolved::Digest(_)
-                        if !fresh(entry.fetched_at, spec.cache_ttl + spec.max_tag_age, now) =>
-                    {
-                        let age = now.duration_since(entry.fetched_at).unwrap_or_default();
-                        let too_old = format!(
-                            "the tag's last known digest was resolved {} ago, more than maxTagAge past cacheTTL",
-                            crate::duration::show(age)
-                        );
-                        let reason = match &failure {
-                            Some(failure) => format!("{failure}; {too_old}"),
-                            None => too_old,
-                        };
-                        return (
-                            ScanStatus::Unavailable(Cow::Owned(reason)),
-                            Some(Want::Fetch(spec.clone())),
-                        );
-                    }
-                    Resolved::Digest(digest) => {
-                        if !is_fresh {
-                            want = Some(Want::Refresh(spec.clone()));
-                        }
-                        Cow::Owned(digest)
-                    }
-                    Resolved::NotFound if is_fresh => {
-                        let reason =
-                            format!("the tag is not found in registry {}", image.registry());
-                        return (ScanStatus::Unavailable(Cow::Owned(reason)), None);
-                    }
-                    Resolved::NotFound => return miss(),
-                }
-            }
         };
         let Some(entry) = self
             .cache

@@ -2,6 +2,7 @@
 //! generated CA, a minimal HTTPS client that trusts that CA, and simulated scanners.
 
 pub mod process;
+pub mod registry;
 pub mod scanners;
 
 use std::net::SocketAddr;

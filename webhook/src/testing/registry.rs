@@ -1,14 +1,17 @@
 //! A real OCI registry for tests: Debian's `docker-registry` (distribution 2.8) on
 //! 127.0.0.1 with TLS and htpasswd auth, images pushed with skopeo from an OCI layout
 //! made by `../shared/tools/make-oci-layout.sh` (recipe: `../shared/TESTING.md`).
+//! Test support: failures panic with what went wrong.
+
+#![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use portcullis_webhook::testing::process::{self, Spawned};
-use portcullis_webhook::tls::generate;
+use super::process::{self, Spawned};
+use crate::tls::generate;
 
 /// Set in CI: a missing registry binary fails the test instead of skipping it.
 const REQUIRE: &str = "PORTCULLIS_REQUIRE_REGISTRY";
@@ -136,6 +139,7 @@ impl Registry {
         let layout = work.path().join("layout");
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/make-oci-layout.sh");
+        assert!(script.exists(), "{} is missing", script.display());
         let made = Command::new("sh")
             .arg(script)
             .arg(&layout)
