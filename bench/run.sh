@@ -15,17 +15,11 @@ trap cleanup EXIT
 cargo build --release -q -p portcullis -p portcullis-bench
 bin=target/release
 
-# A 5-container Pod review, from the captured Pod review.
-python3 - "$work/pod5.json" <<'PY'
-import json, sys
-review = json.load(open("../shared/fixtures/admission/validate-create-pod.json"))
-spec = review["request"]["object"]["spec"]
-spec["containers"] = [{"name": f"c{i}", "image": f"ghcr.io/acme/svc-{i}:1.{i}.0"} for i in range(5)]
-spec.pop("initContainers", None); spec.pop("hostNetwork", None); spec.pop("volumes", None)
-json.dump(review, open(sys.argv[1], "w"))
-PY
+# Realistic Pod reviews of 1, 5 and 20 containers (env, probes, resources, mounts,
+# managedFields, as a ReplicaSet's Pods arrive); their images are cached by fill.
+for n in 1 5 20; do $bin/portcullis-bench body --containers $n --out "$work/pod$n.json"; done
 # 1,000 policies (100 of them checking vulnerabilities of ghcr.io/acme/**) and 100,000
-# cached scan results, the Pod's five images among them.
+# cached scan results, the bodies' images among them.
 $bin/portcullis-bench fill --out "$work/big" --policies 1000 --scans 100000
 # /mutate: one more policy pins the Pod's images (digests cached by fill) and fills in
 # every security default; the same review is sent to /mutate.
@@ -49,50 +43,60 @@ rss() { grep "$2" "/proc/$(cat "$work/$1.pid")/status" | awk '{printf "%.1f MiB"
 start portcullis $bin/portcullis serve --policies config/samples --listen 127.0.0.1:19443 --self-signed-dir "$work/pc"
 start echo $bin/portcullis-bench echo --listen 127.0.0.1:19444 --ca-out "$work/echo.ca"
 start typed $bin/portcullis-bench typed --listen 127.0.0.1:19445 --ca-out "$work/typed.ca"
+start lean $bin/portcullis-bench lean --listen 127.0.0.1:19447 --ca-out "$work/lean.ca" --policies 1000 --scans 100000
 start cached $bin/portcullis serve --policies "$work/big/policies" --cache-dir "$work/big/cache" \
   --listen 127.0.0.1:19446 --self-signed-dir "$work/cached-pc"
 sleep 3
 idle_cached=$(rss cached VmRSS)
 
 results=$work/results.txt
-run() { # label server port ca rate-flag...
-  local label=$1 name=$2 port=$3 ca=$4; shift 4
+run() { # label server port ca containers load-flags...
+  local label=$1 name=$2 port=$3 ca=$4 containers=$5; shift 5
   for i in $(seq "$RUNS"); do
-    taskset -c 1 $bin/portcullis-bench load --addr 127.0.0.1:$port --ca "$ca" --body "$work/pod5.json" \
-      --connections 16 --seconds "$SECONDS_PER_RUN" "$@" | awk -v p="$label|$name|" '{print p $0}' | tee -a "$results"
+    taskset -c 1 $bin/portcullis-bench load --addr 127.0.0.1:$port --ca "$ca" --body "$work/pod$containers.json" \
+      --connections 16 --seconds "$SECONDS_PER_RUN" "$@" \
+      | awk -v p="$label|$containers|$name|" '{print p $0}' | tee -a "$results"
   done
 }
-echo "== saturation, 16 connections, 5-container Pod"
-run saturation typed 19445 "$work/typed.ca"
-run saturation echo 19444 "$work/echo.ca"
-run saturation portcullis 19443 "$work/pc/ca.crt"
-run saturation portcullis-1000-policies-100k-cached 19446 "$work/cached-pc/ca.crt"
-run saturation "portcullis-1000-policies-100k-cached /mutate" 19446 "$work/cached-pc/ca.crt" --path /mutate
+cached=portcullis-1000-policies-100k-cached
+echo "== saturation, 16 connections"
+for n in 1 5 20; do
+  run saturation lean 19447 "$work/lean.ca" $n
+  run saturation $cached 19446 "$work/cached-pc/ca.crt" $n
+done
+run saturation typed 19445 "$work/typed.ca" 5
+run saturation echo 19444 "$work/echo.ca" 5
+run saturation portcullis-samples 19443 "$work/pc/ca.crt" 5
+run saturation "$cached /mutate" 19446 "$work/cached-pc/ca.crt" 5 --path /mutate
 for rate in 600 1000; do
   echo "== $rate req/s"
-  run "$rate req/s" portcullis-1000-policies-100k-cached 19446 "$work/cached-pc/ca.crt" --rate $rate
+  run "$rate req/s" lean 19447 "$work/lean.ca" 5 --rate $rate
+  run "$rate req/s" $cached 19446 "$work/cached-pc/ca.crt" 5 --rate $rate
 done
 
-echo "== median of $RUNS runs"
+echo "== median of $RUNS runs (ratios: of the lean ceiling with the same body, and of typed/echo for 5 containers)"
 python3 - "$results" <<'PY'
 import re, statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
-    label, name, text = line.rstrip("\n").split("|", 2)
+    label, containers, name, text = line.rstrip("\n").split("|", 3)
     rate = float(re.search(r"([\d.]+) req/s", text).group(1))
-    runs.setdefault((label, name), []).append((rate, text))
+    runs.setdefault((label, containers, name), []).append((rate, text))
 median = {}
 for key, found in runs.items():
     found.sort()
     median[key] = found[len(found) // 2]
-ceilings = {n: median[("saturation", n)][0] for n in ("typed", "echo") if ("saturation", n) in median}
-for (label, name), (rate, text) in median.items():
-    ratio = ""
-    if label == "saturation" and name.startswith("portcullis") and ceilings:
-        ratio = " (" + ", ".join(f"{rate / c:.0%} of {n}" for n, c in ceilings.items()) + ")"
-    print(f"{label:>12} {name}: {text}{ratio}")
+for (label, containers, name), (rate, text) in median.items():
+    ratio = []
+    if label == "saturation" and name.startswith("portcullis"):
+        for ceiling in ("lean", "typed", "echo"):
+            c = median.get((label, containers, ceiling))
+            if c:
+                ratio.append(f"{rate / c[0]:.0%} of {ceiling}")
+    suffix = f" ({', '.join(ratio)})" if ratio else ""
+    print(f"{label:>12} {containers:>2} containers {name}: {text}{suffix}")
 PY
 echo "== memory: portcullis with 1,000 policies and 100,000 cached scan results"
 echo "idle RSS $idle_cached; peak RSS under load $(rss cached VmHWM) (process lifetime, startup included)"
 echo "== RSS after the runs"
-for name in portcullis echo typed cached; do echo "$name: $(rss $name VmRSS)"; done
+for name in portcullis echo typed lean cached; do echo "$name: $(rss $name VmRSS)"; done

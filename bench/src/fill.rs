@@ -1,7 +1,8 @@
 //! `fill`: a policy directory with N ContainerPolicies and one RegistryIntegration, and a
 //! scan cache with M results, for the memory benchmark and loads with cached results.
-//! The load body's five images (`ghcr.io/acme/svc-{0..4}:1.{n}.0`) resolve to cached
-//! digests, so a run against it decides from the cache without any backend.
+//! The load bodies' images (`ghcr.io/acme/svc-{n}:1.{n}.0`, up to 20 containers)
+//! resolve to cached digests, so a run against it decides from the cache without any
+//! backend.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -56,7 +57,7 @@ pub fn fill(args: &FillArgs) -> anyhow::Result<()> {
         });
         let report = ScanReport::new(Some(digest.clone()), Some(scanned_at), findings);
         service.remember_scan(INTEGRATION, &repository, &digest, Arc::new(report));
-        if i < 5 {
+        if i < 20 {
             service.remember_digest(INTEGRATION, &repository, &format!("1.{i}.0"), &digest);
         }
     }

@@ -3,13 +3,18 @@
 //! - `echo --listen ADDR`: reads the body, answers a fixed `allowed: true` review.
 //! - `typed --listen ADDR`: deserializes the review into typed Kubernetes objects
 //!   (`AdmissionReview<Pod>`), answers `allowed: true` with the request's uid.
+//! - `lean --listen ADDR`: the lean ceiling (borrowed structs of the fields the rules
+//!   read, hash lookups of policies and scan results), answers `allowed: true`.
+//! - `body --containers N --out FILE`: a realistic N-container Pod review.
 //! - `fill --out DIR`: N policies and a scan cache of M results (memory benchmark).
 //! - `load --url URL --ca FILE --body FILE [--rate N]`: keep-alive HTTPS POSTs over
 //!   N connections, at saturation or at a fixed rate; prints throughput and latency
 //!   percentiles. At a fixed rate, latency counts from the intended send time, so a
 //!   server that falls behind is not hidden by the client waiting for it.
 
+mod body;
 mod fill;
+mod lean;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +44,10 @@ enum Command {
     Echo(ServerArgs),
     /// The typed ceiling server.
     Typed(ServerArgs),
+    /// The lean ceiling server.
+    Lean(LeanArgs),
+    /// Writes a realistic Pod review.
+    Body(body::BodyArgs),
     /// The load client.
     Load(LoadArgs),
     /// Writes N policies and fills a scan cache with M results (memory benchmark).
@@ -53,6 +62,18 @@ struct ServerArgs {
     /// Where the generated CA is written.
     #[arg(long)]
     ca_out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct LeanArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Policies held (as `fill --policies`).
+    #[arg(long, default_value_t = 1000)]
+    policies: usize,
+    /// Scan results held (as `fill --scans`).
+    #[arg(long, default_value_t = 100_000)]
+    scans: usize,
 }
 
 #[derive(clap::Args)]
@@ -104,6 +125,15 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Command::Typed(args) => serve(args, post(typed)).await,
+            Command::Lean(args) => {
+                let data = Arc::new(lean::Data::new(args.policies, args.scans));
+                let route = post(move |body: Bytes| {
+                    let data = data.clone();
+                    async move { lean::answer(&data, &body) }
+                });
+                serve(args.server, route).await
+            }
+            Command::Body(args) => body::write(&args),
             Command::Load(args) => load(args).await,
             Command::Fill(args) => fill::fill(&args),
         }

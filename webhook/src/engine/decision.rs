@@ -31,10 +31,34 @@ pub struct Violation {
 impl Violation {
     /// `container "api" image X violates ContainerPolicy "p": detail`.
     pub fn describe(&self) -> String {
-        format!(
-            "{} violates ContainerPolicy {:?}: {}",
-            self.target, self.policy, self.detail
-        )
+        let mut text = String::new();
+        self.describe_into(&mut text);
+        text
+    }
+
+    /// [`Violation::describe`], appended to `out` (messages are built in one buffer).
+    fn describe_into(&self, out: &mut String) {
+        out.reserve(self.target.len() + self.policy.len() + self.detail.len() + 32);
+        out.push_str(&self.target);
+        out.push_str(" violates ContainerPolicy ");
+        push_quoted(out, &self.policy);
+        out.push_str(": ");
+        out.push_str(&self.detail);
+    }
+}
+
+/// Appends `text` quoted as `{:?}` would, without the formatter for the usual case of
+/// nothing to escape (names are DNS labels).
+pub(super) fn push_quoted(out: &mut String, text: &str) {
+    if text
+        .bytes()
+        .all(|b| b == b' ' || (b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+    {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        let _ = write!(out, "{text:?}");
     }
 }
 
@@ -71,17 +95,20 @@ impl Decision {
         if blocks.is_empty() {
             return None;
         }
-        let mut message = format!("{}: ", self.object);
+        let mut message = String::with_capacity(MAX_MESSAGE / 2);
+        message.push_str(&self.object);
+        message.push_str(": ");
         for (i, v) in blocks.iter().enumerate() {
-            let part = v.describe();
-            if i > 0 && message.len() + part.len() + 2 > MAX_MESSAGE {
-                let _ = write!(message, "; and {} more violations", blocks.len() - i);
-                break;
-            }
+            let before = message.len();
             if i > 0 {
                 message.push_str("; ");
             }
-            message.push_str(&part);
+            v.describe_into(&mut message);
+            if i > 0 && message.len() > MAX_MESSAGE {
+                message.truncate(before);
+                let _ = write!(message, "; and {} more violations", blocks.len() - i);
+                break;
+            }
         }
         Some(truncate(message, MAX_MESSAGE))
     }
@@ -104,7 +131,13 @@ impl Decision {
 
 fn lines<'a>(object: &str, violations: impl Iterator<Item = &'a Violation>) -> Vec<String> {
     let all: Vec<&Violation> = violations.collect();
-    let line = |v: &Violation| format!("{object}: {}", v.describe());
+    let line = |v: &Violation| {
+        let mut text = String::with_capacity(object.len() + 2 + 160);
+        text.push_str(object);
+        text.push_str(": ");
+        v.describe_into(&mut text);
+        text
+    };
     if all.len() <= MAX_WARNINGS {
         return all.into_iter().map(line).collect();
     }
@@ -130,15 +163,56 @@ pub(crate) fn truncate(mut s: String, max: usize) -> String {
 
 /// An image reference as messages show it: as written, or quoted and shortened when it
 /// holds characters a terminal or log should not get raw.
-pub(super) fn show_image(image: &str) -> String {
+pub(super) fn show_image(out: &mut String, image: &str) {
     let plain = !image.is_empty()
         && image.len() <= MAX_IMAGE
         && image.chars().all(|c| c.is_ascii_graphic() && c != '"');
     if plain {
-        image.to_owned()
+        out.push_str(image);
     } else {
         let short: String = image.chars().take(MAX_IMAGE).collect();
         let ellipsis = if short.len() < image.len() { "…" } else { "" };
-        format!("{short:?}{ellipsis}")
+        let _ = write!(out, "{short:?}{ellipsis}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The fast path quotes exactly as `{:?}` does.
+        #[test]
+        fn push_quoted_is_debug(text in ".{0,24}") {
+            let mut out = String::from("x");
+            push_quoted(&mut out, &text);
+            prop_assert_eq!(out, format!("x{text:?}"));
+        }
+    }
+
+    #[test]
+    fn a_long_deny_message_ends_in_the_count_of_what_did_not_fit() {
+        let violation = |i: usize| Violation {
+            policy: format!("p{i}"),
+            action: Action::Block,
+            rule: "tags.denyLatest",
+            target: "container \"app\" image nginx".into(),
+            detail: "x".repeat(200),
+        };
+        let decision = Decision {
+            object: "Pod team-a/web".into(),
+            violations: (0..100).map(violation).collect(),
+        };
+        let message = decision.deny_message().unwrap();
+        assert!(message.len() <= MAX_MESSAGE, "{}", message.len());
+        assert!(message.starts_with(
+            "Pod team-a/web: container \"app\" image nginx violates ContainerPolicy \"p0\": xxx"
+        ));
+        let shown = message.matches("violates").count();
+        assert!(
+            message.ends_with(&format!("; and {} more violations", 100 - shown)),
+            "{message}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use portcullis_crds::{Action, Severity};
 
-use super::decision::show_image;
+use super::decision::{push_quoted, show_image};
 use super::{Decision, Subject, Violation};
 use crate::glob::Glob;
 use crate::image::{ImageError, ImageRef};
@@ -392,13 +392,17 @@ impl std::ops::Deref for Target<'_, '_> {
     }
 }
 
+/// `container "api" image nginx:1.25`: built in one buffer (it is in every message).
 fn target(image_use: &ImageUse<'_>) -> String {
-    format!(
-        "{} {:?} image {}",
-        image_use.slot.noun(),
-        image_use.name,
-        show_image(image_use.image)
-    )
+    let noun = image_use.slot.noun();
+    let mut text =
+        String::with_capacity(noun.len() + image_use.name.len() + image_use.image.len() + 12);
+    text.push_str(noun);
+    text.push(' ');
+    push_quoted(&mut text, image_use.name);
+    text.push_str(" image ");
+    show_image(&mut text, image_use.image);
+    text
 }
 
 fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
