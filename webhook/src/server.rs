@@ -151,14 +151,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// The AdmissionReview in `body`, or the 400 that answers a request that is not one.
+fn parse(body: &[u8]) -> Result<admission::Request<'_>, (StatusCode, String)> {
+    admission::parse(body).map_err(|error| {
+        tracing::warn!(%error, "rejected a request that is not an AdmissionReview");
+        (StatusCode::BAD_REQUEST, error.to_string())
+    })
+}
+
 async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
     let started = Instant::now();
-    let request = match admission::parse(&body) {
+    let request = match parse(&body) {
         Ok(request) => request,
-        Err(error) => {
-            tracing::warn!(%error, "rejected a request that is not an AdmissionReview");
-            return (StatusCode::BAD_REQUEST, error.to_string()).into_response();
-        }
+        Err(rejected) => return rejected.into_response(),
     };
     let snapshot = state.policies.load();
     let verdict = match admission::read(&request) {
@@ -241,12 +246,9 @@ impl Labels {
 
 async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
     let started = Instant::now();
-    let request = match admission::parse(&body) {
+    let request = match parse(&body) {
         Ok(request) => request,
-        Err(error) => {
-            tracing::warn!(%error, "rejected a request that is not an AdmissionReview");
-            return (StatusCode::BAD_REQUEST, error.to_string()).into_response();
-        }
+        Err(rejected) => return rejected.into_response(),
     };
     let answer = match mutate::read(&request) {
         Err(Untouched::Skipped(_)) => mutate::Answer::default(),

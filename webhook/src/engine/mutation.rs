@@ -277,6 +277,14 @@ impl Review<'_> {
     fn pod_defaults(&self, rule: MutationRule) -> PodDefaults {
         let spec = self.subject.spec;
         let pod = spec.security_context.as_ref();
+        // A Pod without containers runs nothing (the API server refuses it), and may have
+        // no spec to put Pod-level settings under.
+        if spec.containers.as_ref().is_none_or(Vec::is_empty) {
+            return PodDefaults {
+                has_security_context: pod.is_some(),
+                ..PodDefaults::default()
+            };
+        }
         // An explicit runAsUser 0 anywhere is the author's choice to run as root:
         // runAsNonRoot would only keep the Pod from starting.
         let root_written = pod.and_then(|p| p.run_as_user) == Some(0)

@@ -106,7 +106,6 @@ pub fn creating(evaluable: Evaluable<'_>, object_bytes: usize) -> Result<Target<
     let shape = patch::Shape {
         whole_pod: true,
         has_metadata: evaluable.object.has_metadata,
-        has_spec: evaluable.object.pod_spec.is_some(),
         annotations,
         object_bytes,
         ..patch::Shape::default()

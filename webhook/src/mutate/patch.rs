@@ -29,8 +29,6 @@ pub struct Shape {
     pub whole_pod: bool,
     /// Whether the object has `metadata`.
     pub has_metadata: bool,
-    /// Whether the object has a pod spec (Pod-level settings go under it).
-    pub has_spec: bool,
     /// `metadata.annotations` as sent (`None`: absent).
     pub annotations: Option<BTreeMap<String, String>>,
     /// The object's size as sent, in bytes.
@@ -144,11 +142,7 @@ pub fn build(plan: &Plan, shape: &Shape) -> Result<Option<Vec<u8>>, NotSent> {
         );
     }
     if shape.whole_pod {
-        // Without a spec there is no Pod to run (the API server refuses it), and nothing
-        // to add Pod-level settings to.
-        if shape.has_spec {
-            pod_ops(&plan.pod, &mut patch);
-        }
+        pod_ops(&plan.pod, &mut patch);
         annotation_ops(plan, shape, &mut patch)?;
     }
     let Some(json) = patch.finish() else {
