@@ -22,6 +22,7 @@ use crate::schema::{
     status = "ContainerPolicyStatus",
     printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Violations","type":"integer","jsonPath":".status.violations"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -356,4 +357,11 @@ pub struct ContainerPolicyStatus {
     /// later generation does not compile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforced_spec: Option<ContainerPolicySpec>,
+    /// Live objects (Pods and workloads) violating this policy, as the background
+    /// audit last found them: what switching to Block would stop if they were created now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violations: Option<i64>,
+    /// When the background audit last evaluated what runs against this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_audit_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }

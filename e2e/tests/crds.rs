@@ -29,7 +29,7 @@ fn crds_install_as_the_readme_says_and_samples_validate() {
         ],
         None,
     );
-    assert_eq!(raw, "Action Ready Reason Age");
+    assert_eq!(raw, "Action Ready Violations Reason Age");
     let raw = cluster.kubectl_ok(
         &[
             "get",

@@ -45,6 +45,8 @@ fn the_install_applies_grants_least_privilege_and_deletes() {
         }
     }
     cluster.kubectl_ok(&["apply", "--server-side", "-k", dir], None);
+    // The optional PolicyReport CRDs (docs/install.md): the grants name their resources.
+    cluster.kubectl_ok(&["apply", "--server-side", "-k", "config/reports"], None);
     for object in [
         "namespace/portcullis-system",
         "crd/containerpolicies.portcullis.dev",
@@ -89,6 +91,10 @@ fn the_install_applies_grants_least_privilege_and_deletes() {
             "--subresource=status",
         ],
         &["watch", "namespaces"],
+        &["watch", "pods"],
+        &["watch", "deployments.apps"],
+        &["watch", "cronjobs.batch"],
+        &["patch", "policyreports.wgpolicyk8s.io", "-n", "default"],
         &["create", "events.events.k8s.io", "-n", "kube-system"],
         &[
             "create",

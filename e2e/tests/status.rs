@@ -105,7 +105,11 @@ async fn status_events_and_admission_through_the_real_api_server() {
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(rows[0], ["NAME", "ACTION", "READY", "AGE"], "{table}");
+    assert_eq!(
+        rows[0],
+        ["NAME", "ACTION", "READY", "VIOLATIONS", "AGE"],
+        "{table}"
+    );
     assert_eq!(&rows[1][..3], [deny.as_str(), "Block", "True"], "{table}");
     assert_eq!(&rows[2][..3], [bad.as_str(), "Block", "False"], "{table}");
     let wide = cluster.kubectl_ok(&["get", "cpol", &bad, "-o", "wide"], None);

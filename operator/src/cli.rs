@@ -29,6 +29,43 @@ pub enum Command {
     Check(CheckArgs),
     /// Print the CustomResourceDefinitions, or write them to a directory.
     Crds(CrdsArgs),
+    /// Print the running-image inventory a `portcullis run` replica serves.
+    Inventory(InventoryArgs),
+}
+
+/// `portcullis inventory`.
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// The metrics address of a replica (`http://localhost:9090` after
+    /// `kubectl -n portcullis-system port-forward deploy/portcullis 9090`).
+    #[arg(long, env = "PORTCULLIS_SERVER")]
+    pub server: String,
+    /// Table or JSON.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// Which admission requests get a decision log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DecisionLogLevel {
+    /// Every request evaluated.
+    All,
+    /// Requests with a violation, and those refused as unreadable.
+    Violations,
+    /// None.
+    None,
+}
+
+impl DecisionLogLevel {
+    /// The webhook's setting.
+    pub fn setting(self) -> portcullis_webhook::decisions::DecisionLog {
+        use portcullis_webhook::decisions::DecisionLog;
+        match self {
+            DecisionLogLevel::All => DecisionLog::All,
+            DecisionLogLevel::Violations => DecisionLog::Violations,
+            DecisionLogLevel::None => DecisionLog::None,
+        }
+    }
 }
 
 /// `portcullis serve`.
@@ -50,6 +87,10 @@ pub struct ServeArgs {
     /// Scan results.
     #[command(flatten)]
     pub scan: ScanArgs,
+    /// One JSON decision line (uid, user, namespace, kind, name, verdict, policies;
+    /// never the object) per request: all, violations or none.
+    #[arg(long, env = "PORTCULLIS_DECISION_LOG", value_enum, default_value_t = DecisionLogLevel::Violations)]
+    pub decision_log: DecisionLogLevel,
 }
 
 /// The scan-result cache and lookups.
@@ -130,6 +171,10 @@ pub struct RunArgs {
     /// Scan results.
     #[command(flatten)]
     pub scan: ScanArgs,
+    /// One JSON decision line (uid, user, namespace, kind, name, verdict, policies;
+    /// never the object) per request: all, violations or none.
+    #[arg(long, env = "PORTCULLIS_DECISION_LOG", value_enum, default_value_t = DecisionLogLevel::Violations)]
+    pub decision_log: DecisionLogLevel,
 }
 
 /// The serving certificate: files, or a generated self-signed CA.

@@ -1,6 +1,7 @@
 //! The `portcullis` binary's jobs: the in-cluster controller and webhook, local mode,
 //! the manifest checker and CRD generation.
 
+pub mod audit;
 pub mod certs;
 pub mod check;
 pub mod cli;
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run::run(args).await,
         Command::Serve(args) => local::serve(args).await,
         Command::Crds(args) => crds(args.out_dir.as_deref()),
+        Command::Inventory(args) => inventory(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,6 +66,35 @@ fn crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
             let docs: Vec<String> = crds.into_iter().map(|(_, yaml)| yaml).collect();
             print!("{}", docs.join("---\n"));
         }
+    }
+    Ok(())
+}
+
+/// `portcullis inventory`: fetches `/inventory` from a replica and prints it.
+async fn inventory(args: &cli::InventoryArgs) -> anyhow::Result<()> {
+    let url = format!("{}/inventory", args.server.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    if !status.is_success() {
+        anyhow::bail!("GET {url}: {status}: {}", body.trim());
+    }
+    let parsed: audit::inventory::Inventory = serde_json::from_str(&body)
+        .with_context(|| format!("{url} did not answer an inventory"))?;
+    match args.output {
+        cli::OutputFormat::Json => println!("{body}"),
+        cli::OutputFormat::Text => print!("{}", audit::inventory::table(&parsed)),
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use portcullis_webhook::decisions::Decisions;
 use portcullis_webhook::policy::{PolicySet, ScannerKind};
 use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{self, AppState, Readiness};
@@ -148,7 +149,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let state = AppState::new(shared, scans.clone(), Readiness::ready_now());
+    let state = AppState {
+        decisions: Decisions::new(args.decision_log.setting()),
+        ..AppState::new(shared, scans.clone(), Readiness::ready_now())
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(server::serve(listener, tls, server::router(state), async {
         let _ = stopped.await;

@@ -6,11 +6,13 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use axum::routing::get;
 use kube::Client;
+use portcullis_webhook::decisions::Decisions;
 use portcullis_webhook::policy::{PolicySet, SharedPolicySet};
 use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{self, AppState, Readiness};
 use portcullis_webhook::tls::{CertStore, certified_key, generate, server_config};
 
+use crate::audit::{self, Audit};
 use crate::certs::{self, CertSettings};
 use crate::cli::RunArgs;
 use crate::controller::events::Reporter;
@@ -112,30 +114,59 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             shared.clone(),
         ),
     );
+    let decisions = Decisions::new(args.decision_log.setting());
+    metrics.register_with(|registry| decisions.register(registry));
+    let audit = Audit::new(decisions.clone());
+    {
+        let (client, audit, shared, scans) =
+            (client.clone(), audit.clone(), shared.clone(), scans.clone());
+        essentials.spawn("the background audit", async move {
+            if let Err(error) = audit::run(client, audit, shared, scans).await {
+                tracing::error!(error = format!("{error:#}"), "the background audit stopped");
+            }
+        });
+    }
+    essentials.spawn(
+        "the audit's status and report writer",
+        audit::writer::run(
+            client.clone(),
+            audit.clone(),
+            shared.clone(),
+            decisions.clone(),
+            leader.clone(),
+        ),
+    );
     let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
         cluster: Some(Arc::new(ApiReads::new(client, metrics.clone()))),
-        ..AppState::new(shared, scans.clone(), ready.clone())
+        decisions,
+        ..AppState::new(shared.clone(), scans.clone(), ready.clone())
     };
     metrics.register_with(|registry| state.mutations.register(registry));
     let mut webhook = tokio::spawn(server::serve(listener, tls, server::router(state), async {
         let _ = webhook_stopped.await;
     }));
-    let metrics_app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.render(),
-                )
-            }
-        }),
-    );
+    let scans_for_inventory = scans.clone();
+    let metrics_app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/inventory",
+            get(move || inventory(audit.clone(), shared.clone(), scans_for_inventory.clone())),
+        );
     essentials.spawn("the metrics server", async move {
         if let Err(error) = axum::serve(metrics_listener, metrics_app).await {
             tracing::error!(%error, "the metrics server failed");
@@ -175,6 +206,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(LEASE_RELEASE, &mut lease_task).await;
     }
     outcome
+}
+
+/// `GET /inventory`: built off the runtime's workers (the ledger may be large).
+async fn inventory(
+    audit: Audit,
+    shared: SharedPolicySet,
+    scans: Arc<ScanService>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !audit.synced() {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the audit has not listed every object yet",
+        )
+            .into_response();
+    }
+    let built = tokio::task::spawn_blocking(move || {
+        let set = shared.load();
+        serde_json::to_vec(&audit::inventory::build(&audit.ledger(), &set, &scans))
+    })
+    .await;
+    match built {
+        Ok(Ok(json)) => ([("content-type", "application/json")], json).into_response(),
+        _ => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 /// Readiness waits for every input decisions read: the pull-credential Secrets, and —

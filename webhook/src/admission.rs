@@ -71,12 +71,18 @@ pub struct Request<'a> {
     /// `namespace`.
     #[serde(borrow, default)]
     pub namespace: Option<Cow<'a, str>>,
+    /// `name` (empty on a CREATE that generates it).
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
     /// `operation`: CREATE, UPDATE, DELETE or CONNECT.
     #[serde(borrow, default)]
     pub operation: Cow<'a, str>,
     /// `dryRun`: decide, but cause no side effects.
     #[serde(default)]
     pub dry_run: Option<bool>,
+    /// `userInfo`: who asked (for the decision log).
+    #[serde(borrow, default)]
+    pub user_info: UserInfo<'a>,
     #[serde(borrow, default)]
     object: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -93,6 +99,14 @@ impl<'a> Request<'a> {
     pub fn old_object_json(&self) -> Option<&'a str> {
         self.old_object.map(RawValue::get)
     }
+}
+
+/// `request.userInfo`, as far as the decision log reads it.
+#[derive(Debug, Default, Deserialize)]
+pub struct UserInfo<'a> {
+    /// `username`.
+    #[serde(borrow, default)]
+    pub username: Cow<'a, str>,
 }
 
 /// `request.kind`.

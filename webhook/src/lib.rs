@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod cluster;
+pub mod decisions;
 pub mod duration;
 pub mod engine;
 pub mod glob;

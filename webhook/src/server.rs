@@ -12,9 +12,11 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tracing::Instrument;
 
 use crate::admission::{self, Verdict};
 use crate::cluster::ClusterReads;
+use crate::decisions::Decisions;
 use crate::engine::Review;
 use crate::mutate::{self, MutationMetrics, Untouched};
 use crate::policy::{NamespaceLabels, NamespaceView, PolicySet, SharedPolicySet};
@@ -37,6 +39,8 @@ pub struct AppState {
     pub cluster: Option<Arc<dyn ClusterReads>>,
     /// What `/mutate` changed.
     pub mutations: MutationMetrics,
+    /// What `/validate` decided: metrics, decision log, denials for reports.
+    pub decisions: Decisions,
 }
 
 impl AppState {
@@ -48,6 +52,7 @@ impl AppState {
             ready,
             cluster: None,
             mutations: MutationMetrics::default(),
+            decisions: Decisions::default(),
         }
     }
 }
@@ -165,12 +170,26 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(request) => request,
         Err(rejected) => return rejected.into_response(),
     };
+    // At debug level: at info the fmt subscriber would format its fields on every request
+    // (measured: 24k instructions, 3.8 % of a 5-container review).
+    let span = tracing::debug_span!("admission", uid = %request.uid, kind = %request.kind.kind, operation = %request.operation);
     let snapshot = state.policies.load();
-    let verdict = match admission::read(&request) {
-        Err(verdict) => verdict,
-        Ok(evaluable) => decide(&state, &request, &snapshot, evaluable, started).await,
+    let (verdict, name) = match admission::read(&request) {
+        Err(verdict) => (
+            verdict,
+            request.name.as_deref().unwrap_or_default().to_owned(),
+        ),
+        Ok(evaluable) => {
+            let name = evaluable.object.name.clone();
+            let decided = decide(&state, &request, &snapshot, evaluable, started);
+            (decided.instrument(span.clone()).await, name)
+        }
     };
-    log_verdict(&request, &verdict, started);
+    span.in_scope(|| {
+        state
+            .decisions
+            .record(&request, &name, &verdict, started.elapsed())
+    });
     reply(
         &request.uid,
         serde_json::to_vec(&admission::respond(&request.uid, &verdict)),
@@ -331,30 +350,6 @@ async fn read_pod(cluster: &dyn ClusterReads, namespace: &str, name: &str) -> Op
             tracing::warn!(%namespace, pod = %name, %error, "the Pod could not be read; its ephemeral containers are judged by their own settings");
             None
         }
-    }
-}
-
-/// One line per request that was evaluated: identifiers and outcome, never the object.
-fn log_verdict(request: &admission::Request<'_>, verdict: &Verdict, started: Instant) {
-    let micros = started.elapsed().as_micros() as u64;
-    let (uid, kind) = (request.uid.as_ref(), request.kind.kind.as_ref());
-    let namespace = request.namespace.as_deref().unwrap_or_default();
-    let label = verdict.label();
-    match verdict {
-        Verdict::Decided(d)
-            if !d.violations.is_empty() && tracing::enabled!(tracing::Level::INFO) =>
-        {
-            let rules: Vec<String> = d
-                .violations
-                .iter()
-                .map(|v| format!("{}/{}:{:?}", v.policy, v.rule, v.action))
-                .collect();
-            tracing::info!(uid, kind, namespace, verdict = label, micros, violations = ?rules, "admission");
-        }
-        Verdict::Unreadable(message) | Verdict::Invalid(message) => {
-            tracing::info!(uid, kind, namespace, verdict = label, micros, %message, "admission")
-        }
-        _ => tracing::debug!(uid, kind, namespace, verdict = label, micros, "admission"),
     }
 }
 

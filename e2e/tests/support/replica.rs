@@ -50,8 +50,12 @@ impl Installation {
             .args(&self.flags)
             .env("KUBECONFIG", &self.cluster.kubeconfig)
             .env("POD_NAME", name)
-            // Every admission is logged at info; under load that drowns what matters.
-            .env("RUST_LOG", "info,portcullis_webhook::server=warn")
+            // Every admission (and decision line) is logged at info; under load that drowns
+            // what matters.
+            .env(
+                "RUST_LOG",
+                "info,portcullis_webhook::server=warn,portcullis::decision=warn,portcullis::audit=debug",
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut process = Spawned::spawn(&mut command).expect("start portcullis run");

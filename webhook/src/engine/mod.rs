@@ -83,6 +83,11 @@ impl<'a> Review<'a> {
             })
     }
 
+    /// How many policies of `set` apply to the subject (by namespace and kind).
+    pub fn applying(&self, set: &PolicySet) -> usize {
+        self.policies(set).count()
+    }
+
     /// The distinct images whose scan results a vulnerability rule of an applying policy
     /// reads, in pod-spec order: all the decision will look up.
     pub fn scans_needed(&self, set: &PolicySet) -> Vec<ImageRef> {

@@ -10,7 +10,7 @@ pub mod service;
 pub mod trivy;
 pub mod vuln_id;
 
-pub use service::{DigestAnswers, Health, ScanAnswers, ScanService, ScanSettings};
+pub use service::{DigestAnswers, Health, ScanAnswers, ScanChanges, ScanService, ScanSettings};
 pub use vuln_id::VulnId;
 
 use std::borrow::Cow;

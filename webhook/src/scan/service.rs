@@ -85,7 +85,24 @@ pub struct ScanService {
     digests_in_flight: Arc<Flights<Result<CachedDigest, BackendError>>>,
     metrics: ScanMetrics,
     deadline: Duration,
+    fetched: Mutex<ScanChanges>,
 }
+
+/// Repositories whose scan results were fetched since the last look (the background
+/// audit evaluates what runs them again: a rescan may have found new CVEs).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub enum ScanChanges {
+    /// None.
+    #[default]
+    None,
+    /// These repositories.
+    Repositories(std::collections::HashSet<String>),
+    /// More than are tracked one by one: everything may have changed.
+    Many,
+}
+
+/// Most repositories tracked one by one in [`ScanChanges`].
+const MAX_TRACKED_CHANGES: usize = 1024;
 
 struct IntegrationState {
     /// One breaker per backend host (the scanner, each registry): only signs that a host
@@ -197,6 +214,7 @@ impl ScanService {
             digests_in_flight: Arc::default(),
             metrics: ScanMetrics::default(),
             deadline,
+            fetched: Mutex::default(),
         })
     }
 
@@ -240,8 +258,10 @@ impl ScanService {
         digest: &str,
         report: Arc<ScanReport>,
     ) {
+        let key = scan_key(integration, repository, digest);
+        self.fetched(&key);
         self.cache.put_scan(
-            scan_key(integration, repository, digest),
+            key,
             CachedScan {
                 outcome: Outcome::Report(report),
                 fetched_at: SystemTime::now(),
@@ -275,6 +295,64 @@ impl ScanService {
             self.gather(set, images, started, dry_run, Need::Scan, read, over)
                 .await,
         )
+    }
+
+    /// The repositories whose results were fetched since the last call.
+    pub fn take_scan_changes(&self) -> ScanChanges {
+        std::mem::take(&mut *lock(&self.fetched))
+    }
+
+    /// Notes that the scan result under `key` was (re)fetched.
+    fn fetched(&self, key: &str) {
+        let repository = key
+            .split_once('\n')
+            .and_then(|(_, rest)| rest.rsplit_once('@'))
+            .map(|(repository, _)| repository);
+        let mut changes = lock(&self.fetched);
+        match (&mut *changes, repository) {
+            (ScanChanges::Many, _) => {}
+            (ScanChanges::Repositories(set), Some(repository))
+                if set.len() < MAX_TRACKED_CHANGES =>
+            {
+                set.insert(repository.to_owned());
+            }
+            (ScanChanges::None, Some(repository)) => {
+                *changes = ScanChanges::Repositories([repository.to_owned()].into());
+            }
+            _ => *changes = ScanChanges::Many,
+        }
+    }
+
+    /// What the cache alone says of each of `images`, with no call and no metric (the
+    /// background audit): the answers, and the images whose result is missing or stale,
+    /// for the caller to look up behind at its own pace.
+    pub fn remembered(&self, set: &PolicySet, images: &[ImageRef]) -> (ScanAnswers, Vec<ImageRef>) {
+        let now = SystemTime::now();
+        let mut answers = FastMap::with_capacity_and_hasher(images.len(), Default::default());
+        let mut wanted = Vec::new();
+        for image in images {
+            let (status, want) = self.cached(set, image, now, Some(Cow::Borrowed(NOT_LOOKED_UP)));
+            if want.is_some() {
+                wanted.push(image.clone());
+            }
+            answers.insert(image.clone(), status);
+        }
+        (ScanAnswers(answers), wanted)
+    }
+
+    /// The digest the cache holds for `image`'s tag (or its own digest), with no call.
+    pub fn remembered_digest(&self, set: &PolicySet, image: &ImageRef) -> Option<String> {
+        if let Some(digest) = image.digest() {
+            return Some(digest.to_owned());
+        }
+        let spec = set.integration_for(image.repository())?;
+        let (digest, _) = self.cached_tag(
+            spec,
+            image,
+            SystemTime::now(),
+            Some(Cow::Borrowed(NOT_LOOKED_UP)),
+        );
+        digest.ok().map(Cow::into_owned)
     }
 
     /// The digest of each of `images`' tags (what pinning reads), from the same cache
@@ -570,6 +648,7 @@ impl ScanService {
             let held_back = !scan_on_demand && spec_owned.scan_on_demand;
             match &result {
                 Ok(entry) if !(held_back && matches!(entry.outcome, Outcome::NotFound)) => {
+                    service.fetched(&key);
                     service.cache.put_scan(key, entry.clone());
                 }
                 _ => {}
@@ -829,6 +908,9 @@ impl DigestResults for DigestAnswers {
 /// The scan status of the images one request needs, looked up before it is decided.
 #[derive(Debug, Default)]
 pub struct ScanAnswers(FastMap<ImageRef, ScanStatus>);
+
+/// Why the background audit has no result for an image yet.
+const NOT_LOOKED_UP: &str = "no result is cached yet (the background audit looks it up)";
 
 /// A map for the few images of one request: hashed fast (foldhash, seeded per process),
 /// since it is built and read on every request.

@@ -1,0 +1,382 @@
+//! What the webhook records of each admission decision: Prometheus counters and a
+//! latency histogram, one decision log line (identifiers and outcome, never the
+//! object), and the denials per namespace and policy the PolicyReports count.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use portcullis_crds::Action;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::admission::{Request, Verdict};
+use crate::workload::WorkloadKind;
+
+/// Which requests get a decision log line (`--decision-log`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecisionLog {
+    /// Every request evaluated or refused.
+    All,
+    /// Requests denied, warned or with an Audit violation (the default).
+    #[default]
+    Violations,
+    /// None.
+    None,
+}
+
+impl FromStr for DecisionLog {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(DecisionLog::All),
+            "violations" => Ok(DecisionLog::Violations),
+            "none" => Ok(DecisionLog::None),
+            other => Err(format!(
+                "unknown decision log level {other:?}: expected all, violations or none"
+            )),
+        }
+    }
+}
+
+/// Where a violation was found (the `source` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// An admission request.
+    Admission,
+    /// The background audit of what runs.
+    Audit,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Admission => "admission",
+            Source::Audit => "audit",
+        }
+    }
+}
+
+type RequestLabels = [(&'static str, &'static str); 3];
+type ViolationLabels = [(&'static str, String); 3];
+
+/// Most (namespace, policy) pairs whose denials are counted; beyond it new pairs are
+/// counted only in the metrics (a bound on what any stream of requests can make us keep).
+const MAX_DENIAL_KEYS: usize = 50_000;
+
+/// The recorder the handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct Decisions {
+    requests: Family<RequestLabels, Counter>,
+    duration: Histogram,
+    violations: Family<ViolationLabels, Counter>,
+    log: DecisionLog,
+    denials: Arc<Mutex<HashMap<(String, String), Denials>>>,
+}
+
+impl Default for Decisions {
+    fn default() -> Self {
+        Decisions::new(DecisionLog::default())
+    }
+}
+
+/// Admission requests one policy denied in one namespace, since this process started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denials {
+    /// How many.
+    pub count: u64,
+    /// The latest one's message.
+    pub last_message: String,
+    /// When the latest one was denied.
+    pub last_time: SystemTime,
+}
+
+impl Decisions {
+    /// A recorder logging at `log`.
+    pub fn new(log: DecisionLog) -> Self {
+        Decisions {
+            requests: Family::default(),
+            // 50 µs to ~3.3 s.
+            duration: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
+            violations: Family::default(),
+            log,
+            denials: Arc::default(),
+        }
+    }
+
+    /// Registers the metrics (under the registry's prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "admission_requests",
+            "Admission requests answered, by kind, operation and verdict (allow, warn, deny, skip)",
+            self.requests.clone(),
+        );
+        registry.register(
+            "admission_duration_seconds",
+            "Time from a review's arrival to its answer",
+            self.duration.clone(),
+        );
+        registry.register(
+            "policy_violations",
+            "Violations found, by policy, action and source (admission or audit)",
+            self.violations.clone(),
+        );
+    }
+
+    /// Records one answered review: counters, histogram, the decision log line and —
+    /// unless a dry run — the denials.
+    pub fn record(&self, request: &Request<'_>, name: &str, verdict: &Verdict, took: Duration) {
+        let kind = kind_label(request);
+        let verdict_label = verdict.label();
+        self.requests
+            .get_or_create(&[
+                ("kind", kind),
+                ("operation", operation_label(&request.operation)),
+                ("verdict", verdict_label),
+            ])
+            .inc();
+        self.duration.observe(took.as_secs_f64());
+        let dry_run = request.dry_run == Some(true);
+        if let Verdict::Decided(decision) = verdict
+            && !decision.violations.is_empty()
+        {
+            let mut seen: Vec<(&str, Action)> = Vec::new();
+            for v in &decision.violations {
+                if seen.contains(&(v.policy.as_str(), v.action)) {
+                    continue;
+                }
+                seen.push((v.policy.as_str(), v.action));
+                if !dry_run {
+                    self.violation(&v.policy, v.action, Source::Admission);
+                }
+            }
+            if !dry_run && !decision.allowed() {
+                self.denied(request, decision);
+            }
+        }
+        self.log_line(request, name, verdict, took);
+    }
+
+    /// Counts one object found violating `policy` (by the audit, or at admission).
+    pub fn violation(&self, policy: &str, action: Action, source: Source) {
+        self.violations
+            .get_or_create(&[
+                ("policy", policy.to_owned()),
+                ("action", action_label(action).to_owned()),
+                ("source", source.label().to_owned()),
+            ])
+            .inc();
+    }
+
+    fn denied(&self, request: &Request<'_>, decision: &crate::engine::Decision) {
+        let namespace = request.namespace.as_deref().unwrap_or_default();
+        let message = decision.deny_message().unwrap_or_default();
+        let now = SystemTime::now();
+        let mut denials = self.denials.lock().unwrap_or_else(|e| e.into_inner());
+        for v in decision
+            .violations
+            .iter()
+            .filter(|v| v.action == Action::Block)
+        {
+            let key = (namespace.to_owned(), v.policy.clone());
+            if let Some(entry) = denials.get_mut(&key) {
+                entry.count += 1;
+                entry.last_message.clone_from(&message);
+                entry.last_time = now;
+            } else if denials.len() < MAX_DENIAL_KEYS {
+                denials.insert(
+                    key,
+                    Denials {
+                        count: 1,
+                        last_message: message.clone(),
+                        last_time: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The denials counted so far, by (namespace, policy).
+    pub fn denials(&self) -> HashMap<(String, String), Denials> {
+        self.denials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn log_line(&self, request: &Request<'_>, name: &str, verdict: &Verdict, took: Duration) {
+        let policies = match verdict {
+            Verdict::Decided(d) => {
+                let mut names: Vec<&str> = d.violations.iter().map(|v| v.policy.as_str()).collect();
+                names.dedup();
+                names.join(",")
+            }
+            _ => String::new(),
+        };
+        let wanted = match self.log {
+            DecisionLog::None => false,
+            DecisionLog::All => !matches!(verdict, Verdict::Skipped(_)),
+            DecisionLog::Violations => {
+                !policies.is_empty()
+                    || matches!(verdict, Verdict::Unreadable(_) | Verdict::Invalid(_))
+            }
+        };
+        if !wanted {
+            return;
+        }
+        tracing::info!(
+            target: "portcullis::decision",
+            uid = %request.uid,
+            user = %request.user_info.username,
+            namespace = request.namespace.as_deref().unwrap_or_default(),
+            kind = %request.kind.kind,
+            operation = %request.operation,
+            name,
+            verdict = verdict.label(),
+            policies,
+            dry_run = request.dry_run == Some(true),
+            micros = took.as_micros() as u64,
+            "decision"
+        );
+    }
+}
+
+/// The kind as a bounded label: a supported kind, a Portcullis kind, or `other`.
+fn kind_label(request: &Request<'_>) -> &'static str {
+    let (group, kind) = (request.kind.group.as_ref(), request.kind.kind.as_ref());
+    if let Some(kind) = WorkloadKind::from_group_kind(group, kind) {
+        return kind.as_str();
+    }
+    match (group, kind) {
+        (portcullis_crds::GROUP, "ContainerPolicy") => "ContainerPolicy",
+        (portcullis_crds::GROUP, "RegistryIntegration") => "RegistryIntegration",
+        (portcullis_crds::GROUP, "AuditMonitor") => "AuditMonitor",
+        ("", "EphemeralContainers") => "EphemeralContainers",
+        _ => "other",
+    }
+}
+
+fn operation_label(operation: &str) -> &'static str {
+    match operation {
+        "CREATE" => "CREATE",
+        "UPDATE" => "UPDATE",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// `Block`, `Warn` or `Audit`.
+pub fn action_label(action: Action) -> &'static str {
+    match action {
+        Action::Block => "Block",
+        Action::Warn => "Warn",
+        Action::Audit => "Audit",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    fn review(namespace: &str, dry_run: bool) -> String {
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": namespace, "operation": "CREATE", "dryRun": dry_run,
+                "userInfo": {"username": "alice"}, "object": {}}
+        })
+        .to_string()
+    }
+
+    fn denied(policy: &str) -> Verdict {
+        Verdict::Decided(crate::engine::Decision {
+            object: "Pod team-a/p".into(),
+            violations: vec![crate::engine::Violation {
+                policy: policy.into(),
+                action: Action::Block,
+                rule: "tags.denyLatest",
+                target: "container \"c\" image nginx".into(),
+                detail: "uses the latest tag".into(),
+            }],
+        })
+    }
+
+    fn rendered(decisions: &Decisions) -> String {
+        let mut registry = Registry::with_prefix("portcullis");
+        decisions.register(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn a_denial_is_counted_by_kind_verdict_and_policy_and_remembered_for_reports() {
+        let decisions = Decisions::default();
+        let body = review("team-a", false);
+        let request = crate::admission::parse(body.as_bytes()).unwrap();
+        decisions.record(
+            &request,
+            "p",
+            &denied("no-latest"),
+            Duration::from_micros(80),
+        );
+        decisions.record(
+            &request,
+            "p",
+            &denied("no-latest"),
+            Duration::from_micros(80),
+        );
+        let text = rendered(&decisions);
+        assert!(
+            text.contains(r#"portcullis_admission_requests_total{kind="Pod",operation="CREATE",verdict="deny"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"portcullis_policy_violations_total{policy="no-latest",action="Block",source="admission"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_admission_duration_seconds_count 2"),
+            "{text}"
+        );
+        let denials = decisions.denials();
+        let entry = &denials[&("team-a".to_owned(), "no-latest".to_owned())];
+        assert_eq!(entry.count, 2);
+        assert!(
+            entry.last_message.contains("uses the latest tag"),
+            "{entry:?}"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_is_counted_as_a_request_but_causes_no_violation_or_denial() {
+        let decisions = Decisions::default();
+        let body = review("team-a", true);
+        let request = crate::admission::parse(body.as_bytes()).unwrap();
+        decisions.record(
+            &request,
+            "p",
+            &denied("no-latest"),
+            Duration::from_micros(80),
+        );
+        let text = rendered(&decisions);
+        assert!(text.contains(r#"verdict="deny"} 1"#), "{text}");
+        assert!(!text.contains("source=\"admission\""), "{text}");
+        assert!(decisions.denials().is_empty());
+    }
+
+    #[test]
+    fn decision_log_levels_parse_and_unknown_ones_are_named() {
+        assert_eq!("all".parse(), Ok(DecisionLog::All));
+        assert_eq!("none".parse(), Ok(DecisionLog::None));
+        let error = "some".parse::<DecisionLog>().unwrap_err();
+        assert!(error.contains("\"some\""), "{error}");
+    }
+}
