@@ -31,6 +31,33 @@ pub enum Command {
     Crds(CrdsArgs),
     /// Print the running-image inventory a `portcullis run` replica serves.
     Inventory(InventoryArgs),
+    /// Run the audit-log detections over API server audit logs (exit 0 nothing at
+    /// --fail-on, 1 findings at or above it, 2 unreadable input).
+    AuditScan(AuditScanArgs),
+}
+
+/// The audit-log receiver (`POST /audit`).
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// A file holding the bearer token the API server's webhook audit backend sends
+    /// (its kubeconfig's `users[].user.token`); without it `/audit` answers 404.
+    #[arg(long, env = "PORTCULLIS_AUDIT_TOKEN_FILE")]
+    pub audit_token_file: Option<PathBuf>,
+}
+
+/// `portcullis audit-scan`.
+#[derive(Debug, Args)]
+pub struct AuditScanArgs {
+    /// Audit logs: JSON lines as the log backend writes them (gzip accepted), files,
+    /// directories (every file, by name: rotated logs in order) or `-` for stdin.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Findings as text lines or JSON lines.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Exit 1 when a finding at or above this severity exists (Info, Low, Medium, High, Critical).
+    #[arg(long, default_value = "High", value_parser = crate::audit_scan::parse_severity)]
+    pub fail_on: portcullis_webhook::auditlog::Severity,
 }
 
 /// `portcullis inventory`.
@@ -91,6 +118,9 @@ pub struct ServeArgs {
     /// never the object) per request: all, violations or none.
     #[arg(long, env = "PORTCULLIS_DECISION_LOG", value_enum, default_value_t = DecisionLogLevel::Violations)]
     pub decision_log: DecisionLogLevel,
+    /// Audit-log monitoring.
+    #[command(flatten)]
+    pub audit: AuditArgs,
 }
 
 /// The scan-result cache and lookups.
@@ -175,6 +205,9 @@ pub struct RunArgs {
     /// never the object) per request: all, violations or none.
     #[arg(long, env = "PORTCULLIS_DECISION_LOG", value_enum, default_value_t = DecisionLogLevel::Violations)]
     pub decision_log: DecisionLogLevel,
+    /// Audit-log monitoring.
+    #[command(flatten)]
+    pub audit: AuditArgs,
 }
 
 /// The serving certificate: files, or a generated self-signed CA.

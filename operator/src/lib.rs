@@ -2,6 +2,8 @@
 //! the manifest checker and CRD generation.
 
 pub mod audit;
+pub mod audit_receiver;
+pub mod audit_scan;
 pub mod certs;
 pub mod check;
 pub mod cli;
@@ -24,6 +26,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     init_logging(cli.log.log_format);
     let result = match cli.command {
         Command::Check(args) => return check::run(&args),
+        Command::AuditScan(args) => return audit_scan::run(&args),
         Command::Run(args) => run::run(args).await,
         Command::Serve(args) => local::serve(args).await,
         Command::Crds(args) => crds(args.out_dir.as_deref()),

@@ -136,8 +136,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             leader.clone(),
         ),
     );
+    let audit_log = crate::audit_receiver::service(&args.audit, args.scan.cache_dir.as_deref())?;
+    if let Some(receiver) = &audit_log {
+        metrics.register_with(|registry| receiver.register(registry));
+        essentials.spawn(
+            "the audit state saver",
+            crate::audit_receiver::save_periodically(receiver.clone()),
+        );
+    }
     let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
+        audit: audit_log.clone(),
         cluster: Some(Arc::new(ApiReads::new(client, metrics.clone()))),
         decisions,
         ..AppState::new(shared.clone(), scans.clone(), ready.clone())
@@ -167,6 +176,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "/inventory",
             get(move || inventory(audit.clone(), shared.clone(), scans_for_inventory.clone())),
         );
+    let metrics_app = match audit_log.clone() {
+        Some(receiver) => metrics_app.route(
+            "/findings",
+            get(move |query| crate::audit_receiver::findings(receiver.clone(), query)),
+        ),
+        None => metrics_app,
+    };
     essentials.spawn("the metrics server", async move {
         if let Err(error) = axum::serve(metrics_listener, metrics_app).await {
             tracing::error!(%error, "the metrics server failed");
@@ -199,6 +215,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = stop_webhook.send(());
     let _ = webhook.await;
     scans.cache().flush();
+    if let Some(receiver) = &audit_log
+        && let Err(error) = receiver.save()
+    {
+        tracing::warn!(%error, "could not save the audit detections' state");
+    }
     essentials.abort();
     // After a failure the lease is still held: release it for the next leader.
     if let Some(stop) = stop_election.take() {

@@ -5,6 +5,7 @@
 //! ([`server`]) answers AdmissionReviews from a snapshot it loads per request.
 
 pub mod admission;
+pub mod auditlog;
 pub mod cluster;
 pub mod decisions;
 pub mod duration;

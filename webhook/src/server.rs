@@ -1,5 +1,5 @@
-//! The HTTPS admission server: `POST /validate`, `POST /mutate`, `GET /healthz`,
-//! `GET /readyz`.
+//! The HTTPS admission server: `POST /validate`, `POST /mutate`, `POST /audit`,
+//! `GET /healthz`, `GET /readyz`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use tracing::Instrument;
 
 use crate::admission::{self, Verdict};
+use crate::auditlog::AuditService;
 use crate::cluster::ClusterReads;
 use crate::decisions::Decisions;
 use crate::engine::Review;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub mutations: MutationMetrics,
     /// What `/validate` decided: metrics, decision log, denials for reports.
     pub decisions: Decisions,
+    /// The `/audit` receiver, when an audit token is configured.
+    pub audit: Option<Arc<AuditService>>,
 }
 
 impl AppState {
@@ -53,6 +56,7 @@ impl AppState {
             cluster: None,
             mutations: MutationMetrics::default(),
             decisions: Decisions::default(),
+            audit: None,
         }
     }
 }
@@ -143,10 +147,37 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/validate", post(validate))
         .route("/mutate", post(mutate))
+        .route(
+            "/audit",
+            post(audit).layer(DefaultBodyLimit::max(crate::auditlog::service::MAX_BODY)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// `POST /audit`: an `EventList` from the API server's webhook audit backend, with the
+/// bearer token; 404 when no token is configured, 401 without the right one.
+async fn audit(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(service) = &state.audit else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !service.authorized(headers.get(header::AUTHORIZATION).map(|h| h.as_bytes())) {
+        tracing::warn!("refused an /audit request without the audit token");
+        return (StatusCode::UNAUTHORIZED, "a bearer token is required").into_response();
+    }
+    match service.ingest(&body) {
+        Ok(_) => (StatusCode::OK, "{}").into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "refused an /audit request");
+            (StatusCode::BAD_REQUEST, error.to_string()).into_response()
+        }
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

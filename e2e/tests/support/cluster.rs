@@ -220,6 +220,7 @@ pub struct PrivateCluster {
     dir: tempfile::TempDir,
     api_port: u16,
     etcd_port: u16,
+    flags: String,
 }
 
 fn kube_scripts() -> PathBuf {
@@ -229,6 +230,11 @@ fn kube_scripts() -> PathBuf {
 impl PrivateCluster {
     /// Starts one; `None` (skipped, or failed in CI) where `../shared/kube` is missing.
     pub fn start() -> Option<Self> {
+        Self::start_with("")
+    }
+
+    /// Starts one whose API server gets these extra flags (`KUBE_TEST_APISERVER_FLAGS`).
+    pub fn start_with(flags: &str) -> Option<Self> {
         if !kube_scripts().join("up.sh").exists() {
             return skip("../shared/kube/up.sh is missing: this test starts its own API server");
         }
@@ -241,9 +247,15 @@ impl PrivateCluster {
             api_port: super::free_port(),
             etcd_port: super::free_port(),
             dir,
+            flags: flags.to_owned(),
         };
         cluster.up();
         Some(cluster)
+    }
+
+    /// The API server's URL.
+    pub fn api_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_port)
     }
 
     /// Where `up.sh` keeps its files (`apiserver.log`, `audit.log`).
@@ -257,6 +269,7 @@ impl PrivateCluster {
             .env("KUBE_TEST_DIR", self.dir.path())
             .env("KUBE_TEST_API_PORT", self.api_port.to_string())
             .env("KUBE_TEST_ETCD_PORT", self.etcd_port.to_string())
+            .env("KUBE_TEST_APISERVER_FLAGS", &self.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

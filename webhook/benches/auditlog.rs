@@ -1,0 +1,52 @@
+//! Audit-log ingest: the detections over a realistic mixed stream — the events a real
+//! kube-apiserver v1.19.0 wrote (bootstrap, workloads at Request level with their
+//! objects, RBAC writes, denied and anonymous calls, exec) — as the webhook backend
+//! sends them (`EventList` batches of 400) and as `audit-scan` reads them (lines).
+//!
+//! `cargo bench -p portcullis-webhook --bench auditlog`
+
+#![allow(clippy::unwrap_used)]
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use portcullis_webhook::auditlog::{AuditService, Event, Monitor, Settings};
+
+const CAPTURE: &str = include_str!("../tests/fixtures/audit-kube-1.19.jsonl");
+const BATCH: usize = 400;
+
+fn batch() -> String {
+    let lines: Vec<&str> = CAPTURE.lines().collect();
+    let items: Vec<&str> = lines.iter().cycle().take(BATCH).copied().collect();
+    format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
+        items.join(",")
+    )
+}
+
+fn ingest(c: &mut Criterion) {
+    let mut group = c.benchmark_group("audit");
+    let body = batch();
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let service =
+        AuditService::new("a-token-long-enough".into(), Settings::default(), None).unwrap();
+    group.bench_function("POST /audit EventList of 400, every detection on", |b| {
+        b.iter(|| service.ingest(body.as_bytes()).unwrap())
+    });
+    let lines: Vec<&str> = CAPTURE.lines().collect();
+    group.throughput(Throughput::Elements(lines.len() as u64));
+    let mut monitor = Monitor::default();
+    group.bench_function("audit-scan lines, every detection on", |b| {
+        b.iter(|| {
+            lines
+                .iter()
+                .map(|line| {
+                    let event: Event<'_> = serde_json::from_str(line).unwrap();
+                    monitor.observe(&event).len()
+                })
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, ingest);
+criterion_main!(benches);
