@@ -1,6 +1,7 @@
 //! What the webhook records of each admission decision: Prometheus counters and a
-//! latency histogram, one decision log line (identifiers and outcome, never the
-//! object), and the denials per namespace and policy the PolicyReports count.
+//! latency histogram, one decision log line (identifiers and outcome — for a refused
+//! object, why — never the object), and the denials per namespace and policy the
+//! PolicyReports count.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -217,6 +218,11 @@ impl Decisions {
             }
             _ => String::new(),
         };
+        // Why an object was refused without an evaluation (names the field, not the object).
+        let reason = match verdict {
+            Verdict::Unreadable(message) | Verdict::Invalid(message) => message.as_str(),
+            _ => "",
+        };
         let wanted = match self.log {
             DecisionLog::None => false,
             DecisionLog::All => !matches!(verdict, Verdict::Skipped(_)),
@@ -238,6 +244,7 @@ impl Decisions {
             name,
             verdict = verdict.label(),
             policies,
+            reason,
             dry_run = request.dry_run == Some(true),
             micros = took.as_micros() as u64,
             "decision"
@@ -370,6 +377,110 @@ mod tests {
         assert!(text.contains(r#"verdict="deny"} 1"#), "{text}");
         assert!(!text.contains("source=\"admission\""), "{text}");
         assert!(decisions.denials().is_empty());
+    }
+
+    /// Collects every event's fields as `name=value` text.
+    struct Capture(std::sync::Arc<Mutex<Vec<String>>>);
+
+    struct Fields(String);
+
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            use std::fmt::Write as _;
+            let _ = write!(self.0, "{}={:?} ", field.name(), value);
+        }
+    }
+
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut fields = Fields(format!("{} ", event.metadata().target()));
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    fn logged(log: DecisionLog, body: &str, verdict: &Verdict) -> Vec<String> {
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let request = crate::admission::parse(body.as_bytes()).unwrap();
+        tracing::subscriber::with_default(Capture(lines.clone()), || {
+            Decisions::new(log).record(&request, "p", verdict, Duration::from_micros(80));
+        });
+        lines.lock().unwrap().clone()
+    }
+
+    /// One line per decision with who and what, never the object (here: an env value).
+    #[test]
+    fn the_decision_line_names_who_and_what_and_never_the_object() {
+        let body = serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u-7", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "team-a", "operation": "CREATE", "userInfo": {"username": "alice"},
+                "object": {"spec": {"containers": [{"name": "app", "image": "nginx",
+                    "env": [{"name": "TOKEN", "value": "s3cr3t-value"}]}]}}}
+        })
+        .to_string();
+        let lines = logged(DecisionLog::Violations, &body, &denied("no-latest"));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        for part in [
+            "portcullis::decision",
+            "uid=u-7",
+            "user=alice",
+            "namespace=\"team-a\"",
+            "kind=Pod",
+            "name=\"p\"",
+            "verdict=\"deny\"",
+            "policies=\"no-latest\"",
+        ] {
+            assert!(line.contains(part), "{part} missing: {line}");
+        }
+        assert!(!line.contains("s3cr3t"), "the object leaked: {line}");
+        assert!(
+            logged(
+                DecisionLog::Violations,
+                &body,
+                &Verdict::Decided(crate::engine::Decision {
+                    object: "Pod team-a/p".into(),
+                    violations: vec![]
+                })
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            logged(
+                DecisionLog::All,
+                &body,
+                &Verdict::Decided(crate::engine::Decision {
+                    object: "Pod team-a/p".into(),
+                    violations: vec![]
+                })
+            )
+            .len(),
+            1
+        );
+        assert!(logged(DecisionLog::None, &body, &denied("no-latest")).is_empty());
+        let unreadable = logged(
+            DecisionLog::Violations,
+            &body,
+            &Verdict::Unreadable(
+                "Pod object cannot be read as Pod: spec.containers: invalid type".into(),
+            ),
+        );
+        assert!(
+            unreadable[0].contains("reason=\"Pod object cannot be read as Pod: spec.containers"),
+            "{unreadable:?}"
+        );
     }
 
     #[test]
