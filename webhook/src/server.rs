@@ -140,6 +140,11 @@ impl Readiness {
     pub fn stopping(&self) {
         self.stopping.store(true, Ordering::Release);
     }
+
+    /// Whether shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
 }
 
 /// The webhook's routes.
@@ -154,7 +159,26 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            close_when_stopping,
+        ))
         .with_state(state)
+}
+
+/// While shutting down (the grace period), every answer closes its HTTP/1.1 connection:
+/// the client's next request opens a new one, which the Service sends to a replica that
+/// stays. Otherwise a kept-alive connection is closed under a request sent at the moment
+/// the server stops, and the API server fails that request (fail-closed webhook: a
+/// user's create refused). HTTP/2 connections get GOAWAY at the stop instead.
+async fn close_when_stopping(State(state): State<AppState>, mut response: Response) -> Response {
+    if state.ready.is_stopping() {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// `POST /audit`: an `EventList` from the API server's webhook audit backend, with the

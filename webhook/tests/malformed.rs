@@ -252,7 +252,22 @@ async fn health_and_readiness() {
         app.clone().oneshot(get("/readyz")).await.unwrap().status(),
         StatusCode::OK
     );
+    let review = || {
+        Request::post("/validate")
+            .body(Body::from(fixture("validate-create-pod.json")))
+            .unwrap()
+    };
+    let answer = app.clone().oneshot(review()).await.unwrap();
+    assert!(
+        answer.headers().get("connection").is_none(),
+        "kept alive while serving"
+    );
     ready.stopping();
+    // During the grace period answers still come, each closing its connection, so the
+    // client moves to a replica that stays before this one stops.
+    let answer = app.clone().oneshot(review()).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers().get("connection").unwrap(), "close");
     let response = app.clone().oneshot(get("/readyz")).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body = response.into_body().collect().await.unwrap().to_bytes();

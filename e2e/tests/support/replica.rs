@@ -54,7 +54,7 @@ impl Installation {
             // what matters.
             .env(
                 "RUST_LOG",
-                "info,portcullis_webhook::server=warn,portcullis::decision=warn,portcullis::audit=debug",
+                "info,portcullis_webhook::server=warn,portcullis::decision=warn",
             )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
