@@ -16,8 +16,12 @@ use super::ledger::Ledger;
 pub const REPORT_NAME: &str = "portcullis";
 /// The group/version of the reports.
 pub const API_VERSION: &str = "wgpolicyk8s.io/v1alpha2";
-/// Most results in one report (an object has a size limit); the summary counts all.
-const MAX_RESULTS: usize = 2000;
+/// Most results listed in one report, and the longest message each carries: together
+/// they keep a report well under the API server's 1.5 MiB object limit (800 × ~1.5 KiB).
+/// The summary counts every result.
+const MAX_RESULTS: usize = 800;
+/// Longest message in a result (the admission message, cut with `…`).
+const MAX_MESSAGE: usize = 1024;
 /// `source` of every result.
 const SOURCE: &str = "portcullis";
 /// `category` of every result.
@@ -37,6 +41,17 @@ fn severity_of(action: Action) -> &'static str {
         Action::Warn => "medium",
         Action::Audit => "low",
     }
+}
+
+fn cut(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message.to_owned();
+    }
+    let mut end = MAX_MESSAGE - 3;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
 }
 
 fn timestamp(at: SystemTime) -> Value {
@@ -96,7 +111,7 @@ pub fn namespace_report(
                 "result": outcome,
                 "scored": true,
                 "timestamp": timestamp(at),
-                "message": r.message,
+                "message": cut(&r.message),
                 "resources": [{
                     "apiVersion": entry.running.api_version,
                     "kind": key.kind.as_str(),
@@ -119,7 +134,7 @@ pub fn namespace_report(
             "result": "fail",
             "scored": true,
             "timestamp": timestamp(denied.last_time),
-            "message": format!("{} admission requests denied; the latest: {}", denied.count, denied.last_message),
+            "message": cut(&format!("{} admission requests denied; the latest: {}", denied.count, denied.last_message)),
             "properties": {"action": "Block", "deniedRequests": denied.count.to_string()},
         }));
     }
@@ -294,6 +309,28 @@ mod tests {
         assert_eq!(results[2]["rule"], "admission");
         assert_eq!(results[2]["properties"]["deniedRequests"], "3");
         assert!(namespace_report(&ledger, "elsewhere", &[], SystemTime::now()).is_none());
+    }
+
+    /// A namespace with more violating objects than a report lists: every one counted,
+    /// the listed ones bounded, long messages cut — the object stays far below 1.5 MiB.
+    #[test]
+    fn a_large_namespace_report_stays_within_the_object_size_limit() {
+        let scans = ScanService::in_memory();
+        let policies = set(&[("no-latest", no_latest("Warn"))]);
+        let mut ledger = Ledger::default();
+        let long = format!("registry.example.com/{}/app", "x".repeat(180));
+        for i in 0..(MAX_RESULTS + 50) {
+            let (key, running) = pod("big", &format!("p{i}"), &long);
+            ledger.upsert(key, running, &policies, &scans);
+        }
+        let report = namespace_report(&ledger, "big", &[], SystemTime::now()).unwrap();
+        assert_eq!(report["summary"]["warn"], MAX_RESULTS + 50);
+        assert_eq!(report["results"].as_array().unwrap().len(), MAX_RESULTS);
+        let size = serde_json::to_vec(&report).unwrap().len();
+        assert!(size < 1024 * 1024, "{size} bytes");
+        let message = "é".repeat(MAX_MESSAGE);
+        let cut_message = cut(&message);
+        assert!(cut_message.len() <= MAX_MESSAGE && cut_message.ends_with('…'));
     }
 
     #[test]
