@@ -159,26 +159,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::map_response_with_state(
-            state.clone(),
-            close_when_stopping,
-        ))
         .with_state(state)
-}
-
-/// While shutting down (the grace period), every answer closes its HTTP/1.1 connection:
-/// the client's next request opens a new one, which the Service sends to a replica that
-/// stays. Otherwise a kept-alive connection is closed under a request sent at the moment
-/// the server stops, and the API server fails that request (fail-closed webhook: a
-/// user's create refused). HTTP/2 connections get GOAWAY at the stop instead.
-async fn close_when_stopping(State(state): State<AppState>, mut response: Response) -> Response {
-    if state.ready.is_stopping() {
-        response.headers_mut().insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
-    }
-    response
 }
 
 /// `POST /audit`: an `EventList` from the API server's webhook audit backend, with the
@@ -246,20 +227,34 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
             .record(&request, &name, &verdict, started.elapsed())
     });
     reply(
+        &state,
         &request.uid,
         serde_json::to_vec(&admission::respond(&request.uid, &verdict)),
     )
 }
 
 /// The AdmissionReview answer serialized for `uid`, or a 500 if it could not be.
-fn reply(uid: &str, answer: serde_json::Result<Vec<u8>>) -> Response {
-    match answer {
+///
+/// While shutting down (the grace period) the answer also closes its HTTP/1.1
+/// connection: the API server's next call opens a new one, which the Service sends to a
+/// replica that stays. Otherwise a kept-alive connection is closed under a request sent
+/// at the moment the server stops, and that request fails (fail-closed webhook: a
+/// user's create refused). HTTP/2 connections get GOAWAY at the stop instead.
+fn reply(state: &AppState, uid: &str, answer: serde_json::Result<Vec<u8>>) -> Response {
+    let mut response = match answer {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(error) => {
             tracing::error!(%error, uid, "could not serialize the AdmissionReview answer");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
+    };
+    if state.ready.is_stopping() {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
     }
+    response
 }
 
 /// The decision path, as the data flows: the subject, the scan results its policies
@@ -335,7 +330,7 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
         }
         Ok(target) => plan(&state, &request, target, started).await,
     };
-    reply(&request.uid, mutate::respond(&request.uid, &answer))
+    reply(&state, &request.uid, mutate::respond(&request.uid, &answer))
 }
 
 /// The mutation path: the digests the applying policies ask to pin (from memory, or

@@ -1,6 +1,9 @@
 //! Scan metrics: cache hits, misses and stale serves; backend latency and errors, by
 //! integration.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -8,10 +11,17 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The `result` labels of a lookup, in the order [`ScanMetrics::lookup_handles`] keeps them.
+const RESULTS: [&str; 3] = ["hit", "stale", "miss"];
+
 /// The counters and histograms; cheap to clone (shared handles).
 #[derive(Clone)]
 pub struct ScanMetrics {
     lookups: Family<Labels, Counter>,
+    /// Each integration's lookup counters, found without building labels: counted on
+    /// every image of every request, where allocating the label set cost more than the
+    /// count.
+    lookup_handles: Arc<RwLock<HashMap<String, [Counter; 3]>>>,
     backend_seconds: Family<Labels, Histogram>,
     backend_errors: Family<Labels, Counter>,
 }
@@ -20,6 +30,7 @@ impl Default for ScanMetrics {
     fn default() -> Self {
         ScanMetrics {
             lookups: Family::default(),
+            lookup_handles: Arc::default(),
             backend_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 14))
             }),
@@ -48,13 +59,33 @@ impl ScanMetrics {
         );
     }
 
+    /// Counts a lookup: `result` is `hit`, `stale` or `miss`.
     pub(crate) fn lookup(&self, integration: &str, result: &'static str) {
-        self.lookups
-            .get_or_create(&vec![
-                ("integration", integration.to_owned()),
-                ("result", result.to_owned()),
-            ])
-            .inc();
+        let Some(index) = RESULTS.iter().position(|r| *r == result) else {
+            return;
+        };
+        let handles = self
+            .lookup_handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(counters) = handles.get(integration) {
+            counters[index].inc();
+            return;
+        }
+        drop(handles);
+        let counters = RESULTS.map(|r| {
+            self.lookups
+                .get_or_create(&vec![
+                    ("integration", integration.to_owned()),
+                    ("result", r.to_owned()),
+                ])
+                .clone()
+        });
+        counters[index].inc();
+        self.lookup_handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(integration.to_owned(), counters);
     }
 
     pub(crate) fn call(&self, integration: &str, call: &'static str, seconds: f64) {
@@ -74,5 +105,31 @@ impl ScanMetrics {
                 ("error", error.to_owned()),
             ])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_are_counted_by_integration_and_result_through_the_kept_handles() {
+        let metrics = ScanMetrics::default();
+        for result in ["hit", "hit", "miss", "stale", "hit"] {
+            metrics.lookup("harbor", result);
+        }
+        metrics.lookup("trivy", "miss");
+        let mut registry = Registry::with_prefix("portcullis");
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            r#"portcullis_scan_cache_lookups_total{integration="harbor",result="hit"} 3"#,
+            r#"portcullis_scan_cache_lookups_total{integration="harbor",result="stale"} 1"#,
+            r#"portcullis_scan_cache_lookups_total{integration="harbor",result="miss"} 1"#,
+            r#"portcullis_scan_cache_lookups_total{integration="trivy",result="miss"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 }
