@@ -7,7 +7,7 @@ use std::ops::Bound;
 use std::time::SystemTime;
 
 use portcullis_crds::Action;
-use portcullis_webhook::engine::{Review, Subject, Violation};
+use portcullis_webhook::engine::{Review, Subject, Violation, truncate};
 use portcullis_webhook::image::ImageRef;
 use portcullis_webhook::policy::{NamespaceView, PolicySet};
 use portcullis_webhook::scan::ScanService;
@@ -278,14 +278,7 @@ fn by_policy(object: &str, violations: &[Violation]) -> Vec<PolicyResult> {
         }
     }
     for result in &mut results {
-        if result.message.len() > MAX_MESSAGE {
-            let mut cut = MAX_MESSAGE - 3;
-            while !result.message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            result.message.truncate(cut);
-            result.message.push('…');
-        }
+        result.message = truncate(std::mem::take(&mut result.message), MAX_MESSAGE);
     }
     results
 }

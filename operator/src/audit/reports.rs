@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use portcullis_crds::Action;
 use portcullis_webhook::decisions::{Denials, action_label};
+use portcullis_webhook::engine::truncate;
 use serde_json::{Value, json};
 
 use super::ledger::Ledger;
@@ -41,17 +42,6 @@ fn severity_of(action: Action) -> &'static str {
         Action::Warn => "medium",
         Action::Audit => "low",
     }
-}
-
-fn cut(message: &str) -> String {
-    if message.len() <= MAX_MESSAGE {
-        return message.to_owned();
-    }
-    let mut end = MAX_MESSAGE - 3;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &message[..end])
 }
 
 fn timestamp(at: SystemTime) -> Value {
@@ -111,7 +101,7 @@ pub fn namespace_report(
                 "result": outcome,
                 "scored": true,
                 "timestamp": timestamp(at),
-                "message": cut(&r.message),
+                "message": truncate(r.message.clone(), MAX_MESSAGE),
                 "resources": [{
                     "apiVersion": entry.running.api_version,
                     "kind": key.kind.as_str(),
@@ -134,7 +124,7 @@ pub fn namespace_report(
             "result": "fail",
             "scored": true,
             "timestamp": timestamp(denied.last_time),
-            "message": cut(&format!("{} admission requests denied; the latest: {}", denied.count, denied.last_message)),
+            "message": truncate(format!("{} admission requests denied; the latest: {}", denied.count, denied.last_message), MAX_MESSAGE),
             "properties": {"action": "Block", "deniedRequests": denied.count.to_string()},
         }));
     }
@@ -329,7 +319,7 @@ mod tests {
         let size = serde_json::to_vec(&report).unwrap().len();
         assert!(size < 1024 * 1024, "{size} bytes");
         let message = "é".repeat(MAX_MESSAGE);
-        let cut_message = cut(&message);
+        let cut_message = truncate(message, MAX_MESSAGE);
         assert!(cut_message.len() <= MAX_MESSAGE && cut_message.ends_with('…'));
     }
 

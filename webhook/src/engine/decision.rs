@@ -149,7 +149,7 @@ fn lines<'a>(object: &str, violations: impl Iterator<Item = &'a Violation>) -> V
 }
 
 /// Cuts `s` to at most `max` bytes, ending in `…` when cut.
-pub(crate) fn truncate(mut s: String, max: usize) -> String {
+pub fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max - 3;
         while !s.is_char_boundary(cut) {

@@ -5,7 +5,7 @@ mod decision;
 pub mod mutation;
 mod rules;
 
-pub(crate) use decision::truncate;
+pub use decision::truncate;
 pub use decision::{Decision, Violation};
 
 use std::cell::OnceCell;
