@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use portcullis_webhook::auditlog::{Event, Finding, Monitor, Settings, Severity, State};
+use portcullis_webhook::auditlog::{Event, Finding, Monitor, Settings, State};
 
 use crate::cli::{AuditScanArgs, OutputFormat};
 
@@ -198,9 +198,4 @@ fn print(finding: &Finding, format: OutputFormat, out: &mut dyn Write) -> std::i
             finding.message
         ),
     }
-}
-
-/// `--fail-on`.
-pub fn parse_severity(s: &str) -> Result<Severity, String> {
-    s.parse()
 }

@@ -56,7 +56,7 @@ pub struct AuditScanArgs {
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     /// Exit 1 when a finding at or above this severity exists (Info, Low, Medium, High, Critical).
-    #[arg(long, default_value = "High", value_parser = crate::audit_scan::parse_severity)]
+    #[arg(long, default_value = "High")]
     pub fail_on: portcullis_webhook::auditlog::Severity,
 }
 
@@ -70,29 +70,6 @@ pub struct InventoryArgs {
     /// Table or JSON.
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
-}
-
-/// Which admission requests get a decision log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DecisionLogLevel {
-    /// Every request evaluated.
-    All,
-    /// Requests with a violation, and those refused as unreadable.
-    Violations,
-    /// None.
-    None,
-}
-
-impl DecisionLogLevel {
-    /// The webhook's setting.
-    pub fn setting(self) -> portcullis_webhook::decisions::DecisionLog {
-        use portcullis_webhook::decisions::DecisionLog;
-        match self {
-            DecisionLogLevel::All => DecisionLog::All,
-            DecisionLogLevel::Violations => DecisionLog::Violations,
-            DecisionLogLevel::None => DecisionLog::None,
-        }
-    }
 }
 
 /// `portcullis serve`.
@@ -116,8 +93,8 @@ pub struct ServeArgs {
     pub scan: ScanArgs,
     /// One JSON decision line (uid, user, namespace, kind, name, verdict, policies;
     /// never the object) per request: all, violations or none.
-    #[arg(long, env = "PORTCULLIS_DECISION_LOG", value_enum, default_value_t = DecisionLogLevel::Violations)]
-    pub decision_log: DecisionLogLevel,
+    #[arg(long, env = "PORTCULLIS_DECISION_LOG", default_value = "violations")]
+    pub decision_log: portcullis_webhook::decisions::DecisionLog,
     /// Audit-log monitoring.
     #[command(flatten)]
     pub audit: AuditArgs,
@@ -203,8 +180,8 @@ pub struct RunArgs {
     pub scan: ScanArgs,
     /// One JSON decision line (uid, user, namespace, kind, name, verdict, policies;
     /// never the object) per request: all, violations or none.
-    #[arg(long, env = "PORTCULLIS_DECISION_LOG", value_enum, default_value_t = DecisionLogLevel::Violations)]
-    pub decision_log: DecisionLogLevel,
+    #[arg(long, env = "PORTCULLIS_DECISION_LOG", default_value = "violations")]
+    pub decision_log: portcullis_webhook::decisions::DecisionLog,
     /// Audit-log monitoring.
     #[command(flatten)]
     pub audit: AuditArgs,

@@ -150,7 +150,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let state = AppState {
-        decisions: Decisions::new(args.decision_log.setting()),
+        decisions: Decisions::new(args.decision_log),
         ..AppState::new(shared, scans.clone(), Readiness::ready_now())
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

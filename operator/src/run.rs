@@ -114,7 +114,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             shared.clone(),
         ),
     );
-    let decisions = Decisions::new(args.decision_log.setting());
+    let decisions = Decisions::new(args.decision_log);
     metrics.register_with(|registry| decisions.register(registry));
     let audit = Audit::new(decisions.clone());
     {
