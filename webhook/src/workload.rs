@@ -82,6 +82,20 @@ impl WorkloadKind {
         group_ok.then_some(k)
     }
 
+    /// The API resource (plural) objects of this kind are served as.
+    pub fn resource(self) -> &'static str {
+        match self {
+            Self::Pod => "pods",
+            Self::Deployment => "deployments",
+            Self::ReplicaSet => "replicasets",
+            Self::StatefulSet => "statefulsets",
+            Self::DaemonSet => "daemonsets",
+            Self::Job => "jobs",
+            Self::CronJob => "cronjobs",
+            Self::ReplicationController => "replicationcontrollers",
+        }
+    }
+
     /// Where the pod spec sits in an object of this kind.
     pub fn pod_spec_path(self) -> &'static str {
         match self {

@@ -13,21 +13,17 @@ use portcullis_webhook::workload::WorkloadKind;
 use super::Input;
 use super::projection::{Projected, key, project};
 
-/// Where each kind is served: `(group, version, plural)`, preferred first.
-fn candidates(kind: WorkloadKind) -> &'static [(&'static str, &'static str, &'static str)] {
+/// Where each kind is served: `(group, version)`, preferred first.
+fn candidates(kind: WorkloadKind) -> &'static [(&'static str, &'static str)] {
     match kind {
-        WorkloadKind::Pod => &[("", "v1", "pods")],
-        WorkloadKind::ReplicationController => &[("", "v1", "replicationcontrollers")],
-        WorkloadKind::Deployment => &[("apps", "v1", "deployments")],
-        WorkloadKind::ReplicaSet => &[("apps", "v1", "replicasets")],
-        WorkloadKind::StatefulSet => &[("apps", "v1", "statefulsets")],
-        WorkloadKind::DaemonSet => &[("apps", "v1", "daemonsets")],
-        WorkloadKind::Job => &[("batch", "v1", "jobs")],
+        WorkloadKind::Pod | WorkloadKind::ReplicationController => &[("", "v1")],
+        WorkloadKind::Deployment
+        | WorkloadKind::ReplicaSet
+        | WorkloadKind::StatefulSet
+        | WorkloadKind::DaemonSet => &[("apps", "v1")],
+        WorkloadKind::Job => &[("batch", "v1")],
         // batch/v1 from Kubernetes 1.21; batch/v1beta1 before.
-        WorkloadKind::CronJob => &[
-            ("batch", "v1", "cronjobs"),
-            ("batch", "v1beta1", "cronjobs"),
-        ],
+        WorkloadKind::CronJob => &[("batch", "v1"), ("batch", "v1beta1")],
     }
 }
 
@@ -35,7 +31,8 @@ fn candidates(kind: WorkloadKind) -> &'static [(&'static str, &'static str, &'st
 pub async fn resources(client: &Client) -> anyhow::Result<Vec<(WorkloadKind, ApiResource)>> {
     let mut found = Vec::new();
     for kind in WorkloadKind::ALL {
-        for (group, version, plural) in candidates(kind) {
+        let plural = kind.resource();
+        for (group, version) in candidates(kind) {
             let api_version = if group.is_empty() {
                 (*version).to_owned()
             } else {

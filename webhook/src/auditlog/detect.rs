@@ -165,17 +165,9 @@ fn authorization_denied(event: &Event<'_>) -> bool {
 }
 
 fn workload_kind(resource: &str) -> Option<WorkloadKind> {
-    Some(match resource {
-        "pods" => WorkloadKind::Pod,
-        "deployments" => WorkloadKind::Deployment,
-        "replicasets" => WorkloadKind::ReplicaSet,
-        "statefulsets" => WorkloadKind::StatefulSet,
-        "daemonsets" => WorkloadKind::DaemonSet,
-        "jobs" => WorkloadKind::Job,
-        "cronjobs" => WorkloadKind::CronJob,
-        "replicationcontrollers" => WorkloadKind::ReplicationController,
-        _ => return None,
-    })
+    WorkloadKind::ALL
+        .into_iter()
+        .find(|k| k.resource() == resource)
 }
 
 /// The workload detections, on a created or changed workload's request object.
