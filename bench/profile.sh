@@ -6,12 +6,12 @@
 # prints the total per request and the top functions. Instruction counts do not move
 # with the machine's load, so two binaries compare here even when wall-clock figures
 # cannot; `callgrind_annotate` reads the profile kept in $PROFILE (default
-# ./callgrind.portcullis). Needs valgrind (apt-get install valgrind).
+# target/callgrind.portcullis). Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/portcullis}
 containers=${2:-5}
-out=${PROFILE:-$PWD/callgrind.portcullis}
+out=${PROFILE:-$PWD/target/callgrind.portcullis}
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 cargo build --release -q -p portcullis -p portcullis-bench
 bench=target/release/portcullis-bench
