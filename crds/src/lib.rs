@@ -4,10 +4,12 @@
 //! in `portcullis-webhook` (`policy::compile`), the one validation the controller, local
 //! mode and the CLI share.
 
+mod audit;
 mod policy;
 mod registry;
 pub mod schema;
 
+pub use audit::*;
 pub use policy::*;
 pub use registry::*;
 
@@ -29,6 +31,10 @@ pub fn crd_yaml() -> Result<Vec<(&'static str, String)>, serde_saphyr::Serialize
         (
             "portcullis.dev_registryintegrations.yaml",
             serde_saphyr::to_string(&RegistryIntegration::crd())?,
+        ),
+        (
+            "portcullis.dev_auditmonitors.yaml",
+            serde_saphyr::to_string(&AuditMonitor::crd())?,
         ),
     ])
 }

@@ -5,7 +5,10 @@
 //! user who may not, `kubectl exec` into a (Pending) Pod, a privileged Pod in
 //! kube-system, a namespace deleted — raises its detection once within 5 s, in
 //! `GET /findings`; a wrong token is refused; and `portcullis audit-scan` over the same
-//! events, as the log backend wrote them, finds the same.
+//! events, as the log backend wrote them, finds the same. Then an AuditMonitor: refused
+//! when invalid; its exclusions, disabled detections and severities applied; its sink
+//! (an https server here) sent the new findings in order once it stops answering 503;
+//! its status (`Ready`, `SinkReachable`, counts) written.
 
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
@@ -15,10 +18,14 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use portcullis_webhook::testing::TestServer;
 use portcullis_webhook::tls::generate;
 use support::cluster::PrivateCluster;
-use support::free_port;
 use support::replica::Installation;
+use support::{Routes, free_port, webhook_configuration};
 
 const TOKEN: &str = "e2e-audit-token-0123456789";
 
@@ -227,4 +234,197 @@ async fn the_api_servers_audit_events_raise_each_detection_once() {
         .filter(|(d, o, _)| expected.contains(&(d.clone(), o.clone())))
         .collect();
     assert_eq!(from_log, from_webhook);
+
+    configured_by_an_audit_monitor(&cluster, &private, port, &ca, &findings_url).await;
+}
+
+/// The AuditMonitor `default`: refused when invalid, its exclusions and detection
+/// settings applied within seconds, its sink sent every new finding — spooled while the
+/// sink answers 503, delivered once it answers again — and its status counting them.
+async fn configured_by_an_audit_monitor(
+    cluster: &support::Cluster,
+    private: &PrivateCluster,
+    port: u16,
+    ca: &std::path::Path,
+    findings_url: &str,
+) {
+    // The policies webhook, as config/default registers it, at this replica.
+    let mut configuration: serde_json::Value = serde_json::from_str(&webhook_configuration(
+        "e2e-audit-monitor",
+        "e2e-audit",
+        &format!("https://127.0.0.1:{port}/validate"),
+        Routes {
+            workloads: false,
+            ephemeral_containers: false,
+            policies: true,
+        },
+    ))
+    .unwrap();
+    let ca_bundle =
+        serde_json::to_value(k8s_openapi::ByteString(std::fs::read(ca).unwrap())).unwrap();
+    for webhook in configuration["webhooks"].as_array_mut().unwrap() {
+        webhook["clientConfig"]["caBundle"] = ca_bundle.clone();
+    }
+    cluster.apply(&configuration.to_string());
+
+    // A SIEM that is down at first.
+    let up = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = {
+        let (up, received) = (up.clone(), received.clone());
+        TestServer::start_router(axum::Router::new().route(
+            "/findings",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (up, received) = (up.clone(), received.clone());
+                async move {
+                    if !up.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let batch: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+                    received.lock().unwrap().extend(batch);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        ))
+        .await
+        .unwrap()
+    };
+    let monitor = |detections: &str| {
+        format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: AuditMonitor\nmetadata: {{name: default}}\nspec:\n  detections: {detections}\n  exclude: {{users: [\"carol*\"]}}\n  sink:\n    url: https://127.0.0.1:{}/findings\n    caBundle: {}\n",
+            sink.addr.port(),
+            serde_json::to_string(&sink.certs.ca_pem).unwrap()
+        )
+    };
+    let mut refused = String::new();
+    support::eventually(
+        "the policies webhook refusing an unknown detection",
+        Duration::from_secs(30),
+        || {
+            let out = cluster.kubectl(
+                &["apply", "-f", "-"],
+                Some(&monitor("{anonymous-requests: {enabled: false}}")),
+            );
+            refused = String::from_utf8_lossy(&out.stderr).into_owned();
+            !out.status.success() && refused.contains("policies.portcullis.dev")
+        },
+    );
+    assert!(
+        refused.contains("spec.detections.anonymous-requests: unknown detection"),
+        "{refused}"
+    );
+    cluster.apply(&monitor(
+        "{anonymous-request: {enabled: false}, secret-access-denied: {severity: High}}",
+    ));
+    let jsonpath = |path: &str| {
+        cluster.kubectl_ok(
+            &[
+                "get",
+                "auditmonitor",
+                "default",
+                "-o",
+                &format!("jsonpath={path}"),
+            ],
+            None,
+        )
+    };
+    support::eventually(
+        "AuditMonitor default Ready",
+        Duration::from_secs(30),
+        || jsonpath("{.status.conditions[?(@.type==\"Ready\")].status}") == "True",
+    );
+    // The settings reach the receiver through the watch; give it a moment, then act.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = raised(
+        &serde_json::from_str::<serde_json::Value>(&curl(&[findings_url])).unwrap()["findings"],
+    )
+    .len();
+    for user in ["carol", "dave"] {
+        let denied = cluster.kubectl(
+            &[
+                "get",
+                "secret",
+                "s1",
+                "-n",
+                "e2e-audit",
+                &format!("--as={user}"),
+            ],
+            None,
+        );
+        assert!(!denied.status.success());
+    }
+    curl(&[
+        "-k",
+        &format!("{}/api/v1/namespaces/e2e-audit/pods", private.api_url()),
+    ]);
+    cluster.kubectl(
+        &["get", "secret", "s1", "-n", "e2e-audit", "--as=erin"],
+        None,
+    );
+    let acted = Instant::now();
+    let mut new = Vec::new();
+    while acted.elapsed() < Duration::from_secs(5) {
+        let body: serde_json::Value =
+            serde_json::from_str(&curl(&[findings_url])).unwrap_or_default();
+        new = body["findings"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .split_off(before);
+        if new.iter().any(|f| f["user"] == "erin") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("findings after the AuditMonitor: {new:#?}");
+    let users: Vec<&str> = new.iter().map(|f| f["user"].as_str().unwrap()).collect();
+    assert_eq!(
+        users,
+        ["dave", "erin"],
+        "carol is excluded; anonymous-request is off"
+    );
+    assert!(
+        new.iter()
+            .all(|f| f["detection"] == "secret-access-denied" && f["severity"] == "High")
+    );
+
+    // The sink was down: both wait, in order, and the status says so.
+    support::eventually("SinkReachable False", Duration::from_secs(30), || {
+        jsonpath("{.status.conditions[?(@.type==\"SinkReachable\")].status}") == "False"
+            && jsonpath("{.status.sink.pending}") == "2"
+    });
+    assert!(received.lock().unwrap().is_empty());
+    up.store(true, Ordering::SeqCst);
+    support::eventually(
+        "the spooled findings delivered",
+        Duration::from_secs(30),
+        || received.lock().unwrap().len() >= 2,
+    );
+    let delivered: Vec<String> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|f| f["user"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(delivered, ["dave", "erin"]);
+    support::eventually(
+        "the status counting the delivery",
+        Duration::from_secs(30),
+        || {
+            jsonpath("{.status.conditions[?(@.type==\"SinkReachable\")].status}") == "True"
+                && jsonpath("{.status.sink.delivered}") == "2"
+                && jsonpath("{.status.sink.pending}") == "0"
+        },
+    );
+    let total: usize = jsonpath("{.status.findings.total}").parse().unwrap();
+    assert_eq!(
+        total,
+        before + 2,
+        "status counts every finding of this replica"
+    );
+    let columns = cluster.kubectl_ok(&["get", "amon"], None);
+    assert!(
+        columns.starts_with("NAME") && columns.contains("FINDINGS"),
+        "{columns}"
+    );
 }

@@ -41,8 +41,19 @@ fn crds_install_as_the_readme_says_and_samples_validate() {
         None,
     );
     assert_eq!(raw, "Ready Reachable Last Contact Age");
+    let raw = cluster.kubectl_ok(
+        &[
+            "get",
+            "crd",
+            "auditmonitors.portcullis.dev",
+            "-o",
+            "jsonpath={.spec.versions[0].additionalPrinterColumns[*].name}",
+        ],
+        None,
+    );
+    assert_eq!(raw, "Ready Findings Sink Age");
     // Short names work as the docs use them.
-    for short in ["cpol", "regint"] {
+    for short in ["cpol", "regint", "amon"] {
         let out = cluster.kubectl(&["get", short], None);
         assert!(
             out.status.success(),

@@ -51,6 +51,7 @@ fn the_install_applies_grants_least_privilege_and_deletes() {
         "namespace/portcullis-system",
         "crd/containerpolicies.portcullis.dev",
         "crd/registryintegrations.portcullis.dev",
+        "crd/auditmonitors.portcullis.dev",
         "-n portcullis-system serviceaccount/portcullis",
         "-n portcullis-system deployment/portcullis",
         "-n portcullis-system service/portcullis",
@@ -88,6 +89,12 @@ fn the_install_applies_grants_least_privilege_and_deletes() {
         &[
             "patch",
             "containerpolicies.portcullis.dev",
+            "--subresource=status",
+        ],
+        &["watch", "auditmonitors.portcullis.dev"],
+        &[
+            "patch",
+            "auditmonitors.portcullis.dev",
             "--subresource=status",
         ],
         &["watch", "namespaces"],

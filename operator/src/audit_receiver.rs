@@ -1,5 +1,6 @@
-//! The audit-log receiver's setup: the token `/audit` requires, the state file in the
-//! cache directory, the periodic save, and `GET /findings` on the metrics port.
+//! The audit-log receiver's setup: the token or client CA `/audit` requires, the state
+//! and the sink's spool in the cache directory, the periodic save, and `GET /findings`
+//! on the metrics port.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,31 +16,45 @@ use crate::cli::AuditArgs;
 
 /// How often the detections' state is saved (and once more at shutdown).
 pub const SAVE_EVERY: Duration = Duration::from_secs(30);
-/// The state file in the cache directory.
-const STATE_FILE: &str = "audit-state.json";
 
-/// The receiver, when `--audit-token-file` is given.
+/// The receiver, when `--audit-token-file` or `--audit-client-ca-file` is given.
 pub fn service(
     args: &AuditArgs,
     cache_dir: Option<&Path>,
 ) -> anyhow::Result<Option<Arc<AuditService>>> {
-    let Some(file) = &args.audit_token_file else {
-        return Ok(None);
+    let token = match &args.audit_token_file {
+        None => None,
+        Some(file) => {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("reading --audit-token-file {}", file.display()))?
+                .trim()
+                .to_owned();
+            if token.len() < 16 {
+                anyhow::bail!(
+                    "--audit-token-file {}: the token must be at least 16 characters",
+                    file.display()
+                );
+            }
+            Some(token)
+        }
     };
-    let token = std::fs::read_to_string(file)
-        .with_context(|| format!("reading --audit-token-file {}", file.display()))?
-        .trim()
-        .to_owned();
-    if token.len() < 16 {
-        anyhow::bail!(
-            "--audit-token-file {}: the token must be at least 16 characters",
-            file.display()
-        );
+    if token.is_none() && args.audit_client_ca_file.is_none() {
+        return Ok(None);
     }
-    let state = cache_dir.map(|dir| dir.join(STATE_FILE));
-    let service = AuditService::new(token, Settings::default(), state)
-        .context("reading the audit detections' saved state")?;
+    let service = AuditService::new(token, Settings::default(), cache_dir)
+        .context("reading the audit detections' saved state and the sink's spool")?;
     Ok(Some(Arc::new(service)))
+}
+
+/// The PEM of `--audit-client-ca-file`, when given.
+pub fn client_ca(args: &AuditArgs) -> anyhow::Result<Option<Vec<u8>>> {
+    args.audit_client_ca_file
+        .as_ref()
+        .map(|file| {
+            std::fs::read(file)
+                .with_context(|| format!("reading --audit-client-ca-file {}", file.display()))
+        })
+        .transpose()
 }
 
 /// Saves the state every [`SAVE_EVERY`] until the process stops.

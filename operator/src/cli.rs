@@ -40,9 +40,15 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// A file holding the bearer token the API server's webhook audit backend sends
-    /// (its kubeconfig's `users[].user.token`); without it `/audit` answers 404.
+    /// (its kubeconfig's `users[].user.token`). Without it or `--audit-client-ca-file`,
+    /// `/audit` answers 404.
     #[arg(long, env = "PORTCULLIS_AUDIT_TOKEN_FILE")]
     pub audit_token_file: Option<PathBuf>,
+    /// A PEM CA file: `/audit` also accepts connections presenting a client certificate
+    /// it signed (the backend kubeconfig's `client-certificate`), verified in the TLS
+    /// handshake.
+    #[arg(long, env = "PORTCULLIS_AUDIT_CLIENT_CA_FILE")]
+    pub audit_client_ca_file: Option<PathBuf>,
 }
 
 /// `portcullis audit-scan`.
@@ -95,9 +101,6 @@ pub struct ServeArgs {
     /// never the object) per request: all, violations or none.
     #[arg(long, env = "PORTCULLIS_DECISION_LOG", default_value = "violations")]
     pub decision_log: portcullis_webhook::decisions::DecisionLog,
-    /// Audit-log monitoring.
-    #[command(flatten)]
-    pub audit: AuditArgs,
 }
 
 /// The scan-result cache and lookups.

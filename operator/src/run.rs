@@ -10,14 +10,14 @@ use portcullis_webhook::decisions::Decisions;
 use portcullis_webhook::policy::{PolicySet, SharedPolicySet};
 use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{self, AppState, Readiness};
-use portcullis_webhook::tls::{CertStore, certified_key, generate, server_config};
+use portcullis_webhook::tls::{CertStore, certified_key, generate};
 
 use crate::audit::{self, Audit};
 use crate::certs::{self, CertSettings};
 use crate::cli::RunArgs;
 use crate::controller::events::Reporter;
 use crate::controller::lookup::ApiReads;
-use crate::controller::{scans as scan_inputs, status, watch};
+use crate::controller::{monitor, scans as scan_inputs, status, watch};
 use crate::leader::{self, Election};
 use crate::metrics::Metrics;
 use crate::supervise::Essentials;
@@ -66,7 +66,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let ready = Readiness::default();
     let mut essentials = Essentials::default();
-    let tls = serving_certificate(&args, &client, &ready, &leader, &mut essentials)?;
+    let client_ca = crate::audit_receiver::client_ca(&args.audit)?;
+    let tls = serving_certificate(
+        &args,
+        &client,
+        &ready,
+        &leader,
+        client_ca.as_deref(),
+        &mut essentials,
+    )?;
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
     let metrics = Arc::new(Metrics::default());
     let scans = ScanService::new(&args.scan.settings()).context("opening the scan cache")?;
@@ -103,6 +111,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics.clone(),
         ),
     );
+    let audit_log = crate::audit_receiver::service(&args.audit, args.scan.cache_dir.as_deref())?;
+    if let Some(receiver) = &audit_log {
+        metrics.register_with(|registry| receiver.register(registry));
+        essentials.spawn(
+            "the audit state saver",
+            crate::audit_receiver::save_periodically(receiver.clone()),
+        );
+        essentials.spawn("the audit sink", receiver.sink().clone().run());
+        essentials.spawn(
+            "the AuditMonitor watch",
+            monitor::apply_settings(client.clone(), receiver.clone(), metrics.clone()),
+        );
+    }
+    essentials.spawn(
+        "the AuditMonitor status writer",
+        monitor::report(
+            client.clone(),
+            reporter.clone(),
+            metrics.clone(),
+            leader.clone(),
+            audit_log.clone(),
+        ),
+    );
     essentials.spawn(
         "the status controllers",
         status::run(
@@ -136,14 +167,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             leader.clone(),
         ),
     );
-    let audit_log = crate::audit_receiver::service(&args.audit, args.scan.cache_dir.as_deref())?;
-    if let Some(receiver) = &audit_log {
-        metrics.register_with(|registry| receiver.register(registry));
-        essentials.spawn(
-            "the audit state saver",
-            crate::audit_receiver::save_periodically(receiver.clone()),
-        );
-    }
     let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
         audit: audit_log.clone(),
@@ -275,10 +298,11 @@ fn serving_certificate(
     client: &Client,
     ready: &Readiness,
     leader: &tokio::sync::watch::Receiver<bool>,
+    client_ca: Option<&[u8]>,
     essentials: &mut Essentials,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     if args.tls.tls_cert_file.is_some() {
-        let tls = crate::tls::from_files(&args.tls, essentials)?;
+        let tls = crate::tls::from_files(&args.tls, client_ca, essentials)?;
         ready.certificate_loaded();
         return Ok(tls);
     }
@@ -309,7 +333,7 @@ fn serving_certificate(
         "the certificate manager",
         certs::manage(client.clone(), settings, leader.clone(), CERT_INTERVAL),
     );
-    Ok(server_config(store)?)
+    crate::tls::config(store, client_ca)
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use portcullis_webhook::tls::{
-    CertStore, FileCert, certified_key, generate, server_config, write_generated,
+    CertStore, FileCert, certified_key, generate, server_config, server_config_with_client_ca,
+    write_generated,
 };
 
 use crate::cli::TlsArgs;
@@ -15,10 +16,23 @@ use crate::supervise::Essentials;
 /// How often certificate files are checked for changes.
 const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The server configuration for `store`; with `client_ca` (PEM), client certificates
+/// it signed are verified and mark their requests.
+pub fn config(
+    store: Arc<CertStore>,
+    client_ca: Option<&[u8]>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    Ok(match client_ca {
+        Some(ca) => server_config_with_client_ca(store, ca).context("--audit-client-ca-file")?,
+        None => server_config(store)?,
+    })
+}
+
 /// The certificate from `--tls-cert-file`/`--tls-key-file`, validated now and re-read
 /// (an essential task) when the files change.
 pub fn from_files(
     args: &TlsArgs,
+    client_ca: Option<&[u8]>,
     essentials: &mut Essentials,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) else {
@@ -31,7 +45,7 @@ pub fn from_files(
         "the certificate file watch",
         files.watch(store.clone(), CERT_RELOAD_INTERVAL),
     );
-    Ok(server_config(store)?)
+    config(store, client_ca)
 }
 
 /// Local mode's TLS configuration: the files when given, else a generated CA and
@@ -42,7 +56,7 @@ pub fn serving_tls(
     essentials: &mut Essentials,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let store = match &args.tls_cert_file {
-        Some(_) => return from_files(args, essentials),
+        Some(_) => return from_files(args, None, essentials),
         _ => {
             let mut names = vec![
                 "localhost".to_owned(),

@@ -202,7 +202,7 @@ fn policies_are_checked_when_applied_failing_open() {
     assert_eq!(strings(&rule["apiGroups"]), ["portcullis.dev"]);
     assert_eq!(
         strings(&rule["resources"]),
-        ["containerpolicies", "registryintegrations"]
+        ["containerpolicies", "registryintegrations", "auditmonitors"]
     );
     assert_eq!(strings(&rule["operations"]), ["CREATE", "UPDATE"]);
 }
@@ -264,6 +264,7 @@ fn the_committed_crds_are_installed() {
     for file in [
         "portcullis.dev_containerpolicies.yaml",
         "portcullis.dev_registryintegrations.yaml",
+        "portcullis.dev_auditmonitors.yaml",
     ] {
         let committed: Value = serde_saphyr::from_str(
             &std::fs::read_to_string(

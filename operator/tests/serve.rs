@@ -173,6 +173,7 @@ fn crds_prints_the_committed_definitions() {
     for file in [
         "portcullis.dev_containerpolicies.yaml",
         "portcullis.dev_registryintegrations.yaml",
+        "portcullis.dev_auditmonitors.yaml",
     ] {
         let committed = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))

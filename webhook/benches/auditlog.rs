@@ -26,8 +26,12 @@ fn ingest(c: &mut Criterion) {
     let mut group = c.benchmark_group("audit");
     let body = batch();
     group.throughput(Throughput::Elements(BATCH as u64));
-    let service =
-        AuditService::new("a-token-long-enough".into(), Settings::default(), None).unwrap();
+    let service = AuditService::new(
+        Some("a-token-long-enough".into()),
+        Settings::default(),
+        None,
+    )
+    .unwrap();
     group.bench_function("POST /audit EventList of 400, every detection on", |b| {
         b.iter(|| service.ingest(body.as_bytes()).unwrap())
     });

@@ -174,8 +174,8 @@ pub enum Verdict {
     Unreadable(String),
     /// Evaluated against the policies.
     Decided(Decision),
-    /// A Portcullis object (ContainerPolicy, RegistryIntegration) that would not
-    /// compile: rejected with every bad field.
+    /// A Portcullis object (ContainerPolicy, RegistryIntegration, AuditMonitor) that
+    /// would not compile: rejected with every bad field.
     Invalid(String),
 }
 
@@ -351,8 +351,8 @@ pub fn read<'a>(request: &Request<'a>) -> Result<Evaluable<'a>, Verdict> {
     Ok(Evaluable { kind, object, spec })
 }
 
-/// Checks a ContainerPolicy or RegistryIntegration with the compiler the controller
-/// uses: allowed when it compiles, else rejected naming every bad field.
+/// Checks a ContainerPolicy, RegistryIntegration or AuditMonitor with the compiler the
+/// controller uses: allowed when it compiles, else rejected naming every bad field.
 fn check_policy_object(kind: &str, object: Option<&RawValue>) -> Verdict {
     let Some(raw) = object else {
         return Verdict::Unreadable("request.object is missing".into());
@@ -363,6 +363,15 @@ fn check_policy_object(kind: &str, object: Option<&RawValue>) -> Verdict {
         "RegistryIntegration" => {
             crate::workload::decode::<portcullis_crds::RegistryIntegration>(raw.get()).map(|i| {
                 compile_integration(&i.metadata.name.clone().unwrap_or_default(), &i.spec).err()
+            })
+        }
+        "AuditMonitor" => {
+            crate::workload::decode::<portcullis_crds::AuditMonitor>(raw.get()).map(|m| {
+                crate::auditlog::compile_monitor(
+                    &m.metadata.name.clone().unwrap_or_default(),
+                    &m.spec,
+                )
+                .err()
             })
         }
         _ => return Verdict::Skipped("kind is not evaluated"),

@@ -40,6 +40,23 @@ impl Glob {
         Self::parse(pattern, pattern)
     }
 
+    /// A glob on user names (`system:serviceaccount:argocd:*`, `*@example.com`): any
+    /// characters but whitespace and control characters, compared exactly (case too).
+    pub fn user(pattern: &str) -> Result<Self, String> {
+        if pattern.is_empty() {
+            return Err("pattern is empty".into());
+        }
+        if let Some(c) = pattern
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "pattern {pattern:?} has the character {c:?}, which no user name contains"
+            ));
+        }
+        Self::parse(pattern, pattern)
+    }
+
     /// Compiles `normalized`; errors and display quote `source`, as the user wrote it.
     fn parse(source: &str, normalized: &str) -> Result<Self, String> {
         let segments = normalized

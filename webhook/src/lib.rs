@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod auditlog;
+pub mod client_cert;
 pub mod cluster;
 pub mod decisions;
 pub mod duration;

@@ -6,16 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use tracing::Instrument;
 
 use crate::admission::{self, Verdict};
 use crate::auditlog::AuditService;
+use crate::client_cert::{ClientCertAcceptor, VerifiedClient};
 use crate::cluster::ClusterReads;
 use crate::decisions::Decisions;
 use crate::engine::Review;
@@ -163,18 +164,25 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `POST /audit`: an `EventList` from the API server's webhook audit backend, with the
-/// bearer token; 404 when no token is configured, 401 without the right one.
+/// bearer token or over a connection with a verified client certificate; 404 when the
+/// receiver is off, 401 without either.
 async fn audit(
     State(state): State<AppState>,
+    client: Option<Extension<VerifiedClient>>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let Some(service) = &state.audit else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    if !service.authorized(headers.get(header::AUTHORIZATION).map(|h| h.as_bytes())) {
-        tracing::warn!("refused an /audit request without the audit token");
-        return (StatusCode::UNAUTHORIZED, "a bearer token is required").into_response();
+    let authorization = headers.get(header::AUTHORIZATION).map(|h| h.as_bytes());
+    if !service.authorized(client.is_some(), authorization) {
+        tracing::warn!("refused an /audit request without the audit token or client certificate");
+        return (
+            StatusCode::UNAUTHORIZED,
+            "the audit token or a client certificate is required",
+        )
+            .into_response();
     }
     match service.ingest(&body) {
         Ok(_) => (StatusCode::OK, "{}").into_response(),
@@ -422,6 +430,7 @@ pub async fn serve(
         axum_server::tls_rustls::RustlsConfig::from_config(tls),
     )
     .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let acceptor = ClientCertAcceptor(acceptor);
     axum_server::from_tcp(listener)?
         .acceptor(acceptor)
         .handle(handle)

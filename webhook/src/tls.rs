@@ -69,11 +69,53 @@ impl ResolvesServerCert for CertStore {
 
 /// A rustls server configuration: TLS 1.3 and 1.2 only, aws-lc-rs, ALPN h2 and http/1.1.
 pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut config =
+    build_server_config(store, None)
+}
+
+/// [`server_config`] that also asks clients for a certificate: one signed by a CA of
+/// `client_ca_pem` is verified in the handshake (any other ends it); a client without
+/// one is served as before. The server marks requests of verified connections
+/// ([`crate::server::VerifiedClient`]).
+pub fn server_config_with_client_ca(
+    store: Arc<CertStore>,
+    client_ca_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let pem = |message: String| TlsError::Pem {
+        what: "client CA".into(),
+        message,
+    };
+    let certs = CertificateDer::pem_slice_iter(client_ca_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem(format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(pem("no CERTIFICATE block found".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(aws_lc_rs::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| pem(e.to_string()))?;
+    build_server_config(store, Some(verifier))
+}
+
+fn build_server_config(
+    store: Arc<CertStore>,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder =
         rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
-            .with_cert_resolver(store);
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let mut config = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    }
+    .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

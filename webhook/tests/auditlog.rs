@@ -340,7 +340,8 @@ mod receiver {
 
     #[tokio::test]
     async fn only_the_token_gets_in_and_what_gets_in_is_judged() {
-        let service = Arc::new(AuditService::new(TOKEN.into(), Settings::default(), None).unwrap());
+        let service =
+            Arc::new(AuditService::new(Some(TOKEN.into()), Settings::default(), None).unwrap());
         let app = app(Some(service.clone()));
         assert_eq!(
             post(&app, None, event_list()).await,
@@ -397,12 +398,12 @@ mod receiver {
     #[test]
     fn the_saved_state_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("audit-state.json");
         let first =
-            AuditService::new(TOKEN.into(), Settings::default(), Some(file.clone())).unwrap();
+            AuditService::new(Some(TOKEN.into()), Settings::default(), Some(dir.path())).unwrap();
         first.ingest(event_list().as_bytes()).unwrap();
         first.save().unwrap();
-        let again = AuditService::new(TOKEN.into(), Settings::default(), Some(file)).unwrap();
+        let again =
+            AuditService::new(Some(TOKEN.into()), Settings::default(), Some(dir.path())).unwrap();
         again.ingest(event_list().as_bytes()).unwrap();
         let detections: Vec<&str> = again
             .findings_since(None)
@@ -412,5 +413,73 @@ mod receiver {
             .collect();
         assert!(!detections.contains(&"new-registry"), "{detections:?}");
         assert_eq!(detections.len(), 12);
+    }
+}
+
+/// `/audit` over real HTTPS with `--audit-client-ca-file`: a client certificate signed
+/// by that CA gets in without a token; no certificate and no token is refused, and a
+/// certificate of another CA does not even complete the handshake.
+mod client_certificates {
+    use std::sync::Arc;
+
+    use portcullis_webhook::auditlog::{AuditService, Settings};
+    use portcullis_webhook::policy::PolicySet;
+    use portcullis_webhook::scan::ScanService;
+    use portcullis_webhook::server::{AppState, Readiness};
+    use portcullis_webhook::testing::{TestClient, TestServer, client_identity};
+
+    use super::CAPTURE;
+
+    #[tokio::test]
+    async fn a_certificate_of_the_audit_ca_gets_in_and_nothing_else_does() {
+        let apiserver = client_identity("kube-apiserver").unwrap();
+        let stranger = client_identity("kube-apiserver").unwrap();
+        let service = Arc::new(AuditService::new(None, Settings::default(), None).unwrap());
+        let shared = Arc::new(arc_swap::ArcSwap::from_pointee(PolicySet::default()));
+        let state = AppState {
+            audit: Some(service.clone()),
+            ..AppState::new(shared, ScanService::in_memory(), Readiness::ready_now())
+        };
+        let server = TestServer::start_verifying_clients(state, &apiserver.ca_pem)
+            .await
+            .unwrap();
+        let items: Vec<serde_json::Value> = CAPTURE
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let body = serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items})
+            .to_string()
+            .into_bytes();
+
+        let anonymous = server.client().unwrap();
+        let refused = anonymous.post("/audit", body.clone()).await.unwrap();
+        assert_eq!(refused.status, 401);
+        assert!(service.findings_since(None).unwrap().is_empty());
+        // Admission requests (the API server presents no client certificate) go on.
+        assert_eq!(anonymous.get("/readyz").await.unwrap().status, 200);
+
+        let other = TestClient::with_identity(
+            server.addr,
+            &server.certs.ca_pem,
+            &stranger.cert_pem,
+            &stranger.key_pem,
+        )
+        .unwrap();
+        assert!(
+            other.post("/audit", body.clone()).await.is_err(),
+            "a certificate of another CA ends the handshake"
+        );
+        assert!(service.findings_since(None).unwrap().is_empty());
+
+        let trusted = TestClient::with_identity(
+            server.addr,
+            &server.certs.ca_pem,
+            &apiserver.cert_pem,
+            &apiserver.key_pem,
+        )
+        .unwrap();
+        let accepted = trusted.post("/audit", body).await.unwrap();
+        assert_eq!(accepted.status, 200);
+        assert_eq!(service.findings_since(None).unwrap().len(), 15);
     }
 }

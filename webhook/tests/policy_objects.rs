@@ -1,6 +1,6 @@
-//! ContainerPolicies and RegistryIntegrations are checked when applied: the webhook
-//! compiles them with the controller's compiler and rejects what would not compile,
-//! naming every bad field (the real API server's side: e2e `policy_admission`).
+//! ContainerPolicies, RegistryIntegrations and AuditMonitors are checked when applied:
+//! the webhook compiles them with the controller's compiler and rejects what would not
+//! compile, naming every bad field (the real API server's side: e2e `policy_admission`).
 
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
@@ -134,4 +134,41 @@ async fn integrations_are_checked_too_and_deletes_pass() {
         deleted["allowed"], true,
         "deleting a broken object is never blocked"
     );
+}
+
+#[tokio::test]
+async fn audit_monitors_are_checked_too() {
+    let bad = json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuditMonitor",
+        "metadata": {"name": "strict"},
+        "spec": {"detections": {"manual-pods": {"enabled": false}}, "sink": {"url": "http://siem.internal"}}});
+    let refused = answer(&review(
+        "AuditMonitor",
+        "auditmonitors",
+        "CREATE",
+        false,
+        bad,
+    ))
+    .await;
+    assert_eq!(refused["allowed"], false);
+    let message = refused["status"]["message"].as_str().unwrap();
+    for field in [
+        "AuditMonitor \"strict\" is invalid",
+        "metadata.name: only the AuditMonitor named \"default\" is used",
+        "spec.detections.manual-pods: unknown detection",
+        "spec.sink.url: \"http://siem.internal\" must use https",
+    ] {
+        assert!(message.contains(field), "{field:?} missing from {message}");
+    }
+    let good = json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "AuditMonitor",
+        "metadata": {"name": "default"},
+        "spec": {"detections": {"manual-pod": {"enabled": false}}, "exclude": {"users": ["system:serviceaccount:argocd:*"]}}});
+    let allowed = answer(&review(
+        "AuditMonitor",
+        "auditmonitors",
+        "CREATE",
+        false,
+        good,
+    ))
+    .await;
+    assert_eq!(allowed["allowed"], true, "{allowed}");
 }

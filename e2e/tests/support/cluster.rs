@@ -79,6 +79,7 @@ impl Cluster {
                 "--timeout=60s",
                 "crd/containerpolicies.portcullis.dev",
                 "crd/registryintegrations.portcullis.dev",
+                "crd/auditmonitors.portcullis.dev",
             ],
             None,
         );

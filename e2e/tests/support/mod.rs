@@ -141,7 +141,7 @@ pub fn webhook_configuration(name: &str, scope: &str, url: &str, routes: Routes)
             "failurePolicy": "Ignore", "matchPolicy": "Equivalent", "timeoutSeconds": 5,
             "clientConfig": {{"url": "{url}"}},
             "rules": [{{"apiGroups": ["portcullis.dev"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
-                        "resources": ["containerpolicies", "registryintegrations"], "scope": "Cluster"}}]}}"#
+                        "resources": ["containerpolicies", "registryintegrations", "auditmonitors"], "scope": "Cluster"}}]}}"#
         )
     } else {
         String::new()

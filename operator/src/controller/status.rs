@@ -62,7 +62,7 @@ struct Context {
 }
 
 /// How often a replica that is not the leader looks again.
-const FOLLOWER_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+pub(super) const FOLLOWER_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Runs both status controllers until the process stops; only the leader writes.
 pub async fn run(
@@ -191,7 +191,10 @@ impl Reported for RegistryIntegration {
 
 /// The JSON merge patch that turns `old` into `new`: a merge patch merges objects, so
 /// every key only `old` has becomes `null` (removed).
-fn merge_replace(old: Option<&serde_json::Value>, new: serde_json::Value) -> serde_json::Value {
+pub(super) fn merge_replace(
+    old: Option<&serde_json::Value>,
+    new: serde_json::Value,
+) -> serde_json::Value {
     match (old, new) {
         (Some(serde_json::Value::Object(old)), serde_json::Value::Object(mut new)) => {
             for (key, old_value) in old {
@@ -330,7 +333,7 @@ where
 
 /// The `Ready` condition an object deserves; the transition time moves only when the
 /// status does.
-fn ready_condition(
+pub(super) fn ready_condition(
     problem: Option<&(&'static str, String)>,
     generation: Option<i64>,
     previous: Option<&Condition>,
@@ -374,7 +377,7 @@ fn backend_condition(
     )
 }
 
-fn condition(
+pub(super) fn condition(
     type_: &str,
     status: &str,
     reason: &str,

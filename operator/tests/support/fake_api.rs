@@ -173,6 +173,7 @@ impl FakeApi {
 const KINDS: &[(&str, &str)] = &[
     ("containerpolicies", "ContainerPolicy"),
     ("registryintegrations", "RegistryIntegration"),
+    ("auditmonitors", "AuditMonitor"),
     ("namespaces", "Namespace"),
     ("secrets", "Secret"),
     ("leases", "Lease"),

@@ -3,9 +3,12 @@
 //! recent findings for de-duplication) is a value the caller owns, and time is the
 //! events' own, so `/audit` and `portcullis audit-scan` judge a stream alike.
 
+pub mod config;
 mod detect;
 pub mod event;
 pub mod service;
+pub mod sink;
+mod spool;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -14,7 +17,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::glob::{Glob, any_match};
+pub use config::{MonitorConfig, SinkConfig, compile_monitor};
 pub use event::{Event, EventList};
+/// How much a finding matters (the API's type).
+pub use portcullis_crds::FindingSeverity as Severity;
 pub use service::AuditService;
 
 /// A built-in detection; its ID is stable.
@@ -130,51 +136,6 @@ impl FromStr for Detection {
             .into_iter()
             .find(|d| d.id() == s)
             .ok_or_else(|| format!("unknown detection {s:?}"))
-    }
-}
-
-/// How much a finding matters, most first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Severity {
-    /// Informational.
-    Info,
-    /// Low.
-    Low,
-    /// Medium.
-    Medium,
-    /// High.
-    High,
-    /// Critical.
-    Critical,
-}
-
-impl Severity {
-    /// Its name (`High`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "Info",
-            Severity::Low => "Low",
-            Severity::Medium => "Medium",
-            Severity::High => "High",
-            Severity::Critical => "Critical",
-        }
-    }
-}
-
-impl FromStr for Severity {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            Severity::Info,
-            Severity::Low,
-            Severity::Medium,
-            Severity::High,
-            Severity::Critical,
-        ]
-        .into_iter()
-        .find(|v| v.as_str().eq_ignore_ascii_case(s))
-        .ok_or_else(|| format!("unknown severity {s:?} (Info, Low, Medium, High, Critical)"))
     }
 }
 

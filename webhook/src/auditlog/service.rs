@@ -5,15 +5,24 @@
 //! restart does not announce every registry again.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use super::{EventList, Finding, Monitor, Settings, State};
+use portcullis_crds::FindingCounts;
+
+use super::sink::Sink;
+use super::spool::{CAPACITY, Spool};
+use super::{EventList, Finding, Monitor, MonitorConfig, Settings, Severity, State};
+
+/// The detections' state file in the state directory.
+pub const STATE_FILE: &str = "audit-state.json";
+/// The sink's spool in the state directory.
+pub const SPOOL_FILE: &str = "audit-spool.jsonl";
 
 /// Findings kept for `GET /findings`; the oldest go first.
 pub const RING: usize = 10_000;
@@ -41,13 +50,17 @@ pub enum IngestError {
 
 /// The `/audit` receiver.
 pub struct AuditService {
-    token: String,
+    /// The bearer token `/audit` accepts; `None`: client certificates only.
+    token: Option<String>,
     monitor: Mutex<Monitor>,
     ring: Mutex<(u64, VecDeque<Numbered>)>,
     events: Counter,
     findings: Family<[(&'static str, &'static str); 2], Counter>,
     state_file: Option<PathBuf>,
     unsaved: std::sync::atomic::AtomicBool,
+    /// Findings raised, by severity (indexed as [`Severity::ALL`]).
+    by_severity: [std::sync::atomic::AtomicU64; Severity::ALL.len()],
+    sink: Arc<Sink>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -55,13 +68,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AuditService {
-    /// A receiver accepting `token` as bearer token, keeping the detections' state in
-    /// `state_file` (read now if it exists).
+    /// A receiver accepting `token` as bearer token (`None`: only verified client
+    /// certificates, see [`AuditService::authorized`]), keeping the detections' state and
+    /// the sink's spool in `dir` (taken up now if they exist; `None`: in memory).
     pub fn new(
-        token: String,
+        token: Option<String>,
         settings: Settings,
-        state_file: Option<PathBuf>,
+        dir: Option<&Path>,
     ) -> std::io::Result<Self> {
+        let state_file = dir.map(|dir| dir.join(STATE_FILE));
+        let spool = match dir {
+            Some(dir) => Spool::open(&dir.join(SPOOL_FILE), CAPACITY)?,
+            None => Spool::in_memory(CAPACITY),
+        };
         let state = match &state_file {
             Some(path) => match std::fs::read(path) {
                 Ok(bytes) => serde_json::from_slice::<State>(&bytes).unwrap_or_else(|error| {
@@ -81,6 +100,8 @@ impl AuditService {
             findings: Family::default(),
             state_file,
             unsaved: std::sync::atomic::AtomicBool::new(false),
+            by_severity: Default::default(),
+            sink: Sink::new(spool),
         })
     }
 
@@ -96,14 +117,28 @@ impl AuditService {
             "Audit-log findings, by detection and severity",
             self.findings.clone(),
         );
+        self.sink.register(registry);
     }
 
-    /// Whether an `Authorization` header carries the token (compared in constant time).
-    pub fn authorized(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(token) = authorization.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+    /// The sink; its delivery task is the caller's to run ([`Sink::run`]).
+    pub fn sink(&self) -> &Arc<Sink> {
+        &self.sink
+    }
+
+    /// Whether a request may deliver events: its connection presented a client
+    /// certificate the server verified against `--audit-client-ca-file`, or its
+    /// `Authorization` header carries the token (compared in constant time).
+    pub fn authorized(&self, verified_client: bool, authorization: Option<&[u8]>) -> bool {
+        if verified_client {
+            return true;
+        }
+        let (Some(expected), Some(token)) = (
+            &self.token,
+            authorization.and_then(|h| h.strip_prefix(b"Bearer ")),
+        ) else {
             return false;
         };
-        aws_lc_rs::constant_time::verify_slices_are_equal(token, self.token.as_bytes()).is_ok()
+        aws_lc_rs::constant_time::verify_slices_are_equal(token, expected.as_bytes()).is_ok()
     }
 
     /// Judges every event of an `EventList`; returns how many events it held.
@@ -127,7 +162,33 @@ impl AuditService {
         Ok(list.items.len())
     }
 
+    /// Judges from now on with `config` (an AuditMonitor applied, changed or deleted)
+    /// and sends findings to its sink; what the detections remember is kept.
+    pub fn configure(&self, config: MonitorConfig) {
+        lock(&self.monitor).settings = config.settings;
+        self.sink.configure(config.sink);
+    }
+
+    /// The findings raised since this process started, by severity.
+    pub fn counts(&self) -> FindingCounts {
+        let mut counts = FindingCounts::default();
+        for (severity, count) in Severity::ALL.iter().zip(&self.by_severity) {
+            let count = count.load(std::sync::atomic::Ordering::Relaxed);
+            if count > 0 {
+                counts.total += count;
+                counts
+                    .by_severity
+                    .insert(severity.as_str().to_owned(), count);
+            }
+        }
+        counts
+    }
+
     fn record(&self, finding: Finding) {
+        // Severity's variants are in the order of `Severity::ALL`.
+        if let Some(count) = self.by_severity.get(finding.severity as usize) {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.findings
             .get_or_create(&[
                 ("detection", finding.detection.id()),
@@ -156,6 +217,7 @@ impl AuditService {
         if ring.1.len() >= RING {
             ring.1.pop_front();
         }
+        self.sink.offer(&finding);
         ring.1.push_back(Numbered { sequence, finding });
     }
 
@@ -182,8 +244,10 @@ impl AuditService {
         Ok(ring.1.iter().filter(|n| keep(n)).cloned().collect())
     }
 
-    /// Writes the detections' state, if it changed, to the state file (atomically).
+    /// Writes the detections' state, if it changed, to the state file (atomically), and
+    /// the sink spool's counters.
     pub fn save(&self) -> std::io::Result<()> {
+        self.sink.save()?;
         let Some(path) = &self.state_file else {
             return Ok(());
         };

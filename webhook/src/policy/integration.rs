@@ -134,7 +134,7 @@ pub fn compile_integration(
 }
 
 /// Backend URLs are https, with a host, and carry no credentials.
-fn validate_https_url(url: &str) -> Result<(), String> {
+pub(crate) fn validate_https_url(url: &str) -> Result<(), String> {
     let uri: axum::http::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;

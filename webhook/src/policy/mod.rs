@@ -9,6 +9,7 @@ pub(crate) use compile::normalize_capability;
 pub use compile::{
     CompiledPolicy, MutationRule, TagRule, VulnerabilityRule, WorkloadRule, compile,
 };
+pub(crate) use integration::validate_https_url;
 pub use integration::{CompiledIntegration, ScannerKind, compile_integration};
 pub use selector::Selector;
 pub use set::{Matching, NamespaceLabels, NamespaceView, PolicySet, SharedPolicySet};

@@ -17,7 +17,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::oneshot;
 
 use crate::server::{self, AppState};
-use crate::tls::{CertStore, GeneratedCerts, certified_key, generate, server_config};
+use crate::tls::{
+    CertStore, GeneratedCerts, certified_key, generate, server_config, server_config_with_client_ca,
+};
 
 /// A running webhook; dropping it shuts the server down.
 pub struct TestServer {
@@ -36,15 +38,31 @@ impl TestServer {
         Self::start_router(server::router(state)).await
     }
 
+    /// [`TestServer::start`], verifying client certificates signed by `client_ca_pem`.
+    pub async fn start_verifying_clients(
+        state: AppState,
+        client_ca_pem: &str,
+    ) -> std::io::Result<Self> {
+        Self::serve(server::router(state), Some(client_ca_pem)).await
+    }
+
     /// Serves any router (a simulated scanner, say) over HTTPS on 127.0.0.1 with a
     /// fresh CA whose certificate is `certs.ca_pem`.
     pub async fn start_router(router: axum::Router) -> std::io::Result<Self> {
+        Self::serve(router, None).await
+    }
+
+    async fn serve(router: axum::Router, client_ca_pem: Option<&str>) -> std::io::Result<Self> {
         let certs =
             generate(&["localhost".into(), "127.0.0.1".into()]).map_err(std::io::Error::other)?;
         let key = certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes())
             .map_err(std::io::Error::other)?;
         let store = CertStore::new(key);
-        let tls = server_config(store.clone()).map_err(std::io::Error::other)?;
+        let tls = match client_ca_pem {
+            Some(ca) => server_config_with_client_ca(store.clone(), ca.as_bytes()),
+            None => server_config(store.clone()),
+        }
+        .map_err(std::io::Error::other)?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -93,12 +111,7 @@ impl TestClient {
         ca_pem: &str,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> std::io::Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots
-                .add(cert.map_err(std::io::Error::other)?)
-                .map_err(std::io::Error::other)?;
-        }
+        let roots = roots(ca_pem)?;
         let mut config =
             rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
                 .with_protocol_versions(versions)
@@ -107,6 +120,33 @@ impl TestClient {
                 .with_no_client_auth();
         // A full handshake every time: resumed sessions skip the certificate check.
         config.resumption = rustls::client::Resumption::disabled();
+        Ok(TestClient {
+            addr,
+            config: Arc::new(config),
+        })
+    }
+
+    /// A client for `addr` trusting `ca_pem` that presents the certificate `cert_pem`
+    /// with its key (as the API server's webhook audit backend can).
+    pub fn with_identity(
+        addr: SocketAddr,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> std::io::Result<Self> {
+        let roots = roots(ca_pem)?;
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(std::io::Error::other)?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(std::io::Error::other)?;
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(std::io::Error::other)?
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .map_err(std::io::Error::other)?;
         Ok(TestClient {
             addr,
             config: Arc::new(config),
@@ -188,6 +228,17 @@ impl TestClient {
     }
 }
 
+/// The certificates of `ca_pem` as trust roots.
+fn roots(ca_pem: &str) -> std::io::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    Ok(roots)
+}
+
 /// Accepts every server certificate (signatures still checked); probes only.
 #[derive(Debug)]
 struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
@@ -235,4 +286,31 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// A CA and a client certificate it signed for `name` (extended key usage clientAuth).
+pub fn client_identity(name: &str) -> Result<crate::tls::GeneratedCerts, rcgen::Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "audit clients CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(Vec::<String>::new())?;
+    leaf.distinguished_name.push(DnType::CommonName, name);
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = leaf.signed_by(&key, &issuer)?;
+    Ok(crate::tls::GeneratedCerts {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }

@@ -1,0 +1,252 @@
+//! The AuditMonitor: its settings into this replica's audit-log receiver (every
+//! replica), and its status (the leader only): `Ready`, `SinkReachable`, the findings
+//! and the sink's counts, and an Event when its spec is rejected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource, ResourceExt};
+use portcullis_crds::{AUDIT_MONITOR_NAME, AuditMonitor, AuditMonitorStatus};
+use portcullis_webhook::auditlog::sink::SinkHealth;
+use portcullis_webhook::auditlog::{AuditService, MonitorConfig, Settings, compile_monitor};
+use portcullis_webhook::policy::join_errors;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::events::{self, Reporter};
+use super::status::{
+    FOLLOWER_RECHECK, INVALID_SPEC, READY, condition, merge_replace, ready_condition,
+};
+use crate::metrics::Metrics;
+
+/// The condition about the sink.
+pub const SINK_REACHABLE: &str = "SinkReachable";
+/// The reason of `Ready=False` when this replica receives no audit events.
+pub const RECEIVER_OFF: &str = "ReceiverOff";
+/// How often the counts in the status are refreshed.
+const REFRESH: Duration = Duration::from_secs(10);
+
+/// Applies the AuditMonitor named `default` to `receiver` as the watch reports it: its
+/// settings when it compiles (a version that does not keeps the last good one), every
+/// default when there is none.
+pub async fn apply_settings(client: Client, receiver: Arc<AuditService>, metrics: Arc<Metrics>) {
+    let api = Api::<AuditMonitor>::all(client);
+    let config = watcher::Config::default().fields(&format!("metadata.name={AUDIT_MONITOR_NAME}"));
+    let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    let mut listed = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Apply(monitor) | Event::InitApply(monitor)) => {
+                listed = true;
+                match compile_monitor(&monitor.name_any(), &monitor.spec) {
+                    Ok(config) => {
+                        tracing::info!(generation = ?monitor.meta().generation, "audit-log detections configured by AuditMonitor default");
+                        receiver.configure(config);
+                    }
+                    Err(errors) => tracing::warn!(
+                        errors = join_errors(&errors),
+                        "AuditMonitor default is invalid; the detections keep their previous settings"
+                    ),
+                }
+            }
+            Ok(Event::Delete(_)) => defaults(&receiver),
+            Ok(Event::Init) => listed = false,
+            Ok(Event::InitDone) => {
+                if !listed {
+                    defaults(&receiver);
+                }
+            }
+            Err(error) => {
+                metrics.watch_error("AuditMonitor");
+                tracing::warn!(%error, "AuditMonitor watch failed; retrying with backoff, the detections keep their settings");
+            }
+        }
+    }
+}
+
+fn defaults(receiver: &AuditService) {
+    receiver.configure(MonitorConfig {
+        settings: Settings::default(),
+        sink: None,
+    });
+}
+
+/// Why a status write failed (retried).
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    /// The API server refused or did not answer.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The status could not be encoded.
+    #[error("encoding the status: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl Error {
+    fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Encode(_) => "encode",
+        }
+    }
+}
+
+struct Context {
+    client: Client,
+    reporter: Reporter,
+    metrics: Arc<Metrics>,
+    leader: watch::Receiver<bool>,
+    receiver: Option<Arc<AuditService>>,
+}
+
+/// Writes every AuditMonitor's status until the process stops; only the leader writes.
+pub async fn report(
+    client: Client,
+    reporter: Reporter,
+    metrics: Arc<Metrics>,
+    leader: watch::Receiver<bool>,
+    receiver: Option<Arc<AuditService>>,
+) {
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        reporter,
+        metrics,
+        leader,
+        receiver,
+    });
+    Controller::new(Api::<AuditMonitor>::all(client), watcher::Config::default())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// The status `monitor` deserves: `Ready` from its spec and this replica's receiver,
+/// `SinkReachable` when it has a sink, and the counts.
+fn desired(monitor: &AuditMonitor, receiver: Option<&AuditService>) -> AuditMonitorStatus {
+    let generation = monitor.meta().generation;
+    let previous = monitor.status.as_ref().map_or(&[][..], |s| &s.conditions);
+    let find = |type_: &str| previous.iter().find(|c| c.type_ == type_);
+    let problem = match (compile_monitor(&monitor.name_any(), &monitor.spec), receiver) {
+        (Err(errors), _) => Some((
+            INVALID_SPEC,
+            format!(
+                "{}; the detections keep the last valid settings (every default after a restart)",
+                join_errors(&errors)
+            ),
+        )),
+        (Ok(_), None) => Some((
+            RECEIVER_OFF,
+            "Portcullis runs without --audit-token-file or --audit-client-ca-file: it receives no audit events".to_owned(),
+        )),
+        (Ok(_), Some(_)) => None,
+    };
+    let mut conditions = vec![ready_condition(problem.as_ref(), generation, find(READY))];
+    let sink = receiver.map(|r| r.sink()).filter(|s| s.configured());
+    if let Some(sink) = sink {
+        conditions.push(sink_condition(
+            &sink.health(),
+            generation,
+            find(SINK_REACHABLE),
+        ));
+    }
+    AuditMonitorStatus {
+        observed_generation: generation,
+        conditions,
+        findings: receiver.map(AuditService::counts),
+        sink: sink.map(|s| s.status()),
+    }
+}
+
+fn sink_condition(
+    health: &SinkHealth,
+    generation: Option<i64>,
+    previous: Option<&Condition>,
+) -> Condition {
+    let (status, reason, message) = match (health.reachable, &health.last_error) {
+        (Some(true), _) => (
+            "True",
+            "Delivered",
+            "the last delivery was accepted".to_owned(),
+        ),
+        (Some(false), Some(error)) => (
+            "False",
+            "DeliveryFailed",
+            format!("{error}; findings are spooled and sent again"),
+        ),
+        (Some(false), None) => (
+            "False",
+            "DeliveryFailed",
+            "the last delivery failed; findings are spooled and sent again".to_owned(),
+        ),
+        (None, _) => (
+            "Unknown",
+            "NothingSent",
+            "no finding has been sent since this replica started".to_owned(),
+        ),
+    };
+    condition(
+        SINK_REACHABLE,
+        status,
+        reason,
+        message,
+        generation,
+        previous,
+    )
+}
+
+async fn reconcile(monitor: Arc<AuditMonitor>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !*ctx.leader.borrow() {
+        return Ok(Action::requeue(FOLLOWER_RECHECK));
+    }
+    let status = desired(&monitor, ctx.receiver.as_deref());
+    if monitor.status.as_ref() == Some(&status) {
+        return Ok(Action::requeue(REFRESH));
+    }
+    let name = monitor.name_any();
+    // Keys the status no longer has (a sink removed) are removed.
+    let reported = monitor
+        .status
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok());
+    let patch = merge_replace(reported.as_ref(), serde_json::to_value(&status)?);
+    Api::<AuditMonitor>::all(ctx.client.clone())
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "status": patch })),
+        )
+        .await?;
+    let ready = status.conditions.iter().find(|c| c.type_ == READY);
+    let before = monitor
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
+    if let Some(ready) = ready
+        && ready.status == "False"
+        && before.is_none_or(|b| b.message != ready.message)
+        && let Err(error) = events::warn(
+            &ctx.client,
+            &ctx.reporter,
+            monitor.object_ref(&()),
+            &ready.reason,
+            "Validate",
+            &ready.message,
+        )
+        .await
+    {
+        tracing::warn!(%error, object = %name, "could not publish the event");
+    }
+    Ok(Action::requeue(REFRESH))
+}
+
+fn error_policy(monitor: Arc<AuditMonitor>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error("AuditMonitor", error.label());
+    tracing::warn!(object = %monitor.name_any(), %error, "AuditMonitor status reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
