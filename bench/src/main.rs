@@ -87,7 +87,7 @@ struct LoadArgs {
     /// The CA the server's certificate chains to.
     #[arg(long)]
     ca: PathBuf,
-    /// The request body (an AdmissionReview).
+    /// The request body (an AdmissionReview, or an EventList for `/audit`).
     #[arg(long)]
     body: PathBuf,
     /// Keep-alive connections.
@@ -99,6 +99,16 @@ struct LoadArgs {
     /// Requests per second in total; absent = as fast as the server answers.
     #[arg(long)]
     rate: Option<u64>,
+    /// A header sent with every request (`name: value`), e.g. `/audit`'s bearer token.
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not `name: value`"))?;
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
 const FIXED: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#;
@@ -206,6 +216,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
     for (connection, mut sender) in senders.into_iter().enumerate() {
         let body = body.clone();
         let path = args.path.clone();
+        let headers = args.headers.clone();
         let offset = interval.map(|i| i.mul_f64(connection as f64 / args.connections as f64));
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -224,10 +235,13 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
                 } else {
                     Instant::now()
                 };
-                let request = hyper::Request::post(path.as_str())
+                let mut request = hyper::Request::post(path.as_str())
                     .header("host", "localhost")
-                    .header("content-type", "application/json")
-                    .body(Full::new(body.clone()))?;
+                    .header("content-type", "application/json");
+                for (name, value) in &headers {
+                    request = request.header(name.as_str(), value.as_str());
+                }
+                let request = request.body(Full::new(body.clone()))?;
                 let response = sender.send_request(request).await?;
                 anyhow::ensure!(response.status() == 200, "status {}", response.status());
                 response.into_body().collect().await?;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use portcullis_webhook::testing::TestServer;
+use portcullis_webhook::testing::{TestServer, client_identity};
 use portcullis_webhook::tls::generate;
 use support::cluster::PrivateCluster;
 use support::replica::Installation;
@@ -70,61 +70,171 @@ fn raised(findings: &serde_json::Value) -> Vec<(String, String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_api_servers_audit_events_raise_each_detection_once() {
+/// How the API server's audit backend authenticates to Portcullis.
+#[derive(Clone, Copy, PartialEq)]
+enum BackendAuth {
+    /// `--audit-token-file`; the backend kubeconfig's user has the token.
+    Token,
+    /// `--audit-client-ca-file`; the backend kubeconfig's user has a certificate of it.
+    ClientCertificate,
+}
+
+/// A private kube-apiserver auditing to a `portcullis run` replica's `/audit`.
+struct Monitored {
+    private: PrivateCluster,
+    cluster: support::Cluster,
+    replica: support::replica::Replica,
+    port: u16,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the API server with `config/audit/policy.yaml` and its webhook backend at a
+/// replica (namespace `e2e-audit`) that accepts it by `auth`; `None` where the test API
+/// server is not available (only outside CI).
+async fn monitored(auth: BackendAuth) -> Option<Monitored> {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let certs = generate(&["127.0.0.1".to_owned()]).unwrap();
-    let (cert, key, ca, token) = (
-        dir.path().join("tls.crt"),
-        dir.path().join("tls.key"),
-        dir.path().join("ca.crt"),
-        dir.path().join("token"),
-    );
+    let path = |name: &str| dir.path().join(name);
+    let (cert, key, ca) = (path("tls.crt"), path("tls.key"), path("ca.crt"));
     std::fs::write(&cert, &certs.cert_pem).unwrap();
     std::fs::write(&key, &certs.key_pem).unwrap();
     std::fs::write(&ca, &certs.ca_pem).unwrap();
-    std::fs::write(&token, TOKEN).unwrap();
-    let backend = dir.path().join("audit-webhook.kubeconfig");
+    let mut flags: Vec<String> = [
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let user = match auth {
+        BackendAuth::Token => {
+            std::fs::write(path("token"), TOKEN).unwrap();
+            flags.extend([
+                "--audit-token-file".to_owned(),
+                path("token").display().to_string(),
+            ]);
+            format!("{{token: {TOKEN}}}")
+        }
+        BackendAuth::ClientCertificate => {
+            let client = client_identity("kube-apiserver").unwrap();
+            std::fs::write(path("client-ca.crt"), &client.ca_pem).unwrap();
+            std::fs::write(path("client.crt"), &client.cert_pem).unwrap();
+            std::fs::write(path("client.key"), &client.key_pem).unwrap();
+            flags.extend([
+                "--audit-client-ca-file".to_owned(),
+                path("client-ca.crt").display().to_string(),
+            ]);
+            format!(
+                "{{client-certificate: \"{}\", client-key: \"{}\"}}",
+                path("client.crt").display(),
+                path("client.key").display()
+            )
+        }
+    };
+    let backend = path("audit-webhook.kubeconfig");
     std::fs::write(
         &backend,
         format!(
             "apiVersion: v1\nkind: Config\nclusters: [{{name: portcullis, cluster: {{server: \"https://127.0.0.1:{port}/audit\", certificate-authority: \"{}\"}}}}]\n\
-             users: [{{name: api-server, user: {{token: {TOKEN}}}}}]\ncontexts: [{{name: default, context: {{cluster: portcullis, user: api-server}}}}]\ncurrent-context: default\n",
+             users: [{{name: api-server, user: {user}}}]\ncontexts: [{{name: default, context: {{cluster: portcullis, user: api-server}}}}]\ncurrent-context: default\n",
             ca.display()
         ),
     )
     .unwrap();
     let policy = support::repo().join("config/audit/policy.yaml");
-    let flags = format!(
+    let private = PrivateCluster::start_with(&format!(
         "--audit-policy-file={} --audit-webhook-config-file={} --audit-webhook-batch-max-wait=1s",
         policy.display(),
         backend.display()
-    );
-    let Some(private) = PrivateCluster::start_with(&flags) else {
-        return;
-    };
+    ))?;
     let cluster = private.cluster.clone();
     cluster.install_crds();
     cluster.kubectl_ok(&["create", "namespace", "e2e-audit"], None);
-    cluster.kubectl_ok(&["create", "namespace", "e2e-gone"], None);
     let installation = Installation {
         cluster: cluster.clone(),
         namespace: "e2e-audit".into(),
         webhook_configuration: "none".into(),
-        flags: [
-            "--tls-cert-file",
-            cert.to_str().unwrap(),
-            "--tls-key-file",
-            key.to_str().unwrap(),
-            "--audit-token-file",
-            token.to_str().unwrap(),
-        ]
-        .map(str::to_owned)
-        .to_vec(),
+        flags,
     };
     let replica = installation.start("replica-0", port);
     replica.wait_ready(Duration::from_secs(60)).await;
+    Some(Monitored {
+        private,
+        cluster,
+        replica,
+        port,
+        ca,
+        _dir: dir,
+    })
+}
+
+/// Findings of `detection` in the replica's `/findings`, polled for `within`.
+fn wait_for(findings_url: &str, detection: &str, within: Duration) -> Vec<serde_json::Value> {
+    let started = Instant::now();
+    loop {
+        let body: serde_json::Value =
+            serde_json::from_str(&curl(&[findings_url])).unwrap_or_default();
+        let found: Vec<serde_json::Value> = body["findings"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f["detection"] == detection)
+            .collect();
+        if !found.is_empty() || started.elapsed() > within {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_of_the_audit_ca_authenticates_the_backend() {
+    let Some(monitored) = monitored(BackendAuth::ClientCertificate).await else {
+        return;
+    };
+    let findings_url = format!("http://{}/findings", monitored.replica.metrics);
+    monitored.cluster.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: e2e-everything}\nrules: [{apiGroups: [\"*\"], resources: [\"*\"], verbs: [\"*\"]}]\n",
+    );
+    let found = wait_for(&findings_url, "wildcard-role", Duration::from_secs(5));
+    assert_eq!(
+        found.len(),
+        1,
+        "the backend's batches are accepted by certificate"
+    );
+    // Without the certificate (and with no token configured) nothing gets in.
+    let refused = curl(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-d",
+        "{\"items\": []}",
+        &format!("https://127.0.0.1:{}/audit", monitored.port),
+    ]);
+    assert_eq!(refused, "401");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_servers_audit_events_raise_each_detection_once() {
+    let Some(monitored) = monitored(BackendAuth::Token).await else {
+        return;
+    };
+    let Monitored {
+        private,
+        cluster,
+        replica,
+        port,
+        ca,
+        ..
+    } = &monitored;
+    let (port, ca) = (*port, ca.clone());
+    cluster.kubectl_ok(&["create", "namespace", "e2e-gone"], None);
     let findings_url = format!("http://{}/findings", replica.metrics);
 
     // A wrong token is refused, and what it carried is never processed.
@@ -235,7 +345,7 @@ async fn the_api_servers_audit_events_raise_each_detection_once() {
         .collect();
     assert_eq!(from_log, from_webhook);
 
-    configured_by_an_audit_monitor(&cluster, &private, port, &ca, &findings_url).await;
+    configured_by_an_audit_monitor(cluster, private, port, &ca, &findings_url).await;
 }
 
 /// The AuditMonitor `default`: refused when invalid, its exclusions and detection
@@ -427,4 +537,53 @@ async fn configured_by_an_audit_monitor(
         columns.starts_with("NAME") && columns.contains("FINDINGS"),
         "{columns}"
     );
+
+    // One that got in while the policies webhook was away: not Ready, with an Event
+    // saying why, and the settings of `default` untouched.
+    cluster.kubectl_ok(
+        &[
+            "delete",
+            "validatingwebhookconfiguration",
+            "e2e-audit-monitor",
+        ],
+        None,
+    );
+    cluster.apply(
+        "apiVersion: portcullis.dev/v1alpha1\nkind: AuditMonitor\nmetadata: {name: strict}\nspec: {detections: {manual-pod: {enabled: false}}}\n",
+    );
+    let strict = |path: &str| {
+        cluster.kubectl_ok(
+            &[
+                "get",
+                "auditmonitor",
+                "strict",
+                "-o",
+                &format!("jsonpath={path}"),
+            ],
+            None,
+        )
+    };
+    support::eventually(
+        "AuditMonitor strict InvalidSpec",
+        Duration::from_secs(30),
+        || strict("{.status.conditions[?(@.type==\"Ready\")].reason}") == "InvalidSpec",
+    );
+    assert!(
+        strict("{.status.conditions[?(@.type==\"Ready\")].message}")
+            .contains("metadata.name: only the AuditMonitor named \"default\" is used")
+    );
+    support::eventually("an InvalidSpec Event", Duration::from_secs(30), || {
+        cluster
+            .kubectl_ok(
+                &[
+                    "get",
+                    "events",
+                    "-A",
+                    "--field-selector",
+                    "involvedObject.name=strict",
+                ],
+                None,
+            )
+            .contains("InvalidSpec")
+    });
 }

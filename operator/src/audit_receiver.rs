@@ -11,17 +11,19 @@ use axum::extract::Query;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use portcullis_webhook::auditlog::{AuditService, Settings};
+use portcullis_webhook::client_cert::ClientCa;
 
 use crate::cli::AuditArgs;
 
 /// How often the detections' state is saved (and once more at shutdown).
 pub const SAVE_EVERY: Duration = Duration::from_secs(30);
 
-/// The receiver, when `--audit-token-file` or `--audit-client-ca-file` is given.
+/// The receiver, when `--audit-token-file` or `--audit-client-ca-file` is given, with
+/// the client CA (the webhook's TLS asks for certificates of it).
 pub fn service(
     args: &AuditArgs,
     cache_dir: Option<&Path>,
-) -> anyhow::Result<Option<Arc<AuditService>>> {
+) -> anyhow::Result<Option<(Arc<AuditService>, Option<ClientCa>)>> {
     let token = match &args.audit_token_file {
         None => None,
         Some(file) => {
@@ -38,23 +40,23 @@ pub fn service(
             Some(token)
         }
     };
-    if token.is_none() && args.audit_client_ca_file.is_none() {
+    let client_ca = match &args.audit_client_ca_file {
+        None => None,
+        Some(file) => {
+            let pem = std::fs::read(file)
+                .with_context(|| format!("reading --audit-client-ca-file {}", file.display()))?;
+            Some(
+                ClientCa::from_pem(&pem)
+                    .with_context(|| format!("--audit-client-ca-file {}", file.display()))?,
+            )
+        }
+    };
+    if token.is_none() && client_ca.is_none() {
         return Ok(None);
     }
-    let service = AuditService::new(token, Settings::default(), cache_dir)
+    let service = AuditService::new(token, client_ca.clone(), Settings::default(), cache_dir)
         .context("reading the audit detections' saved state and the sink's spool")?;
-    Ok(Some(Arc::new(service)))
-}
-
-/// The PEM of `--audit-client-ca-file`, when given.
-pub fn client_ca(args: &AuditArgs) -> anyhow::Result<Option<Vec<u8>>> {
-    args.audit_client_ca_file
-        .as_ref()
-        .map(|file| {
-            std::fs::read(file)
-                .with_context(|| format!("reading --audit-client-ca-file {}", file.display()))
-        })
-        .transpose()
+    Ok(Some((Arc::new(service), client_ca)))
 }
 
 /// Saves the state every [`SAVE_EVERY`] until the process stops.

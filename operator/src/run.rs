@@ -66,13 +66,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let ready = Readiness::default();
     let mut essentials = Essentials::default();
-    let client_ca = crate::audit_receiver::client_ca(&args.audit)?;
+    let (audit_log, client_ca) =
+        match crate::audit_receiver::service(&args.audit, args.scan.cache_dir.as_deref())? {
+            Some((receiver, client_ca)) => (Some(receiver), client_ca),
+            None => (None, None),
+        };
     let tls = serving_certificate(
         &args,
         &client,
         &ready,
         &leader,
-        client_ca.as_deref(),
+        client_ca.as_ref(),
         &mut essentials,
     )?;
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
@@ -111,7 +115,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics.clone(),
         ),
     );
-    let audit_log = crate::audit_receiver::service(&args.audit, args.scan.cache_dir.as_deref())?;
     if let Some(receiver) = &audit_log {
         metrics.register_with(|registry| receiver.register(registry));
         essentials.spawn(
@@ -298,7 +301,7 @@ fn serving_certificate(
     client: &Client,
     ready: &Readiness,
     leader: &tokio::sync::watch::Receiver<bool>,
-    client_ca: Option<&[u8]>,
+    client_ca: Option<&portcullis_webhook::client_cert::ClientCa>,
     essentials: &mut Essentials,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     if args.tls.tls_cert_file.is_some() {

@@ -10,20 +10,22 @@ use portcullis_webhook::tls::{
     write_generated,
 };
 
+use portcullis_webhook::client_cert::ClientCa;
+
 use crate::cli::TlsArgs;
 use crate::supervise::Essentials;
 
 /// How often certificate files are checked for changes.
 const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The server configuration for `store`; with `client_ca` (PEM), client certificates
-/// it signed are verified and mark their requests.
+/// The server configuration for `store`; with `client_ca`, clients are asked for a
+/// certificate of it (for `/audit`).
 pub fn config(
     store: Arc<CertStore>,
-    client_ca: Option<&[u8]>,
+    client_ca: Option<&ClientCa>,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     Ok(match client_ca {
-        Some(ca) => server_config_with_client_ca(store, ca).context("--audit-client-ca-file")?,
+        Some(ca) => server_config_with_client_ca(store, ca)?,
         None => server_config(store)?,
     })
 }
@@ -32,7 +34,7 @@ pub fn config(
 /// (an essential task) when the files change.
 pub fn from_files(
     args: &TlsArgs,
-    client_ca: Option<&[u8]>,
+    client_ca: Option<&ClientCa>,
     essentials: &mut Essentials,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) else {

@@ -28,6 +28,7 @@ fn ingest(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     let service = AuditService::new(
         Some("a-token-long-enough".into()),
+        None,
         Settings::default(),
         None,
     )

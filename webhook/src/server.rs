@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::admission::{self, Verdict};
 use crate::auditlog::AuditService;
-use crate::client_cert::{ClientCertAcceptor, VerifiedClient};
+use crate::client_cert::{ClientCertAcceptor, PeerCertificates};
 use crate::cluster::ClusterReads;
 use crate::decisions::Decisions;
 use crate::engine::Review;
@@ -164,11 +164,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `POST /audit`: an `EventList` from the API server's webhook audit backend, with the
-/// bearer token or over a connection with a verified client certificate; 404 when the
-/// receiver is off, 401 without either.
+/// bearer token or over a connection that presented a client certificate of the audit
+/// CA; 404 when the receiver is off, 401 without either.
 async fn audit(
     State(state): State<AppState>,
-    client: Option<Extension<VerifiedClient>>,
+    client: Option<Extension<PeerCertificates>>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -176,7 +176,10 @@ async fn audit(
         return StatusCode::NOT_FOUND.into_response();
     };
     let authorization = headers.get(header::AUTHORIZATION).map(|h| h.as_bytes());
-    if !service.authorized(client.is_some(), authorization) {
+    let chain = client
+        .as_ref()
+        .map(|Extension(PeerCertificates(chain))| &chain[..]);
+    if !service.authorized(chain, authorization) {
         tracing::warn!("refused an /audit request without the audit token or client certificate");
         return (
             StatusCode::UNAUTHORIZED,

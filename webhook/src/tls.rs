@@ -72,36 +72,15 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>,
     build_server_config(store, None)
 }
 
-/// [`server_config`] that also asks clients for a certificate: one signed by a CA of
-/// `client_ca_pem` is verified in the handshake (any other ends it); a client without
-/// one is served as before. The server marks requests of verified connections
-/// ([`crate::server::VerifiedClient`]).
+/// [`server_config`] that also asks clients for a certificate, hinting `client_ca`,
+/// and checks the client holds its key; requests of such connections carry it
+/// ([`crate::client_cert::PeerCertificates`]) for `/audit` to check against the CA. A
+/// client without one is served as before.
 pub fn server_config_with_client_ca(
     store: Arc<CertStore>,
-    client_ca_pem: &[u8],
+    client_ca: &crate::client_cert::ClientCa,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let pem = |message: String| TlsError::Pem {
-        what: "client CA".into(),
-        message,
-    };
-    let certs = CertificateDer::pem_slice_iter(client_ca_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem(format!("not PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(pem("no CERTIFICATE block found".into()));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs {
-        roots.add(cert)?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        Arc::new(aws_lc_rs::default_provider()),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| pem(e.to_string()))?;
-    build_server_config(store, Some(verifier))
+    build_server_config(store, Some(client_ca.handshake()))
 }
 
 fn build_server_config(

@@ -135,10 +135,14 @@ fn desired(monitor: &AuditMonitor, receiver: Option<&AuditService>) -> AuditMoni
     let problem = match (compile_monitor(&monitor.name_any(), &monitor.spec), receiver) {
         (Err(errors), _) => Some((
             INVALID_SPEC,
-            format!(
-                "{}; the detections keep the last valid settings (every default after a restart)",
-                join_errors(&errors)
-            ),
+            if monitor.name_any() == AUDIT_MONITOR_NAME {
+                format!(
+                    "{}; the detections keep the last valid settings (every default after a restart)",
+                    join_errors(&errors)
+                )
+            } else {
+                format!("{}; it is not used", join_errors(&errors))
+            },
         )),
         (Ok(_), None) => Some((
             RECEIVER_OFF,
@@ -147,6 +151,8 @@ fn desired(monitor: &AuditMonitor, receiver: Option<&AuditService>) -> AuditMoni
         (Ok(_), Some(_)) => None,
     };
     let mut conditions = vec![ready_condition(problem.as_ref(), generation, find(READY))];
+    // Only `default` is used: the others count nothing.
+    let receiver = receiver.filter(|_| monitor.name_any() == AUDIT_MONITOR_NAME);
     let sink = receiver.map(|r| r.sink()).filter(|s| s.configured());
     if let Some(sink) = sink {
         conditions.push(sink_condition(
@@ -249,4 +255,89 @@ fn error_policy(monitor: Arc<AuditMonitor>, error: &Error, ctx: Arc<Context>) ->
     ctx.metrics.reconcile_error("AuditMonitor", error.label());
     tracing::warn!(object = %monitor.name_any(), %error, "AuditMonitor status reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_crds::AuditMonitorSpec;
+
+    fn monitor(name: &str, spec: serde_json::Value) -> AuditMonitor {
+        let spec: AuditMonitorSpec = serde_json::from_value(spec).unwrap();
+        let mut monitor = AuditMonitor::new(name, spec);
+        monitor.metadata.generation = Some(3);
+        monitor
+    }
+
+    fn ready(status: &AuditMonitorStatus) -> (&str, &str, &str) {
+        let c = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str())
+    }
+
+    fn receiver() -> AuditService {
+        AuditService::new(
+            Some("a-token-long-enough".into()),
+            None,
+            Settings::default(),
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn without_a_receiver_the_monitor_says_so() {
+        let status = desired(&monitor("default", serde_json::json!({})), None);
+        assert_eq!(ready(&status).1, RECEIVER_OFF);
+        assert_eq!(status.observed_generation, Some(3));
+        assert!(status.findings.is_none());
+    }
+
+    #[test]
+    fn a_valid_default_is_ready_with_counts_and_its_sink_not_yet_contacted() {
+        let receiver = receiver();
+        let monitor = monitor(
+            "default",
+            serde_json::json!({"sink": {"url": "https://siem.internal/findings"}}),
+        );
+        receiver.configure(compile_monitor("default", &monitor.spec).unwrap());
+        let status = desired(&monitor, Some(&receiver));
+        assert_eq!(ready(&status).0, "True");
+        assert_eq!(status.findings.as_ref().map(|f| f.total), Some(0));
+        let sink = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == SINK_REACHABLE)
+            .unwrap();
+        assert_eq!(
+            (sink.status.as_str(), sink.reason.as_str()),
+            ("Unknown", "NothingSent")
+        );
+        assert_eq!(status.sink.map(|s| s.pending), Some(0));
+    }
+
+    #[test]
+    fn invalid_monitors_name_their_fields_and_others_than_default_count_nothing() {
+        let receiver = receiver();
+        let bad = desired(
+            &monitor("default", serde_json::json!({"detections": {"nope": {}}})),
+            Some(&receiver),
+        );
+        let (status, reason, message) = ready(&bad);
+        assert_eq!((status, reason), ("False", INVALID_SPEC));
+        assert!(
+            message.contains("spec.detections.nope: unknown detection"),
+            "{message}"
+        );
+        assert!(
+            message.contains("keep the last valid settings"),
+            "{message}"
+        );
+        let other = desired(&monitor("strict", serde_json::json!({})), Some(&receiver));
+        assert!(
+            ready(&other).2.ends_with("it is not used"),
+            "{:?}",
+            ready(&other)
+        );
+        assert!(other.findings.is_none() && other.sink.is_none());
+    }
 }

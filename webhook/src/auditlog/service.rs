@@ -14,6 +14,9 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use portcullis_crds::FindingCounts;
+use rustls::pki_types::CertificateDer;
+
+use crate::client_cert::ClientCa;
 
 use super::sink::Sink;
 use super::spool::{CAPACITY, Spool};
@@ -50,8 +53,10 @@ pub enum IngestError {
 
 /// The `/audit` receiver.
 pub struct AuditService {
-    /// The bearer token `/audit` accepts; `None`: client certificates only.
+    /// The bearer token `/audit` accepts.
     token: Option<String>,
+    /// The CA whose client certificates `/audit` accepts.
+    client_ca: Option<ClientCa>,
     monitor: Mutex<Monitor>,
     ring: Mutex<(u64, VecDeque<Numbered>)>,
     events: Counter,
@@ -68,11 +73,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AuditService {
-    /// A receiver accepting `token` as bearer token (`None`: only verified client
-    /// certificates, see [`AuditService::authorized`]), keeping the detections' state and
+    /// A receiver accepting `token` as bearer token and client certificates signed by
+    /// `client_ca` (see [`AuditService::authorized`]), keeping the detections' state and
     /// the sink's spool in `dir` (taken up now if they exist; `None`: in memory).
     pub fn new(
         token: Option<String>,
+        client_ca: Option<ClientCa>,
         settings: Settings,
         dir: Option<&Path>,
     ) -> std::io::Result<Self> {
@@ -94,6 +100,7 @@ impl AuditService {
         };
         Ok(AuditService {
             token,
+            client_ca,
             monitor: Mutex::new(Monitor::new(settings, state)),
             ring: Mutex::default(),
             events: Counter::default(),
@@ -125,11 +132,17 @@ impl AuditService {
         &self.sink
     }
 
-    /// Whether a request may deliver events: its connection presented a client
-    /// certificate the server verified against `--audit-client-ca-file`, or its
-    /// `Authorization` header carries the token (compared in constant time).
-    pub fn authorized(&self, verified_client: bool, authorization: Option<&[u8]>) -> bool {
-        if verified_client {
+    /// Whether a request may deliver events: its connection presented `client_chain`
+    /// (end entity first), signed by the client CA, or its `Authorization` header
+    /// carries the token (compared in constant time).
+    pub fn authorized(
+        &self,
+        client_chain: Option<&[CertificateDer<'static>]>,
+        authorization: Option<&[u8]>,
+    ) -> bool {
+        if let (Some(ca), Some(chain)) = (&self.client_ca, client_chain)
+            && ca.verifies(chain)
+        {
             return true;
         }
         let (Some(expected), Some(token)) = (

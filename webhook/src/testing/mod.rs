@@ -16,6 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::oneshot;
 
+use crate::client_cert::ClientCa;
 use crate::server::{self, AppState};
 use crate::tls::{
     CertStore, GeneratedCerts, certified_key, generate, server_config, server_config_with_client_ca,
@@ -38,12 +39,12 @@ impl TestServer {
         Self::start_router(server::router(state)).await
     }
 
-    /// [`TestServer::start`], verifying client certificates signed by `client_ca_pem`.
+    /// [`TestServer::start`], asking clients for certificates (`client_ca` hinted).
     pub async fn start_verifying_clients(
         state: AppState,
-        client_ca_pem: &str,
+        client_ca: &ClientCa,
     ) -> std::io::Result<Self> {
-        Self::serve(server::router(state), Some(client_ca_pem)).await
+        Self::serve(server::router(state), Some(client_ca)).await
     }
 
     /// Serves any router (a simulated scanner, say) over HTTPS on 127.0.0.1 with a
@@ -52,14 +53,14 @@ impl TestServer {
         Self::serve(router, None).await
     }
 
-    async fn serve(router: axum::Router, client_ca_pem: Option<&str>) -> std::io::Result<Self> {
+    async fn serve(router: axum::Router, client_ca: Option<&ClientCa>) -> std::io::Result<Self> {
         let certs =
             generate(&["localhost".into(), "127.0.0.1".into()]).map_err(std::io::Error::other)?;
         let key = certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes())
             .map_err(std::io::Error::other)?;
         let store = CertStore::new(key);
-        let tls = match client_ca_pem {
-            Some(ca) => server_config_with_client_ca(store.clone(), ca.as_bytes()),
+        let tls = match client_ca {
+            Some(ca) => server_config_with_client_ca(store.clone(), ca),
             None => server_config(store.clone()),
         }
         .map_err(std::io::Error::other)?;
