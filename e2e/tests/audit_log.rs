@@ -8,7 +8,9 @@
 //! events, as the log backend wrote them, finds the same. Then an AuditMonitor: refused
 //! when invalid; its exclusions, disabled detections and severities applied; its sink
 //! (an https server here) sent the new findings in order once it stops answering 503;
-//! its status (`Ready`, `SinkReachable`, counts) written.
+//! its status (`Ready`, `SinkReachable`, counts) written; a Pod Portcullis's webhook
+//! denies raises `admission-blocked`; one not named `default` is InvalidSpec with an
+//! Event. And the backend authenticated by a client certificate instead of the token.
 
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
@@ -25,7 +27,7 @@ use portcullis_webhook::testing::{TestServer, client_identity};
 use portcullis_webhook::tls::generate;
 use support::cluster::PrivateCluster;
 use support::replica::Installation;
-use support::{Routes, free_port, webhook_configuration};
+use support::{Routes, SCOPE_LABEL, free_port, webhook_configuration};
 
 const TOKEN: &str = "e2e-audit-token-0123456789";
 
@@ -536,6 +538,41 @@ async fn configured_by_an_audit_monitor(
     assert!(
         columns.starts_with("NAME") && columns.contains("FINDINGS"),
         "{columns}"
+    );
+
+    // A Pod Portcullis's own admission webhook denies: `admission-blocked`.
+    cluster.kubectl_ok(
+        &[
+            "label",
+            "namespace",
+            "e2e-audit",
+            &format!("{SCOPE_LABEL}=e2e-audit"),
+        ],
+        None,
+    );
+    cluster.apply(&support::policy(
+        "e2e-no-privileged",
+        "{action: Block, match: {namespaces: [e2e-audit]}, rules: {workload: {denyPrivileged: true}}}",
+    ));
+    let privileged = "apiVersion: v1\nkind: Pod\nmetadata: {name: e2e-denied, namespace: e2e-audit}\nspec: {containers: [{name: c, image: \"busybox:1.36\", securityContext: {privileged: true}}]}\n";
+    support::eventually("the privileged Pod denied", Duration::from_secs(30), || {
+        let out = cluster.kubectl(&["apply", "-f", "-"], Some(privileged));
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("denied the request")
+    });
+    let blocked = wait_for(findings_url, "admission-blocked", Duration::from_secs(5));
+    if blocked.len() != 1 {
+        let log = std::fs::read_to_string(private.dir().join("audit.log")).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("e2e-denied")) {
+            eprintln!("audit.log: {line}");
+        }
+    }
+    assert_eq!(blocked.len(), 1, "{blocked:#?}");
+    assert_eq!(
+        (
+            blocked[0]["namespace"].as_str(),
+            blocked[0]["name"].as_str()
+        ),
+        (Some("e2e-audit"), Some("e2e-denied"))
     );
 
     // One that got in while the policies webhook was away: not Ready, with an Event

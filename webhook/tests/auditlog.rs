@@ -158,6 +158,31 @@ fn an_ephemeral_container_and_an_admission_denial_fire() {
     assert_eq!(fired(&mut monitor, &denied), [Detection::AdmissionBlocked]);
 }
 
+/// What kube-apiserver v1.19.0 wrote for a privileged Pod Portcullis's webhook denied
+/// (captured in the e2e `audit_log`): no message, only 403 after authorization allowed.
+const DENIED_BY_WEBHOOK: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Request","auditID":"9e53ecf9-ce0e-4f0e-a512-c2c10513cdda","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/e2e-audit/pods?fieldManager=kubectl-client-side-apply&fieldValidation=Strict","verb":"create","user":{"username":"admin","uid":"admin","groups":["system:masters","system:authenticated"]},"sourceIPs":["127.0.0.1"],"userAgent":"kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07","objectRef":{"resource":"pods","namespace":"e2e-audit","name":"e2e-denied","apiVersion":"v1"},"responseStatus":{"metadata":{},"status":"Failure","reason":"Forbidden","code":403},"requestObject":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"e2e-denied","namespace":"e2e-audit","creationTimestamp":null},"spec":{"containers":[{"name":"c","image":"busybox:1.36","resources":{},"terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File","imagePullPolicy":"IfNotPresent","securityContext":{"privileged":true}}],"restartPolicy":"Always","terminationGracePeriodSeconds":30,"dnsPolicy":"ClusterFirst","securityContext":{},"schedulerName":"default-scheduler","enableServiceLinks":true},"status":{}},"requestReceivedTimestamp":"2026-11-30T21:23:32.909915Z","stageTimestamp":"2026-11-30T21:23:32.912126Z","annotations":{"authorization.k8s.io/decision":"allow","authorization.k8s.io/reason":""}}"#;
+
+#[test]
+fn a_webhook_denial_as_v1_19_records_it_is_admission_blocked_and_a_forbidden_read_is_not() {
+    let mut monitor = Monitor::default();
+    assert_eq!(
+        scan(&mut monitor, DENIED_BY_WEBHOOK)
+            .into_iter()
+            .map(|f| (f.detection, f.name))
+            .collect::<Vec<_>>(),
+        [(Detection::AdmissionBlocked, "e2e-denied".to_owned())],
+        "the privileged Pod was never created: no privileged-workload"
+    );
+    let forbidden = DENIED_BY_WEBHOOK.replace(
+        "\"authorization.k8s.io/decision\":\"allow\"",
+        "\"authorization.k8s.io/decision\":\"forbid\"",
+    );
+    assert!(
+        !fired(&mut Monitor::default(), &forbidden).contains(&Detection::AdmissionBlocked),
+        "refused by authorization, not admission"
+    );
+}
+
 #[test]
 fn error_rate_fires_once_per_window_at_the_threshold() {
     let mut monitor = Monitor::new(

@@ -93,13 +93,25 @@ pub(super) fn run(
     }
     if let Some(status) = &event.response_status
         && status.code >= 400
-        && status.message.contains("admission webhook")
-        && status.message.contains("denied the request")
     {
-        fired.push((
-            Detection::AdmissionBlocked,
-            "request denied by an admission webhook".to_owned(),
-        ));
+        if status.message.contains("admission webhook")
+            && status.message.contains("denied the request")
+        {
+            fired.push((
+                Detection::AdmissionBlocked,
+                "request denied by an admission webhook".to_owned(),
+            ));
+        } else if status.code == 403
+            && matches!(verb, "create" | "update" | "patch" | "delete")
+            && event.authorization_decision() == Some("allow")
+        {
+            // v1.19 servers keep no message in the event: a write authorization allowed
+            // and that was then refused 403 was refused by admission.
+            fired.push((
+                Detection::AdmissionBlocked,
+                "request refused by admission (403 after authorization allowed it)".to_owned(),
+            ));
+        }
     }
     if event.code() >= 400
         && let Some(count) = state.failure(
