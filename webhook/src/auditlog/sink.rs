@@ -38,6 +38,9 @@ pub struct SinkHealth {
 pub struct Sink {
     spool: Mutex<Spool>,
     config: watch::Sender<Option<SinkConfig>>,
+    /// Whether the AuditMonitor was read yet: until then findings are spooled, since a
+    /// sink may be configured.
+    known: std::sync::atomic::AtomicBool,
     queued: Notify,
     health: Mutex<SinkHealth>,
     delivered: Counter,
@@ -56,6 +59,7 @@ impl Sink {
         let sink = Sink {
             spool: Mutex::new(spool),
             config: watch::Sender::new(None),
+            known: std::sync::atomic::AtomicBool::new(false),
             queued: Notify::new(),
             health: Mutex::default(),
             delivered: Counter::default(),
@@ -93,6 +97,7 @@ impl Sink {
 
     /// Sends to `config` from now on (`None`: keeps what waits, sends nothing).
     pub fn configure(&self, config: Option<SinkConfig>) {
+        self.known.store(true, std::sync::atomic::Ordering::Release);
         self.config.send_if_modified(|current| {
             let changed = *current != config;
             *current = config;
@@ -105,9 +110,10 @@ impl Sink {
         self.config.borrow().is_some()
     }
 
-    /// Queues a finding for the sink, when one is configured.
+    /// Queues a finding for the sink, when one is configured or the AuditMonitor was
+    /// not read yet (right after a start).
     pub fn offer(&self, finding: &Finding) {
-        if !self.configured() {
+        if self.known.load(std::sync::atomic::Ordering::Acquire) && !self.configured() {
             return;
         }
         let mut spool = lock(&self.spool);
@@ -229,5 +235,28 @@ impl Sink {
         }
         health.reachable = Some(false);
         health.last_error = Some(error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auditlog::spool::tests::finding;
+
+    #[test]
+    fn findings_wait_until_the_monitor_is_read_then_only_while_a_sink_is_configured() {
+        let sink = Sink::new(Spool::in_memory(100));
+        sink.offer(&finding(1));
+        assert_eq!(sink.status().pending, 1, "kept: a sink may be configured");
+        sink.configure(None);
+        sink.offer(&finding(2));
+        assert_eq!(sink.status().pending, 1, "no sink: nothing new is kept");
+        sink.configure(Some(SinkConfig {
+            url: "https://siem.internal/findings".into(),
+            ca_bundle: None,
+        }));
+        sink.offer(&finding(3));
+        assert_eq!(sink.status().pending, 2);
+        assert_eq!(sink.health().reachable, None);
     }
 }

@@ -207,11 +207,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::auditlog::{Detection, Severity};
 
-    fn finding(n: usize) -> Finding {
+    pub(in crate::auditlog) fn finding(n: usize) -> Finding {
         Finding {
             detection: Detection::ExecIntoContainer,
             severity: Severity::High,
