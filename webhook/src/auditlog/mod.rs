@@ -221,6 +221,12 @@ impl Settings {
     }
 }
 
+/// A poisoned lock's data is still consistent here: every critical section only
+/// replaces or pushes whole values.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Most registries remembered by `new-registry`; beyond it the oldest-named are dropped.
 const MAX_REGISTRIES: usize = 10_000;
 /// Most users with an open `error-rate` window.

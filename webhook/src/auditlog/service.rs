@@ -20,7 +20,7 @@ use crate::client_cert::ClientCa;
 
 use super::sink::Sink;
 use super::spool::{CAPACITY, Spool};
-use super::{EventList, Finding, Monitor, MonitorConfig, Settings, Severity, State};
+use super::{EventList, Finding, Monitor, MonitorConfig, Settings, Severity, State, lock};
 
 /// The detections' state file in the state directory.
 pub const STATE_FILE: &str = "audit-state.json";
@@ -66,10 +66,6 @@ pub struct AuditService {
     /// Findings raised, by severity (indexed as [`Severity::ALL`]).
     by_severity: [std::sync::atomic::AtomicU64; Severity::ALL.len()],
     sink: Arc<Sink>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AuditService {

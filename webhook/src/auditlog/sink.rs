@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, watch};
 
 use super::spool::Spool;
-use super::{Finding, SinkConfig};
+use super::{Finding, SinkConfig, lock};
 use crate::scan::backend::{error_chain, https_client};
 
 /// Findings per POST at most.
@@ -47,10 +47,6 @@ pub struct Sink {
     dropped: Gauge,
     failures: Counter,
     pending: Gauge,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Sink {
