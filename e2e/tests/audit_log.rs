@@ -428,18 +428,7 @@ async fn configured_by_an_audit_monitor(
     cluster.apply(&monitor(
         "{anonymous-request: {enabled: false}, secret-access-denied: {severity: High}}",
     ));
-    let jsonpath = |path: &str| {
-        cluster.kubectl_ok(
-            &[
-                "get",
-                "auditmonitor",
-                "default",
-                "-o",
-                &format!("jsonpath={path}"),
-            ],
-            None,
-        )
-    };
+    let jsonpath = |path: &str| cluster.jsonpath("auditmonitor/default", None, path);
     support::eventually(
         "AuditMonitor default Ready",
         Duration::from_secs(30),
@@ -588,18 +577,7 @@ async fn configured_by_an_audit_monitor(
     cluster.apply(
         "apiVersion: portcullis.dev/v1alpha1\nkind: AuditMonitor\nmetadata: {name: strict}\nspec: {detections: {manual-pod: {enabled: false}}}\n",
     );
-    let strict = |path: &str| {
-        cluster.kubectl_ok(
-            &[
-                "get",
-                "auditmonitor",
-                "strict",
-                "-o",
-                &format!("jsonpath={path}"),
-            ],
-            None,
-        )
-    };
+    let strict = |path: &str| cluster.jsonpath("auditmonitor/strict", None, path);
     support::eventually(
         "AuditMonitor strict InvalidSpec",
         Duration::from_secs(30),

@@ -6,7 +6,7 @@ use portcullis_crds::{AUDIT_MONITOR_NAME, AuditMonitorSpec};
 use super::{Detection, Settings};
 use crate::glob::Glob;
 use crate::policy::{Errors, FieldError, validate_https_url};
-use crate::scan::backend::https_client;
+use crate::scan::backend::ca_certificates;
 
 /// Longest `errorRate.window`: the per-user windows are kept in memory that long.
 const MAX_WINDOW_SECONDS: u64 = 24 * 3600;
@@ -90,7 +90,7 @@ pub fn compile_monitor(
         }
         let ca_bundle = sink.ca_bundle.clone().filter(|ca| !ca.trim().is_empty());
         if let Some(ca) = &ca_bundle
-            && let Err(message) = https_client(Some(ca), std::time::Duration::from_secs(1))
+            && let Err(message) = ca_certificates(ca)
         {
             errors.push("spec.sink.caBundle", message);
         }

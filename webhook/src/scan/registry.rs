@@ -78,12 +78,7 @@ impl RegistryClient {
             builder = builder.https_only(true);
         }
         if let Some(pem) = &settings.ca_bundle {
-            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-                .map_err(|e| format!("caBundle is not PEM certificates: {e}"))?;
-            if certs.is_empty() {
-                return Err("caBundle holds no certificate".into());
-            }
-            for cert in certs {
+            for cert in super::backend::ca_certificates(pem)? {
                 builder = builder.add_root_certificate(cert);
             }
         }

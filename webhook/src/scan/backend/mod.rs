@@ -109,18 +109,23 @@ pub fn https_client(ca_bundle: Option<&str>, timeout: Duration) -> Result<reqwes
         .connect_timeout(timeout)
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = ca_bundle {
-        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-            .map_err(|e| format!("caBundle is not PEM certificates: {e}"))?;
-        if certs.is_empty() {
-            return Err("caBundle holds no certificate".into());
-        }
-        for cert in certs {
+        for cert in ca_certificates(pem)? {
             builder = builder.add_root_certificate(cert);
         }
     }
     builder
         .build()
         .map_err(|e| format!("building the HTTPS client: {e}"))
+}
+
+/// The certificates of a `caBundle`; an error when it is not PEM or holds none.
+pub fn ca_certificates(pem: &str) -> Result<Vec<reqwest::Certificate>, String> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+        .map_err(|e| format!("caBundle is not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("caBundle holds no certificate".into());
+    }
+    Ok(certs)
 }
 
 /// Maps a transport error; `timeout` is the deadline the client was built with.
