@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instructions per request of the running webhook, under callgrind (BENCHMARKS.md):
-#   bash bench/profile.sh [BINARY] [CONTAINERS]    # default: target/release/portcullis, 5
+#   bash bench/profile.sh [BINARY|lean] [CONTAINERS]    # default: target/release/portcullis, 5
 # Serves the 1,000-policy / 100,000-result data set of bench/run.sh, warms it up, then
 # counts about 1,000 requests of the realistic CONTAINERS-container review at 100 req/s and
 # prints the total per request and the top functions. Instruction counts do not move
@@ -23,9 +23,15 @@ trap cleanup EXIT
 $bench body --containers "$containers" --out "$work/body.json" >/dev/null
 $bench fill --out "$work/big" --policies 1000 --scans 100000 >/dev/null
 port=19506
+if [ "$bin" = lean ]; then # the lean ceiling of bench/run.sh, for comparison
+  server=("$bench" lean --listen 127.0.0.1:$port --ca-out "$work/pc/ca.crt" --policies 1000 --scans 100000)
+  mkdir -p "$work/pc"
+else
+  server=("$bin" serve --policies "$work/big/policies" --cache-dir "$work/big/cache"
+    --listen 127.0.0.1:$port --self-signed-dir "$work/pc")
+fi
 TOKIO_WORKER_THREADS=1 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
-  "$bin" serve --policies "$work/big/policies" --cache-dir "$work/big/cache" \
-  --listen 127.0.0.1:$port --self-signed-dir "$work/pc" >"$work/serve.log" 2>&1 &
+  "${server[@]}" >"$work/serve.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 120); do
   [ -f "$work/pc/ca.crt" ] && curl -s -o /dev/null --cacert "$work/pc/ca.crt" https://127.0.0.1:$port/healthz && break

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 #[derive(clap::Args)]
@@ -37,24 +38,58 @@ pub fn image(i: usize) -> String {
     format!("ghcr.io/acme/svc-{i}:1.{i}.0")
 }
 
-fn review(containers: usize) -> Value {
-    let pod = pod(containers);
-    json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "0f6c3c2e-8a51-4a4e-9d55-3f1c9b1e7a10",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "team-a", "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller",
-                         "uid": "5d1f0a53-0d0e-4c0f-a3a4-1f4b8a7e2c11",
-                         "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]},
-            "object": pod, "oldObject": null, "dryRun": false,
-            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
-        }
-    })
+/// `request`'s fields in the order kube-apiserver writes them (Go's field order of
+/// `AdmissionRequest`, checked against v1.19): `kind` and `operation` before `object`,
+/// which lets the webhook read the object while parsing.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    uid: &'static str,
+    kind: Value,
+    resource: Value,
+    request_kind: Value,
+    request_resource: Value,
+    namespace: &'static str,
+    operation: &'static str,
+    user_info: Value,
+    object: Value,
+    old_object: Option<Value>,
+    dry_run: bool,
+    options: Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Review {
+    kind: &'static str,
+    api_version: &'static str,
+    request: Request,
+}
+
+fn review(containers: usize) -> Review {
+    let kind = json!({"group": "", "version": "v1", "kind": "Pod"});
+    let resource = json!({"group": "", "version": "v1", "resource": "pods"});
+    let request = Request {
+        uid: "0f6c3c2e-8a51-4a4e-9d55-3f1c9b1e7a10",
+        kind: kind.clone(),
+        resource: resource.clone(),
+        request_kind: kind,
+        request_resource: resource,
+        namespace: "team-a",
+        operation: "CREATE",
+        user_info: json!({"username": "system:serviceaccount:kube-system:replicaset-controller",
+                          "uid": "5d1f0a53-0d0e-4c0f-a3a4-1f4b8a7e2c11",
+                          "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]}),
+        object: pod(containers),
+        old_object: None,
+        dry_run: false,
+        options: json!({"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}),
+    };
+    Review {
+        kind: "AdmissionReview",
+        api_version: "admission.k8s.io/v1",
+        request,
+    }
 }
 
 fn pod(containers: usize) -> Value {

@@ -182,7 +182,7 @@ fn mutation(c: &mut Criterion) {
     let mut group = c.benchmark_group("answer");
     group.bench_function("mutate/5_containers", |b| {
         b.iter(|| {
-            let request = admission::parse(black_box(review.as_bytes())).unwrap();
+            let request = admission::parse_raw(black_box(review.as_bytes())).unwrap();
             let target = mutate::read(&request).unwrap();
             let review = Review::new(target.evaluable.subject("shop", NamespaceView::Snapshot));
             let _ = review.digests_to_pin(&set, target.scope());
@@ -193,7 +193,7 @@ fn mutation(c: &mut Criterion) {
     });
     // What mutation adds once the review is read (as validation reads it too): the
     // digests asked for, the plan, the patch and the answer.
-    let request = admission::parse(review.as_bytes()).unwrap();
+    let request = admission::parse_raw(review.as_bytes()).unwrap();
     let target = mutate::read(&request).unwrap();
     let read = Review::new(target.evaluable.subject("shop", NamespaceView::Snapshot));
     group.bench_function("mutation_only/5_containers", |b| {

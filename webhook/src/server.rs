@@ -1,6 +1,7 @@
 //! The HTTPS admission server: `POST /validate`, `POST /mutate`, `POST /audit`,
 //! `GET /healthz`, `GET /readyz`.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use tracing::Instrument;
 
-use crate::admission::{self, Verdict};
+use crate::admission::{self, ReviewError, Verdict};
 use crate::auditlog::AuditService;
 use crate::client_cert::{ClientCertAcceptor, PeerCertificates};
 use crate::cluster::ClusterReads;
@@ -203,9 +204,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// The AdmissionReview in `body`, or the 400 that answers a request that is not one.
-fn parse(body: &[u8]) -> Result<admission::Request<'_>, (StatusCode, String)> {
-    admission::parse(body).map_err(|error| {
+/// The AdmissionReview in `body` (by `parse`: `admission::parse`, or
+/// `admission::parse_raw` to keep the object as sent), or the 400 that answers a
+/// request that is not one.
+fn parse(
+    body: &[u8],
+    parse: fn(&[u8]) -> Result<admission::Request<'_>, ReviewError>,
+) -> Result<admission::Request<'_>, (StatusCode, String)> {
+    parse(body).map_err(|error| {
         tracing::warn!(%error, "rejected a request that is not an AdmissionReview");
         (StatusCode::BAD_REQUEST, error.to_string())
     })
@@ -213,7 +219,7 @@ fn parse(body: &[u8]) -> Result<admission::Request<'_>, (StatusCode, String)> {
 
 async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
     let started = Instant::now();
-    let request = match parse(&body) {
+    let request = match parse(&body, admission::parse) {
         Ok(request) => request,
         Err(rejected) => return rejected.into_response(),
     };
@@ -224,7 +230,7 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
     let (verdict, name) = match admission::read(&request) {
         Err(verdict) => (
             verdict,
-            request.name.as_deref().unwrap_or_default().to_owned(),
+            Cow::Borrowed(request.name.as_deref().unwrap_or_default()),
         ),
         Ok(evaluable) => {
             let name = evaluable.object.name.clone();
@@ -326,7 +332,7 @@ impl Labels {
 
 async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
     let started = Instant::now();
-    let request = match parse(&body) {
+    let request = match parse(&body, admission::parse_raw) {
         Ok(request) => request,
         Err(rejected) => return rejected.into_response(),
     };

@@ -4,8 +4,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use std::marker::PhantomData;
+
 use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny};
 use serde_json::value::RawValue;
 
 /// The workload kinds Portcullis evaluates.
@@ -113,7 +115,7 @@ impl fmt::Display for WorkloadKind {
 }
 
 /// The pod-spec fields the rules read.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec<'a> {
     /// `containers`.
@@ -152,7 +154,7 @@ impl PodSpec<'_> {
 }
 
 /// `spec.os`.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct PodOs<'a> {
     /// `name`: `linux` or `windows`.
     #[serde(borrow, default)]
@@ -160,7 +162,7 @@ pub struct PodOs<'a> {
 }
 
 /// A container, init container or ephemeral container.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Container<'a> {
     /// `name`.
@@ -174,7 +176,7 @@ pub struct Container<'a> {
 }
 
 /// The container-level security settings the rules read.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecurityContext {
     /// `privileged`.
@@ -195,7 +197,7 @@ pub struct SecurityContext {
 }
 
 /// `securityContext.capabilities`.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct Capabilities {
     /// `add`.
     pub add: Option<Vec<String>>,
@@ -204,7 +206,7 @@ pub struct Capabilities {
 }
 
 /// The pod-level security settings the rules read.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSecurityContext {
     /// `runAsNonRoot`.
@@ -217,7 +219,7 @@ pub struct PodSecurityContext {
 }
 
 /// A volume: only whether it is a hostPath, and an image volume's reference.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Volume<'a> {
     /// `name`.
@@ -232,7 +234,7 @@ pub struct Volume<'a> {
 }
 
 /// An image volume source.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct ImageVolume<'a> {
     /// `reference`.
     #[serde(borrow, default)]
@@ -357,21 +359,112 @@ impl fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
-/// The parts of a workload object the webhook needs.
+/// A pod spec, borrowed from where it was read or owned (a `Cow` would make the
+/// lifetime invariant).
 #[derive(Debug)]
-pub struct WorkloadObject<'a> {
+pub enum PodSpecRef<'a> {
+    /// Borrowed, as read with its request.
+    Borrowed(&'a PodSpec<'a>),
+    /// Owned.
+    Owned(PodSpec<'a>),
+}
+
+impl<'a> PodSpecRef<'a> {
+    /// The spec owned (a copy when borrowed).
+    pub fn into_owned(self) -> PodSpec<'a> {
+        match self {
+            PodSpecRef::Borrowed(spec) => spec.clone(),
+            PodSpecRef::Owned(spec) => spec,
+        }
+    }
+}
+
+impl<'a> std::ops::Deref for PodSpecRef<'a> {
+    type Target = PodSpec<'a>;
+
+    fn deref(&self) -> &PodSpec<'a> {
+        match self {
+            PodSpecRef::Borrowed(spec) => spec,
+            PodSpecRef::Owned(spec) => spec,
+        }
+    }
+}
+
+/// What the webhook keeps of a workload object besides its pod spec.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectInfo<'a> {
     /// `metadata.name`, else `generateName` followed by `*`, else empty.
-    pub name: String,
-    /// The pod spec, raw (absent when the object has none).
-    pub pod_spec: Option<&'a RawValue>,
-    /// Where `pod_spec` sits in the object.
-    pub pod_spec_path: &'static str,
-    /// The raw spec is a bare `ephemeralContainers` list (the pre-1.22 subresource shape).
+    pub name: Cow<'a, str>,
+    /// The object is a bare `ephemeralContainers` list (the pre-1.22 subresource shape).
     pub ephemeral_list: bool,
     /// Whether the object has `metadata`.
     pub has_metadata: bool,
     /// `metadata.annotations`, raw (absent or null: `None`).
     pub annotations: Option<&'a RawValue>,
+}
+
+impl<'a> ObjectInfo<'a> {
+    fn new(meta: Option<Meta<'a>>, ephemeral_list: bool) -> Self {
+        let has_metadata = meta.is_some();
+        let meta = meta.unwrap_or_default();
+        let name = match (meta.name, meta.generate_name) {
+            (Some(name), _) if !name.is_empty() => name,
+            (_, Some(generate)) => Cow::Owned(format!("{generate}*")),
+            _ => Cow::Borrowed(""),
+        };
+        ObjectInfo {
+            name,
+            ephemeral_list,
+            has_metadata,
+            annotations: meta.annotations,
+        }
+    }
+}
+
+/// A workload object read in one pass: straight from its JSON into the pod-spec fields
+/// the rules read, at the place its kind keeps them.
+#[derive(Debug)]
+pub struct Workload<'a> {
+    /// Name, metadata and shape.
+    pub info: ObjectInfo<'a>,
+    /// The pod spec (empty when the object has none).
+    pub spec: PodSpec<'a>,
+}
+
+impl<'a> Workload<'a> {
+    /// Reads an object of `kind`; an error names the field from the object's root.
+    pub fn read(kind: WorkloadKind, object: &'a str) -> Result<Self, ReadError> {
+        decode_seed(object, WorkloadSeed(kind))
+    }
+}
+
+/// Deserializes a [`Workload`] of this kind from any deserializer (one value of a
+/// larger document, such as an AdmissionReview's `request.object`).
+#[derive(Debug, Clone, Copy)]
+pub struct WorkloadSeed(pub WorkloadKind);
+
+impl<'de> DeserializeSeed<'de> for WorkloadSeed {
+    type Value = Workload<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let (meta, spec) = PodSpecAt::<PodSpec<'de>>(self.0, PhantomData).deserialize(d)?;
+        Ok(Workload {
+            info: ObjectInfo::new(meta, false),
+            spec: spec.unwrap_or_default(),
+        })
+    }
+}
+
+/// A workload object with its pod spec kept raw: for comparing two versions' specs as
+/// sent, and for the pre-1.22 ephemeral-containers list.
+#[derive(Debug)]
+pub struct WorkloadObject<'a> {
+    /// Name, metadata and shape.
+    pub info: ObjectInfo<'a>,
+    /// The pod spec, raw (absent when the object has none).
+    pub pod_spec: Option<&'a RawValue>,
+    /// Where `pod_spec` sits in the object.
+    pub pod_spec_path: &'static str,
 }
 
 #[derive(Deserialize, Default)]
@@ -385,16 +478,6 @@ struct Meta<'a> {
     annotations: Option<&'a RawValue>,
 }
 
-impl Meta<'_> {
-    fn display_name(&self) -> String {
-        match (&self.name, &self.generate_name) {
-            (Some(name), _) if !name.is_empty() => name.to_string(),
-            (_, Some(generate)) => format!("{generate}*"),
-            _ => String::new(),
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct Object<'a, S> {
     #[serde(borrow, default)]
@@ -403,28 +486,24 @@ struct Object<'a, S> {
 }
 
 #[derive(Deserialize)]
-struct Template<'a> {
-    #[serde(borrow)]
-    template: Option<PodTemplate<'a>>,
+struct Template<P> {
+    template: Option<PodTemplate<P>>,
 }
 
 #[derive(Deserialize)]
-struct PodTemplate<'a> {
-    #[serde(borrow)]
-    spec: Option<&'a RawValue>,
+struct PodTemplate<P> {
+    spec: Option<P>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct CronJobSpec<'a> {
-    #[serde(borrow)]
-    job_template: Option<JobTemplate<'a>>,
+struct CronJobSpec<P> {
+    job_template: Option<JobTemplate<P>>,
 }
 
 #[derive(Deserialize)]
-struct JobTemplate<'a> {
-    #[serde(borrow)]
-    spec: Option<Template<'a>>,
+struct JobTemplate<P> {
+    spec: Option<Template<P>>,
 }
 
 #[derive(Deserialize)]
@@ -436,60 +515,60 @@ struct EphemeralContainersObject<'a> {
     ephemeral_containers: Option<&'a RawValue>,
 }
 
-impl<'a> WorkloadObject<'a> {
-    /// Finds the pod spec in an object of `kind`.
-    pub fn read(kind: WorkloadKind, object: &'a str) -> Result<Self, ReadError> {
-        let (meta, pod_spec) = match kind {
+/// Decodes an object of a kind into its metadata and the pod spec (as `P`) at the
+/// place the kind keeps it.
+struct PodSpecAt<P>(WorkloadKind, PhantomData<P>);
+
+impl<P> Clone for PodSpecAt<P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P> Copy for PodSpecAt<P> {}
+
+impl<'de, P: Deserialize<'de>> DeserializeSeed<'de> for PodSpecAt<P> {
+    type Value = (Option<Meta<'de>>, Option<P>);
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        Ok(match self.0 {
             WorkloadKind::Pod => {
-                let o: Object<'a, &'a RawValue> = decode(object)?;
+                let o = Object::<P>::deserialize(d)?;
                 (o.metadata, o.spec)
             }
             WorkloadKind::CronJob => {
-                let o: Object<'a, CronJobSpec<'a>> = decode(object)?;
+                let o = Object::<CronJobSpec<P>>::deserialize(d)?;
                 let spec = o.spec.and_then(|s| s.job_template?.spec?.template?.spec);
                 (o.metadata, spec)
             }
             _ => {
-                let o: Object<'a, Template<'a>> = decode(object)?;
+                let o = Object::<Template<P>>::deserialize(d)?;
                 (o.metadata, o.spec.and_then(|s| s.template?.spec))
             }
-        };
-        Ok(WorkloadObject::new(
-            meta,
+        })
+    }
+}
+
+impl<'a> WorkloadObject<'a> {
+    /// Finds the pod spec in an object of `kind`, keeping it raw.
+    pub fn read(kind: WorkloadKind, object: &'a str) -> Result<Self, ReadError> {
+        let (meta, pod_spec) = decode_seed(object, PodSpecAt::<&'a RawValue>(kind, PhantomData))?;
+        Ok(WorkloadObject {
+            info: ObjectInfo::new(meta, false),
             pod_spec,
-            kind.pod_spec_path(),
-            false,
-        ))
+            pod_spec_path: kind.pod_spec_path(),
+        })
     }
 
     /// Reads the pre-1.22 `EphemeralContainers` object of the `pods/ephemeralcontainers`
     /// subresource.
     pub fn read_ephemeral_containers(object: &'a str) -> Result<Self, ReadError> {
         let o: EphemeralContainersObject<'a> = decode(object)?;
-        Ok(WorkloadObject::new(
-            o.metadata,
-            o.ephemeral_containers,
-            "ephemeralContainers",
-            true,
-        ))
-    }
-
-    fn new(
-        meta: Option<Meta<'a>>,
-        pod_spec: Option<&'a RawValue>,
-        pod_spec_path: &'static str,
-        ephemeral_list: bool,
-    ) -> Self {
-        let has_metadata = meta.is_some();
-        let meta = meta.unwrap_or_default();
-        WorkloadObject {
-            name: meta.display_name(),
-            pod_spec,
-            pod_spec_path,
-            ephemeral_list,
-            has_metadata,
-            annotations: meta.annotations,
-        }
+        Ok(WorkloadObject {
+            info: ObjectInfo::new(o.metadata, true),
+            pod_spec: o.ephemeral_containers,
+            pod_spec_path: "ephemeralContainers",
+        })
     }
 
     /// Decodes the pod spec (an empty spec when the object has none).
@@ -505,7 +584,7 @@ impl<'a> WorkloadObject<'a> {
             };
             e
         };
-        if self.ephemeral_list {
+        if self.info.ephemeral_list {
             let list: Vec<Container<'a>> = decode(raw.get()).map_err(prefix)?;
             Ok(PodSpec {
                 ephemeral_containers: Some(list),
@@ -520,25 +599,40 @@ impl<'a> WorkloadObject<'a> {
 /// Decodes `json`; on a data error decodes again, tracking the path, to say which field
 /// broke. Syntax errors keep their position instead.
 pub(crate) fn decode<'a, T: Deserialize<'a>>(json: &'a str) -> Result<T, ReadError> {
-    serde_json::from_str(json).map_err(|first| {
-        if first.classify() != serde_json::error::Category::Data {
-            return ReadError {
-                path: String::new(),
-                message: format!("invalid JSON: {first}"),
-            };
-        }
-        let mut de = serde_json::Deserializer::from_str(json);
-        match serde_path_to_error::deserialize::<_, T>(&mut de) {
-            Err(e) => ReadError {
-                path: e.path().to_string(),
-                message: without_position(e.inner()),
-            },
-            Ok(_) => ReadError {
-                path: String::new(),
-                message: without_position(&first),
-            },
-        }
-    })
+    decode_seed(json, PhantomData::<T>)
+}
+
+/// [`decode`] with a seed.
+pub(crate) fn decode_seed<'a, S>(json: &'a str, seed: S) -> Result<S::Value, ReadError>
+where
+    S: DeserializeSeed<'a> + Copy,
+{
+    let mut de = serde_json::Deserializer::from_str(json);
+    let first = match seed
+        .deserialize(&mut de)
+        .and_then(|value| de.end().map(|()| value))
+    {
+        Ok(value) => return Ok(value),
+        Err(first) => first,
+    };
+    if first.classify() != serde_json::error::Category::Data {
+        return Err(ReadError {
+            path: String::new(),
+            message: format!("invalid JSON: {first}"),
+        });
+    }
+    let mut de = serde_json::Deserializer::from_str(json);
+    let mut track = serde_path_to_error::Track::new();
+    match seed.deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track)) {
+        Err(e) => Err(ReadError {
+            path: track.path().to_string(),
+            message: without_position(&e),
+        }),
+        Ok(_) => Err(ReadError {
+            path: String::new(),
+            message: without_position(&first),
+        }),
+    }
 }
 
 /// serde_json's message without " at line L column C" (positions in a nested raw value

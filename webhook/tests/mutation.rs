@@ -64,7 +64,7 @@ struct Mutated {
 }
 
 fn mutate_body(body: &[u8], set: &PolicySet, digests: &Digests) -> Mutated {
-    let request = admission::parse(body).unwrap();
+    let request = admission::parse_raw(body).unwrap();
     let before: Value = serde_json::from_str(request.object_json().unwrap()).unwrap();
     let target = mutate::read(&request).unwrap();
     let namespace = request.namespace.as_deref().unwrap_or_default();
@@ -370,7 +370,7 @@ fn workloads_other_than_pods_are_never_mutated() {
         "validate-update-pod.json",
     ] {
         let body = fixture(name);
-        let request = admission::parse(&body).unwrap();
+        let request = admission::parse_raw(&body).unwrap();
         assert!(
             matches!(mutate::read(&request), Err(Untouched::Skipped(_))),
             "{name}"
@@ -453,7 +453,7 @@ fn only_the_ephemeral_container_being_added_is_changed() {
 #[test]
 fn a_pod_whose_annotations_would_pass_the_limit_is_not_mutated() {
     let body = fixture("mutate-create-pod.json");
-    let mut pod: Value = admission::parse(&body)
+    let mut pod: Value = admission::parse_raw(&body)
         .map(|r| serde_json::from_str(r.object_json().unwrap()).unwrap())
         .unwrap();
     pod["metadata"]["annotations"]["big"] = Value::String("x".repeat(256 * 1024 - 200));
@@ -688,7 +688,7 @@ proptest! {
         let everything = policy_set(&[("pin", PIN), ("defaults", DEFAULTS)]);
         let digests = Digests::default().with("nginx:1.25", Ok(DIGEST_A));
         for body in [serde_json::to_vec(&review).unwrap(), bytes] {
-            let Ok(request) = admission::parse(&body) else { continue };
+            let Ok(request) = admission::parse_raw(&body) else { continue };
             let Ok(target) = mutate::read(&request) else { continue };
             let namespace = request.namespace.as_deref().unwrap_or_default();
             let review = Review::new(target.evaluable.subject(namespace, NamespaceView::Snapshot));

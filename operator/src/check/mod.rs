@@ -15,7 +15,7 @@ use portcullis_webhook::image::ImageRef;
 use portcullis_webhook::mutate;
 use portcullis_webhook::policy::{NamespaceView, PolicySet};
 use portcullis_webhook::scan::{ScanReport, ScanResults, ScanStatus, trivy};
-use portcullis_webhook::workload::{WorkloadKind, WorkloadObject};
+use portcullis_webhook::workload::{PodSpecRef, Workload, WorkloadKind};
 use serde_json::Value;
 
 use crate::cli::{CheckArgs, OutputFormat};
@@ -192,13 +192,12 @@ fn mutate_pod(
     set: &PolicySet,
     scans: &ScanIndex,
 ) -> Option<(Value, Vec<String>)> {
-    let read = WorkloadObject::read(WorkloadKind::Pod, json).ok()?;
-    let spec = read.pod_spec().ok()?;
-    let subject = format!("Pod {namespace}/{}", read.name);
+    let read = Workload::read(WorkloadKind::Pod, json).ok()?;
+    let subject = format!("Pod {namespace}/{}", read.info.name);
     let evaluable = Evaluable {
         kind: WorkloadKind::Pod,
-        object: read,
-        spec,
+        object: read.info,
+        spec: PodSpecRef::Owned(read.spec),
     };
     let target = mutate::creating(evaluable, json.len()).ok()?;
     let review = Review::new(target.evaluable.subject(namespace, NamespaceView::Snapshot));

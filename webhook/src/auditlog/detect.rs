@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::{Detection, Event, Settings, State};
 use crate::image::ImageRef;
-use crate::workload::{PodSpec, WorkloadKind, WorkloadObject};
+use crate::workload::{PodSpec, Workload, WorkloadKind};
 
 /// Capabilities whose addition `privileged-workload` reports.
 const DANGEROUS_CAPABILITIES: [&str; 8] = [
@@ -190,13 +190,10 @@ fn workload(
     state: &mut State,
     fired: &mut Vec<(Detection, String)>,
 ) {
-    let Ok(read) = WorkloadObject::read(kind, object) else {
+    let Ok(Workload { spec, .. }) = Workload::read(kind, object) else {
         return;
     };
     let owned = kind == WorkloadKind::Pod && has_owner(object);
-    let Ok(spec) = read.pod_spec() else {
-        return;
-    };
     if let Some(what) = privileged(&spec) {
         fired.push((Detection::PrivilegedWorkload, format!("{kind} {what}")));
     }

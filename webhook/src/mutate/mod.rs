@@ -11,7 +11,7 @@ use base64::Engine as _;
 
 use crate::admission::{self, API_VERSION, Evaluable, Request, Verdict};
 use crate::engine::mutation::{Plan, Scope};
-use crate::workload::{ReadError, WorkloadKind, WorkloadObject, decode};
+use crate::workload::{ReadError, Workload, WorkloadKind, WorkloadObject, decode};
 pub use metrics::MutationMetrics;
 pub use patch::{NotSent, ORIGINAL_IMAGES, UNPINNED};
 
@@ -47,7 +47,7 @@ pub enum Untouched {
 }
 
 /// Sorts out the requests that are not mutated, and reads those that may be.
-pub fn read<'a>(request: &Request<'a>) -> Result<Target<'a>, Untouched> {
+pub fn read<'r>(request: &'r Request<'_>) -> Result<Target<'r>, Untouched> {
     let subresource = request.sub_resource.as_deref().unwrap_or_default();
     let whole_pod = match (request.operation.as_ref(), subresource) {
         ("CREATE", "") => true,
@@ -68,7 +68,10 @@ pub fn read<'a>(request: &Request<'a>) -> Result<Target<'a>, Untouched> {
         Err(Verdict::Unreadable(message)) => return Err(Untouched::Unreadable(message)),
         Err(_) => return Err(Untouched::Skipped("the request is not evaluated")),
     };
-    let object_bytes = request.object_json().map_or(0, str::len);
+    // Its size bounds the patch: the object must be kept as sent (`parse_raw`).
+    let object_bytes = request.object_json().map(str::len).ok_or_else(|| {
+        Untouched::Unreadable("request.object was not kept as sent: its size is unknown".into())
+    })?;
     if whole_pod {
         return creating(evaluable, object_bytes);
     }
@@ -123,12 +126,11 @@ fn unreadable(what: &str, e: ReadError) -> Untouched {
 
 /// The names of the ephemeral containers in the object before the update.
 fn ephemeral_names(legacy_list: bool, old: &str) -> Result<Vec<String>, ReadError> {
-    let object = if legacy_list {
-        WorkloadObject::read_ephemeral_containers(old)?
+    let spec = if legacy_list {
+        WorkloadObject::read_ephemeral_containers(old)?.pod_spec()?
     } else {
-        WorkloadObject::read(WorkloadKind::Pod, old)?
+        Workload::read(WorkloadKind::Pod, old)?.spec
     };
-    let spec = object.pod_spec()?;
     Ok(spec
         .ephemeral_containers
         .iter()

@@ -14,156 +14,20 @@ use crate::engine::{self, Decision, Subject, truncate};
 use crate::policy::PolicySet;
 use crate::policy::{NamespaceView, compile, compile_integration, join_errors};
 use crate::scan::ScanResults;
-use crate::workload::{PodSpec, ReadError, WorkloadKind, WorkloadObject};
+use crate::workload::{ObjectInfo, PodSpecRef, ReadError, Workload, WorkloadKind, WorkloadObject};
+
+mod request;
+
+use request::ObjectField;
+pub use request::{
+    GroupVersionKind, GroupVersionResource, Request, ReviewError, UserInfo, parse, parse_raw,
+};
 
 /// The only AdmissionReview version served.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// The audit annotation that carries Audit violations into the API server's audit log.
 pub const AUDIT_ANNOTATION: &str = "audit-violations";
 const MAX_AUDIT_ANNOTATION: usize = 4096;
-
-/// Why a body is not an AdmissionReview the webhook can answer (HTTP 400).
-#[derive(Debug, thiserror::Error)]
-pub enum ReviewError {
-    /// Not JSON, or not shaped like an AdmissionReview.
-    #[error("malformed AdmissionReview: {0}")]
-    Malformed(ReadError),
-    /// Another `apiVersion` than `admission.k8s.io/v1`.
-    #[error("unsupported AdmissionReview apiVersion {0:?}: only {API_VERSION} is served")]
-    ApiVersion(String),
-    /// No `request`.
-    #[error("AdmissionReview has no request")]
-    NoRequest,
-    /// No `request.uid` to answer to.
-    #[error("AdmissionReview request has no uid")]
-    NoUid,
-    /// A field every review carries is missing or empty (`operation`, `kind`,
-    /// `resource`): nothing can be decided without it.
-    #[error("AdmissionReview request has no {0}")]
-    Missing(&'static str),
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Review<'a> {
-    #[serde(borrow, default)]
-    api_version: Cow<'a, str>,
-    #[serde(borrow)]
-    request: Option<Request<'a>>,
-}
-
-/// The fields of `request` the webhook reads; the object stays raw until its kind is known.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Request<'a> {
-    /// `uid`, echoed in the answer.
-    #[serde(borrow, default)]
-    pub uid: Cow<'a, str>,
-    /// `kind` (after `matchPolicy: Equivalent` conversion).
-    #[serde(borrow, default)]
-    pub kind: GroupVersionKind<'a>,
-    /// `resource`.
-    #[serde(borrow, default)]
-    pub resource: GroupVersionResource<'a>,
-    /// `subResource`.
-    #[serde(borrow, default)]
-    pub sub_resource: Option<Cow<'a, str>>,
-    /// `namespace`.
-    #[serde(borrow, default)]
-    pub namespace: Option<Cow<'a, str>>,
-    /// `name` (empty on a CREATE that generates it).
-    #[serde(borrow, default)]
-    pub name: Option<Cow<'a, str>>,
-    /// `operation`: CREATE, UPDATE, DELETE or CONNECT.
-    #[serde(borrow, default)]
-    pub operation: Cow<'a, str>,
-    /// `dryRun`: decide, but cause no side effects.
-    #[serde(default)]
-    pub dry_run: Option<bool>,
-    /// `userInfo`: who asked (for the decision log).
-    #[serde(borrow, default)]
-    pub user_info: UserInfo<'a>,
-    #[serde(borrow, default)]
-    object: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    old_object: Option<&'a RawValue>,
-}
-
-impl<'a> Request<'a> {
-    /// `object`, as sent.
-    pub fn object_json(&self) -> Option<&'a str> {
-        self.object.map(RawValue::get)
-    }
-
-    /// `oldObject`, as sent.
-    pub fn old_object_json(&self) -> Option<&'a str> {
-        self.old_object.map(RawValue::get)
-    }
-}
-
-/// `request.userInfo`, as far as the decision log reads it.
-#[derive(Debug, Default, Deserialize)]
-pub struct UserInfo<'a> {
-    /// `username`.
-    #[serde(borrow, default)]
-    pub username: Cow<'a, str>,
-}
-
-/// `request.kind`.
-#[derive(Debug, Default, Deserialize)]
-pub struct GroupVersionKind<'a> {
-    /// API group (`""` for core).
-    #[serde(borrow, default)]
-    pub group: Cow<'a, str>,
-    /// API version.
-    #[serde(borrow, default)]
-    pub version: Cow<'a, str>,
-    /// Kind.
-    #[serde(borrow, default)]
-    pub kind: Cow<'a, str>,
-}
-
-/// `request.resource`.
-#[derive(Debug, Default, Deserialize)]
-pub struct GroupVersionResource<'a> {
-    /// API group (`""` for core).
-    #[serde(borrow, default)]
-    pub group: Cow<'a, str>,
-    /// API version.
-    #[serde(borrow, default)]
-    pub version: Cow<'a, str>,
-    /// Resource (`pods`).
-    #[serde(borrow, default)]
-    pub resource: Cow<'a, str>,
-}
-
-/// Parses a review body, checking the envelope (not the object).
-pub fn parse(body: &[u8]) -> Result<Request<'_>, ReviewError> {
-    let text = std::str::from_utf8(body).map_err(|e| {
-        ReviewError::Malformed(ReadError {
-            path: String::new(),
-            message: format!("body is not UTF-8: {e}"),
-        })
-    })?;
-    let review: Review<'_> = crate::workload::decode(text).map_err(ReviewError::Malformed)?;
-    if review.api_version != API_VERSION {
-        return Err(ReviewError::ApiVersion(review.api_version.into_owned()));
-    }
-    let request = review.request.ok_or(ReviewError::NoRequest)?;
-    if request.uid.is_empty() {
-        return Err(ReviewError::NoUid);
-    }
-    if request.operation.is_empty() {
-        return Err(ReviewError::Missing("operation"));
-    }
-    if request.kind.kind.is_empty() || request.kind.version.is_empty() {
-        return Err(ReviewError::Missing("kind"));
-    }
-    if request.resource.resource.is_empty() || request.resource.version.is_empty() {
-        return Err(ReviewError::Missing("resource"));
-    }
-    Ok(request)
-}
 
 /// What the webhook made of a request.
 #[derive(Debug)]
@@ -206,10 +70,11 @@ impl Verdict {
 pub struct Evaluable<'a> {
     /// The workload kind.
     pub kind: WorkloadKind,
-    /// The object's name and raw pod spec.
-    pub object: WorkloadObject<'a>,
-    /// The pod spec as the rules read it.
-    pub spec: PodSpec<'a>,
+    /// The object's name and shape.
+    pub object: ObjectInfo<'a>,
+    /// The pod spec as the rules read it (borrowed from the request when it was read
+    /// in one pass).
+    pub spec: PodSpecRef<'a>,
 }
 
 impl<'a> Evaluable<'a> {
@@ -218,7 +83,7 @@ impl<'a> Evaluable<'a> {
     pub fn pod_to_join(&self) -> Option<&str> {
         self.object
             .ephemeral_list
-            .then_some(self.object.name.as_str())
+            .then_some(self.object.name.as_ref())
     }
 
     /// These ephemeral containers in `pod` (its JSON): judged with the Pod's own
@@ -227,14 +92,14 @@ impl<'a> Evaluable<'a> {
     where
         'a: 'p,
     {
-        let mut spec = WorkloadObject::read(WorkloadKind::Pod, pod)?.pod_spec()?;
+        let mut spec = Workload::read(WorkloadKind::Pod, pod)?.spec;
         spec.containers = None;
         spec.init_containers = None;
-        spec.ephemeral_containers = self.spec.ephemeral_containers;
+        spec.ephemeral_containers = self.spec.into_owned().ephemeral_containers;
         Ok(Evaluable {
             kind: self.kind,
             object: self.object,
-            spec,
+            spec: PodSpecRef::Owned(spec),
         })
     }
 
@@ -279,9 +144,10 @@ pub fn evaluate_object(
     scans: &dyn ScanResults,
     now: SystemTime,
 ) -> Verdict {
-    let read = WorkloadObject::read(kind, object).and_then(|object| {
-        let spec = object.pod_spec()?;
-        Ok(Evaluable { kind, object, spec })
+    let read = Workload::read(kind, object).map(|w| Evaluable {
+        kind,
+        object: w.info,
+        spec: PodSpecRef::Owned(w.spec),
     });
     match read {
         Ok(e) => {
@@ -299,7 +165,7 @@ fn unreadable(kind_name: &str, e: ReadError) -> Verdict {
 }
 
 /// Sorts out requests that are not evaluated, and reads the pod spec of those that are.
-pub fn read<'a>(request: &Request<'a>) -> Result<Evaluable<'a>, Verdict> {
+pub fn read<'r>(request: &'r Request<'_>) -> Result<Evaluable<'r>, Verdict> {
     let operation = request.operation.as_ref();
     if operation != "CREATE" && operation != "UPDATE" {
         return Err(Verdict::Skipped("operation is not evaluated"));
@@ -307,7 +173,11 @@ pub fn read<'a>(request: &Request<'a>) -> Result<Evaluable<'a>, Verdict> {
     let group = request.kind.group.as_ref();
     let kind_name = request.kind.kind.as_ref();
     if group == portcullis_crds::GROUP {
-        return Err(check_policy_object(kind_name, request.object));
+        let raw = match &request.object {
+            Some(ObjectField::Raw(raw)) => Some(*raw),
+            _ => None,
+        };
+        return Err(check_policy_object(kind_name, raw));
     }
     let ephemeral = match request.sub_resource.as_deref() {
         None | Some("") => false,
@@ -324,31 +194,63 @@ pub fn read<'a>(request: &Request<'a>) -> Result<Evaluable<'a>, Verdict> {
         WorkloadKind::from_group_kind(group, kind_name)
             .ok_or(Verdict::Skipped("kind is not evaluated"))?
     };
-    let read = |raw: &'a RawValue| {
-        if kind_name == "EphemeralContainers" {
-            WorkloadObject::read_ephemeral_containers(raw.get())
-        } else {
-            WorkloadObject::read(kind, raw.get())
-        }
-    };
     let unreadable = |e: ReadError| unreadable(kind_name, e);
-    let raw = request
-        .object
-        .ok_or_else(|| Verdict::Unreadable("request.object is missing".into()))?;
-    let object = read(raw).map_err(unreadable)?;
-    let mut spec = object.pod_spec().map_err(unreadable)?;
+    let raw = match &request.object {
+        None => return Err(Verdict::Unreadable("request.object is missing".into())),
+        Some(ObjectField::Read(read_as, workload)) => {
+            // `parse` keeps only an object read as what the request says it is.
+            return if *read_as == kind && !ephemeral && operation == "CREATE" {
+                Ok(Evaluable {
+                    kind,
+                    object: workload.info.clone(),
+                    spec: PodSpecRef::Borrowed(&workload.spec),
+                })
+            } else {
+                Err(Verdict::Unreadable(format!(
+                    "request.object was read as {read_as}, not as {kind_name}"
+                )))
+            };
+        }
+        Some(ObjectField::Raw(raw)) => raw.get(),
+    };
+    if kind_name == "EphemeralContainers" {
+        // The pre-1.22 subresource: a bare list, judged with the Pod's settings.
+        let object = WorkloadObject::read_ephemeral_containers(raw).map_err(unreadable)?;
+        let spec = object.pod_spec().map_err(unreadable)?;
+        return Ok(Evaluable {
+            kind,
+            object: object.info,
+            spec: PodSpecRef::Owned(spec),
+        });
+    }
+    if operation == "UPDATE" && !ephemeral {
+        let object = WorkloadObject::read(kind, raw).map_err(unreadable)?;
+        let spec = object.pod_spec().map_err(unreadable)?;
+        if let Some(old) = request
+            .old_object
+            .and_then(|old| WorkloadObject::read(kind, old.get()).ok())
+            && old.pod_spec.map(RawValue::get) == object.pod_spec.map(RawValue::get)
+        {
+            return Err(Verdict::Skipped("pod spec unchanged"));
+        }
+        return Ok(Evaluable {
+            kind,
+            object: object.info,
+            spec: PodSpecRef::Owned(spec),
+        });
+    }
+    let Workload { info, mut spec } = Workload::read(kind, raw).map_err(unreadable)?;
     if ephemeral {
         // Only the ephemeral containers are being added (the containers were admitted
         // already); they run with the Pod's securityContext, volumes and host settings.
         spec.containers = None;
         spec.init_containers = None;
-    } else if operation == "UPDATE"
-        && let Some(old) = request.old_object.and_then(|old| read(old).ok())
-        && old.pod_spec.map(RawValue::get) == object.pod_spec.map(RawValue::get)
-    {
-        return Err(Verdict::Skipped("pod spec unchanged"));
     }
-    Ok(Evaluable { kind, object, spec })
+    Ok(Evaluable {
+        kind,
+        object: info,
+        spec: PodSpecRef::Owned(spec),
+    })
 }
 
 /// Checks a ContainerPolicy, RegistryIntegration or AuditMonitor with the compiler the
