@@ -13,6 +13,17 @@ use crate::image::{
 pub struct Glob {
     source: String,
     segments: Vec<Segment>,
+    /// The same match as a string comparison, for the usual shapes.
+    literal: Option<Literal>,
+}
+
+/// Globs without `*` inside a segment, compared as strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Literal {
+    /// No wildcard: the name itself.
+    Exact(String),
+    /// Literal segments then a final `**`: that path or anything under it.
+    Under(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,16 +80,23 @@ impl Glob {
                 }
                 s => Ok(Segment::Pieces(s.split('*').map(str::to_owned).collect())),
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Glob {
             source: source.to_owned(),
+            literal: literal(&segments),
             segments,
         })
     }
 
     /// Whether `name` matches.
     pub fn matches(&self, name: &str) -> bool {
-        match_segments(&self.segments, Some(name))
+        match &self.literal {
+            Some(Literal::Exact(exact)) => name == exact,
+            Some(Literal::Under(path)) => name
+                .strip_prefix(path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+            None => match_segments(&self.segments, Some(name)),
+        }
     }
 
     /// The pattern as the user wrote it.
@@ -218,6 +236,28 @@ fn match_segments(pattern: &[Segment], name: Option<&str>) -> bool {
             None => false,
         },
     }
+}
+
+/// The string comparison `segments` amount to, if they are literal segments, optionally
+/// ending in one `**` (`ghcr.io/acme/**`, most patterns written).
+fn literal(segments: &[Segment]) -> Option<Literal> {
+    let (under, literals) = match segments.split_last() {
+        Some((Segment::Any, rest)) if !rest.is_empty() => (true, rest),
+        _ => (false, segments),
+    };
+    let words: Vec<&str> = literals
+        .iter()
+        .map(|segment| match segment {
+            Segment::Pieces(pieces) if pieces.len() == 1 => Some(pieces[0].as_str()),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let path = words.join("/");
+    Some(if under {
+        Literal::Under(path)
+    } else {
+        Literal::Exact(path)
+    })
 }
 
 /// The first segment of a name, and the rest after its `/`.
@@ -366,5 +406,21 @@ mod tests {
                 .contains("which no namespace name contains")
         );
         assert!(Glob::new("team-*").is_ok());
+    }
+
+    proptest::proptest! {
+        /// The string comparison of literal patterns decides exactly as segment matching.
+        #[test]
+        fn literal_patterns_match_as_segments_do(
+            pattern in "[ab]{1,2}(/[ab*]{1,2}){0,3}(/\\*\\*)?",
+            name in "[ab]{0,2}(/[ab]{0,2}){0,4}",
+        ) {
+            let glob = Glob::user(&pattern).unwrap();
+            proptest::prop_assert_eq!(
+                glob.matches(&name),
+                match_segments(&glob.segments, Some(&name)),
+                "{} {}", pattern, name
+            );
+        }
     }
 }

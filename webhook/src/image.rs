@@ -89,19 +89,25 @@ impl ImageRef {
         for component in path.split('/') {
             validate_component(component)?;
         }
-        let library = if registry == DOCKER_HUB && !path.contains('/') {
-            "library/"
-        } else {
-            ""
-        };
-        let repository = format!("{registry}/{library}{path}");
+        // `registry/[library/]path`, built in place.
+        let mut repository = String::with_capacity(name.len() + DOCKER_HUB.len() + 9);
+        match registry {
+            Some(host) => push_canonical_registry(&mut repository, host),
+            None => repository.push_str(DOCKER_HUB),
+        }
+        let registry_len = repository.len();
+        repository.push('/');
+        if repository[..registry_len] == *DOCKER_HUB && !path.contains('/') {
+            repository.push_str("library/");
+        }
+        repository.push_str(path);
         let tag = if tag.is_none() && digest.is_none() {
             Some("latest".to_owned())
         } else {
             tag
         };
         Ok(ImageRef {
-            registry_len: registry.len(),
+            registry_len,
             repository,
             tag,
             digest,
@@ -152,12 +158,26 @@ impl fmt::Display for ImageRef {
 /// (`index.docker.io`, `registry-1.docker.io`) as `docker.io`, and an explicit default
 /// port (`ghcr.io:443`) as the bare host. Nothing else normalizes a registry name.
 pub fn canonical_registry(host: &str) -> String {
-    let lower = host.to_ascii_lowercase();
-    let bare = lower.strip_suffix(DEFAULT_PORT).unwrap_or(&lower);
-    if DOCKER_HUB_ALIASES.contains(&bare) {
-        DOCKER_HUB.to_owned()
+    let mut out = String::with_capacity(host.len());
+    push_canonical_registry(&mut out, host);
+    out
+}
+
+/// [`canonical_registry`], appended to `out`.
+fn push_canonical_registry(out: &mut String, host: &str) {
+    let bare = match host.len().checked_sub(DEFAULT_PORT.len()) {
+        Some(end) if host.is_char_boundary(end) && host[end..] == *DEFAULT_PORT => &host[..end],
+        _ => host,
+    };
+    if DOCKER_HUB_ALIASES
+        .iter()
+        .any(|alias| alias.eq_ignore_ascii_case(bare))
+    {
+        out.push_str(DOCKER_HUB);
     } else {
-        bare.to_owned()
+        let start = out.len();
+        out.push_str(bare);
+        out[start..].make_ascii_lowercase();
     }
 }
 
@@ -167,14 +187,14 @@ pub(crate) fn is_registry_component(first: &str) -> bool {
     first.contains(['.', ':']) || first == "localhost"
 }
 
-/// Splits `name` into a normalized registry and the remaining path.
-fn split_registry(name: &str) -> Result<(String, &str), ImageError> {
+/// Splits `name` into the registry as written (`None`: Docker Hub) and the path.
+fn split_registry(name: &str) -> Result<(Option<&str>, &str), ImageError> {
     match name.split_once('/') {
         Some((first, rest)) if is_registry_component(first) => {
             validate_registry(first)?;
-            Ok((canonical_registry(first), rest))
+            Ok((Some(first), rest))
         }
-        _ => Ok((DOCKER_HUB.to_owned(), name)),
+        _ => Ok((None, name)),
     }
 }
 

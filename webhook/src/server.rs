@@ -246,7 +246,7 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
     reply(
         &state,
         &request.uid,
-        serde_json::to_vec(&admission::respond(&request.uid, &verdict)),
+        admission::respond(&request.uid, &verdict),
     )
 }
 

@@ -2,11 +2,8 @@
 //! is read, and how a decision becomes `admission.k8s.io/v1` JSON.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::time::SystemTime;
 
-use kube::core::admission::{AdmissionResponse, AdmissionReview};
-use kube::core::{DynamicObject, Status};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -16,7 +13,10 @@ use crate::policy::{NamespaceView, compile, compile_integration, join_errors};
 use crate::scan::ScanResults;
 use crate::workload::{ObjectInfo, PodSpecRef, ReadError, Workload, WorkloadKind, WorkloadObject};
 
+mod answer;
 mod request;
+
+pub use answer::AnswerWriter;
 
 use request::ObjectField;
 pub use request::{
@@ -305,38 +305,124 @@ struct NameOnly<'a> {
     name: Option<Cow<'a, str>>,
 }
 
-/// The AdmissionReview answering `uid` with `verdict`.
-pub fn respond(uid: &str, verdict: &Verdict) -> AdmissionReview<DynamicObject> {
-    let mut response = AdmissionResponse::invalid("");
-    response.uid = uid.to_owned();
-    response.allowed = true;
-    response.result = Status::success();
-    match verdict {
-        Verdict::Skipped(_) => {}
-        Verdict::Unreadable(message) => deny(&mut response, message.clone()),
-        Verdict::Invalid(message) => {
-            response.allowed = false;
-            response.result = Status::failure(message, "Invalid").with_code(422);
+/// The AdmissionReview answering `uid` with `verdict`, as JSON.
+pub fn respond(uid: &str, verdict: &Verdict) -> serde_json::Result<Vec<u8>> {
+    let decision = match verdict {
+        Verdict::Skipped(_) => None,
+        Verdict::Unreadable(message) => return refusal(uid, 403, "Forbidden", message),
+        Verdict::Invalid(message) => return refusal(uid, 422, "Invalid", message),
+        Verdict::Decided(decision) => Some(decision),
+    };
+    let Some(decision) = decision else {
+        let mut answer = AnswerWriter::new(uid, true, 0)?;
+        answer.success();
+        return Ok(answer.finish());
+    };
+    let warnings = decision.warnings();
+    let audits = decision.audits();
+    let capacity = warnings.iter().map(|w| w.len() + 3).sum::<usize>()
+        + audits.iter().map(|a| a.len() + 2).sum::<usize>();
+    let mut answer = match decision.deny_message() {
+        Some(message) => {
+            let mut answer = AnswerWriter::new(uid, false, capacity + message.len() + 64)?;
+            answer.failure(403, "Forbidden", &message)?;
+            answer
         }
-        Verdict::Decided(decision) => {
-            if let Some(message) = decision.deny_message() {
-                deny(&mut response, message);
-            }
-            let warnings = decision.warnings();
-            if !warnings.is_empty() {
-                response.warnings = Some(warnings);
-            }
-            let audits = decision.audits();
-            if !audits.is_empty() {
-                let joined = truncate(audits.join("; "), MAX_AUDIT_ANNOTATION);
-                response.audit_annotations = HashMap::from([(AUDIT_ANNOTATION.to_owned(), joined)]);
-            }
+        None => {
+            let mut answer = AnswerWriter::new(uid, true, capacity)?;
+            answer.success();
+            answer
         }
+    };
+    answer.warnings(&warnings)?;
+    if !audits.is_empty() {
+        let joined = truncate(audits.join("; "), MAX_AUDIT_ANNOTATION);
+        answer.audit_annotation(AUDIT_ANNOTATION, &joined)?;
     }
-    response.into_review()
+    Ok(answer.finish())
 }
 
-fn deny(response: &mut AdmissionResponse, message: String) {
-    response.allowed = false;
-    response.result = Status::failure(&message, "Forbidden").with_code(403);
+fn refusal(uid: &str, code: u16, reason: &str, message: &str) -> serde_json::Result<Vec<u8>> {
+    let mut answer = AnswerWriter::new(uid, false, message.len() + 64)?;
+    answer.failure(code, reason, message)?;
+    Ok(answer.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use kube::core::Status;
+    use kube::core::admission::AdmissionResponse;
+    use portcullis_crds::Action;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::engine::Violation;
+
+    /// The same answer built with kube's types, the reference for the hand-written JSON.
+    fn reference(uid: &str, verdict: &Verdict) -> Value {
+        let mut response = AdmissionResponse::invalid("");
+        response.uid = uid.to_owned();
+        response.allowed = verdict.allowed();
+        response.result = Status::success();
+        let refuse =
+            |message: &str, reason: &str, code| Status::failure(message, reason).with_code(code);
+        match verdict {
+            Verdict::Skipped(_) => {}
+            Verdict::Unreadable(message) => response.result = refuse(message, "Forbidden", 403),
+            Verdict::Invalid(message) => response.result = refuse(message, "Invalid", 422),
+            Verdict::Decided(decision) => {
+                if let Some(message) = decision.deny_message() {
+                    response.result = refuse(&message, "Forbidden", 403);
+                }
+                let warnings = decision.warnings();
+                response.warnings = (!warnings.is_empty()).then_some(warnings);
+                let audits = decision.audits();
+                if !audits.is_empty() {
+                    let joined = truncate(audits.join("; "), MAX_AUDIT_ANNOTATION);
+                    response.audit_annotations =
+                        HashMap::from([(AUDIT_ANNOTATION.to_owned(), joined)]);
+                }
+            }
+        }
+        serde_json::to_value(response.into_review()).unwrap()
+    }
+
+    fn violation(action: Action, detail: &str) -> Violation {
+        Violation {
+            policy: "p \"quoted\"".into(),
+            action,
+            rule: "tags.denyLatest",
+            target: "container \"app\" image nginx:latest".into(),
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn the_written_answer_is_what_kube_types_serialize() {
+        let decided = |actions: &[Action]| {
+            Verdict::Decided(Decision {
+                object: "Pod team-a/web".into(),
+                violations: actions
+                    .iter()
+                    .map(|&a| violation(a, "tag latest \\ \u{7} is denied"))
+                    .collect(),
+            })
+        };
+        let verdicts = [
+            Verdict::Skipped("kind is not evaluated"),
+            Verdict::Unreadable("Pod object cannot be read as Pod: spec: \"bad\"".into()),
+            Verdict::Invalid("ContainerPolicy \"x\" is invalid: spec.action: unknown".into()),
+            decided(&[]),
+            decided(&[Action::Warn, Action::Warn]),
+            decided(&[Action::Audit, Action::Audit]),
+            decided(&[Action::Block, Action::Warn, Action::Audit]),
+        ];
+        for verdict in &verdicts {
+            let written = respond("uid-\"1\"", verdict).unwrap();
+            let written: Value = serde_json::from_slice(&written).unwrap();
+            assert_eq!(written, reference("uid-\"1\"", verdict), "{verdict:?}");
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 
-use crate::admission::{self, API_VERSION, Evaluable, Request, Verdict};
+use crate::admission::{self, AnswerWriter, Evaluable, Request, Verdict};
 use crate::engine::mutation::{Plan, Scope};
 use crate::workload::{ReadError, Workload, WorkloadKind, WorkloadObject, decode};
 pub use metrics::MutationMetrics;
@@ -187,26 +187,19 @@ pub fn answer(target: &Target<'_>, plan: &Plan, subject: &str) -> Answer {
 /// is the bulk of it: base64 needs no escaping, so it is encoded straight into the answer.
 pub fn respond(uid: &str, answer: &Answer) -> Result<Vec<u8>, serde_json::Error> {
     let patch_len = answer.patch.as_ref().map_or(0, |p| p.len().div_ceil(3) * 4);
-    let mut out = Vec::with_capacity(256 + patch_len);
-    out.extend_from_slice(br#"{"apiVersion":""#);
-    out.extend_from_slice(API_VERSION.as_bytes());
-    out.extend_from_slice(br#"","kind":"AdmissionReview","response":{"uid":"#);
-    serde_json::to_writer(&mut out, uid)?;
-    out.extend_from_slice(br#","allowed":true"#);
+    let mut out = AnswerWriter::new(uid, true, patch_len + 32)?;
     if let Some(patch) = &answer.patch {
-        out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
-        let start = out.len();
-        out.resize(start + patch_len, 0);
+        out.field("patchType").extend_from_slice(br#""JSONPatch""#);
+        let value = out.field("patch");
+        value.push(b'"');
+        let start = value.len();
+        value.resize(start + patch_len, 0);
         let written = base64::engine::general_purpose::STANDARD
-            .encode_slice(patch, &mut out[start..])
+            .encode_slice(patch, &mut value[start..])
             .map_err(serde::ser::Error::custom)?;
-        out.truncate(start + written);
-        out.push(b'"');
+        value.truncate(start + written);
+        value.push(b'"');
     }
-    if !answer.warnings.is_empty() {
-        out.extend_from_slice(br#","warnings":"#);
-        serde_json::to_writer(&mut out, &answer.warnings)?;
-    }
-    out.extend_from_slice(b"}}");
-    Ok(out)
+    out.warnings(&answer.warnings)?;
+    Ok(out.finish())
 }
