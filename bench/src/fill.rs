@@ -61,7 +61,11 @@ pub fn fill(args: &FillArgs) -> anyhow::Result<()> {
             service.remember_digest(INTEGRATION, &repository, &format!("1.{i}.0"), &digest);
         }
     }
-    service.cache().flush();
+    // A million results take longer to commit than a stop's grace period.
+    anyhow::ensure!(
+        service.cache().flush_within(Duration::from_secs(600)),
+        "the scan cache was not written within 10 minutes"
+    );
     println!(
         "wrote {} policies to {} and {} scan results to {}",
         args.policies,

@@ -46,23 +46,22 @@ fn synced_index(n: usize) -> ClusterIndex {
 }
 
 fn bench(c: &mut Criterion) {
-    let mut group = c.benchmark_group("policy_set_1000");
-    let mut index = synced_index(1000);
-    let mut generation = 1;
-    group.bench_function("one_change_then_snapshot", |b| {
-        b.iter(|| {
-            generation += 1;
-            index.apply(Change::Policy(policy(500, generation)));
-            index.snapshot()
-        })
-    });
-    group.bench_function("full_relist_then_snapshot", |b| {
-        b.iter(|| {
-            let index = synced_index(1000);
-            index.snapshot()
-        })
-    });
-    group.finish();
+    for size in [1000, 10_000] {
+        let mut group = c.benchmark_group(format!("policy_set_{size}"));
+        let mut index = synced_index(size);
+        let mut generation = 1;
+        group.bench_function("one_change_then_snapshot", |b| {
+            b.iter(|| {
+                generation += 1;
+                index.apply(Change::Policy(policy(size / 2, generation)));
+                index.snapshot()
+            })
+        });
+        group.bench_function("full_relist_then_snapshot", |b| {
+            b.iter(|| synced_index(size).snapshot())
+        });
+        group.finish();
+    }
 }
 
 criterion_group!(benches, bench);

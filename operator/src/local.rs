@@ -61,7 +61,7 @@ impl PolicyDir {
                         }
                     }
                     Err(error) => {
-                        errors.push(format!("{error} (keeping its last good contents)"));
+                        errors.push(error.to_string());
                         match cached {
                             Some(file) => file,
                             None => continue,
@@ -73,6 +73,16 @@ impl PolicyDir {
         }
         self.files = files;
         Ok((changed, errors))
+    }
+
+    /// The first read: every file must parse, since none has good contents to keep
+    /// (starting without a file's policies would enforce nothing it says, silently).
+    pub fn read_all(&mut self) -> anyhow::Result<()> {
+        let (_, errors) = self.refresh()?;
+        if !errors.is_empty() {
+            anyhow::bail!("{}", errors.join("; "));
+        }
+        Ok(())
     }
 
     /// Compiles everything read; objects that do not validate are listed, and keep
@@ -95,7 +105,10 @@ fn publish(
 ) {
     let loaded = dir.build(Some(&shared.load()));
     scans.credentials().replace(loaded.secrets);
-    for problem in parse_errors.iter().chain(&loaded.problems) {
+    for error in parse_errors {
+        tracing::error!("{error} (keeping its last good contents)");
+    }
+    for problem in &loaded.problems {
         tracing::error!("{problem}");
     }
     for integration in loaded.set.integrations() {
@@ -116,10 +129,10 @@ fn publish(
 /// `portcullis serve`: runs until SIGTERM or Ctrl-C.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut dir = PolicyDir::new(args.policies.clone());
-    let (_, parse_errors) = dir.refresh()?;
+    dir.read_all()?;
     let shared = Arc::new(ArcSwap::from_pointee(PolicySet::default()));
     let scans = ScanService::new(&args.scan.settings()).context("opening the scan cache")?;
-    publish(&dir, &shared, &scans, &parse_errors);
+    publish(&dir, &shared, &scans, &[]);
 
     // Bind before writing any generated certificate: a second instance that cannot
     // bind must not overwrite the CA of the one that is serving.
@@ -267,11 +280,7 @@ mod tests {
 
         write(&file, "apiVersion: [half-saved");
         let (_, errors) = dir.refresh().unwrap();
-        assert!(
-            errors[0].contains("p.yaml: invalid YAML")
-                && errors[0].contains("keeping its last good contents"),
-            "{errors:?}"
-        );
+        assert!(errors[0].contains("p.yaml: invalid YAML"), "{errors:?}");
         assert_eq!(
             names(&dir).0,
             ["one", "two"],
@@ -284,6 +293,27 @@ mod tests {
             names(&dir).0.is_empty(),
             "a deleted file's policies are gone"
         );
+    }
+
+    /// At the start no file has good contents to keep: one that does not parse stops the
+    /// start, naming it. A generated file of more than serde-saphyr's default budget of
+    /// 1,024 documents reads whole (it once read as nothing, and the server served with
+    /// no policies).
+    #[test]
+    fn the_first_read_needs_every_file_and_reads_large_ones_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let many: Vec<String> = (0..3000)
+            .map(|i| policy(&format!("p{i}"), "{rules: {tags: {denyLatest: true}}}"))
+            .collect();
+        write(&tmp.path().join("many.yaml"), &many.join("---\n"));
+        let mut dir = PolicyDir::new(tmp.path().to_owned());
+        dir.read_all().unwrap();
+        assert_eq!(dir.build(None).set.policies().len(), 3000);
+
+        write(&tmp.path().join("broken.yaml"), "apiVersion: [half-saved");
+        let mut dir = PolicyDir::new(tmp.path().to_owned());
+        let error = dir.read_all().unwrap_err().to_string();
+        assert!(error.contains("broken.yaml: invalid YAML"), "{error}");
     }
 
     /// As in a cluster: an object edited into something that does not compile keeps

@@ -62,12 +62,28 @@ pub fn read_file(path: &Path) -> Result<Vec<Document>, ManifestError> {
     read_text(&path.display().to_string(), &text)
 }
 
+/// The YAML reader's limits: serde-saphyr's defaults, which bound aliases, anchors and
+/// depth (YAML bombs), except the document, node and event counts, raised so that one
+/// generated file of 10,000 policies reads (the defaults stop at 1,024 documents).
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 100_000,
+            max_nodes: 10_000_000,
+            max_events: 40_000_000,
+        },
+    }
+}
+
 /// Reads every document of YAML or JSON text; `file` names it in locations and errors.
 pub fn read_text(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml {
-        file: file.to_owned(),
-        message: e.to_string(),
-    })?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|e| {
+            ManifestError::Yaml {
+                file: file.to_owned(),
+                message: e.to_string(),
+            }
+        })?;
     let mut out = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
         collect(format!("{file}#{}", i + 1), doc, &mut out);

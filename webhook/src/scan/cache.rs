@@ -216,13 +216,21 @@ impl ScanCache {
         }
     }
 
-    /// Waits until every write so far is committed to disk.
+    /// Waits until every write so far is committed to disk, at most 10 s (a stop's
+    /// grace period): what is not written by then is fetched again after a restart.
     pub fn flush(&self) {
-        if let Some(disk) = &self.disk {
-            let (done, wait) = mpsc::channel();
-            disk.send(Write::Flush(done));
-            let _ = wait.recv_timeout(Duration::from_secs(10));
-        }
+        self.flush_within(Duration::from_secs(10));
+    }
+
+    /// Waits until every write so far is committed to disk, at most `limit`; whether
+    /// they were.
+    pub fn flush_within(&self, limit: Duration) -> bool {
+        let Some(disk) = &self.disk else {
+            return true;
+        };
+        let (done, wait) = mpsc::channel();
+        disk.send(Write::Flush(done));
+        wait.recv_timeout(limit).is_ok()
     }
 }
 

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Portcullis at scale (BENCHMARKS.md): 10,000 policies and 1,000,000 cached scan results.
+#   bash bench/scale.sh            # RUNS (3) × SECONDS_PER_RUN (8) of each server
+# Writes the data set with `portcullis-bench fill` (about a minute), then measures
+# `portcullis serve` on it: time from start to /readyz answering `ready` (the cache
+# loaded into memory, the policies compiled), idle RSS, and saturation throughput of
+# the 5-container review against the lean ceiling holding the same counts. Each server
+# runs pinned to core 0 with one tokio worker, the load client on core 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
+POLICIES=${POLICIES:-10000}
+SCANS=${SCANS:-1000000}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+cargo build --release -q -p portcullis -p portcullis-bench
+bin=target/release
+$bin/portcullis-bench body --containers 5 --out "$work/pod.json"
+$bin/portcullis-bench fill --out "$work/data" --policies "$POLICIES" --scans "$SCANS"
+
+start() { # name, command...
+  local name=$1; shift
+  TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!); echo $! >"$work/$name.pid"
+}
+rss() { grep VmRSS "/proc/$(cat "$work/$1.pid")/status" | awk '{printf "%.1f MiB", $2/1024}'; }
+ready() { # port, ca: polls /readyz every 20 ms
+  until [ -f "$2" ] && [ "$(curl -s --cacert "$2" "https://127.0.0.1:$1/readyz")" = ready ]; do sleep 0.02; done
+}
+
+began=$(date +%s.%N)
+start portcullis $bin/portcullis serve --policies "$work/data/policies" --cache-dir "$work/data/cache" \
+  --cache-entries "$SCANS" --cache-memory 1Gi --listen 127.0.0.1:19461 --self-signed-dir "$work/pc"
+ready 19461 "$work/pc/ca.crt"
+echo "portcullis: start to ready $(echo "$(date +%s.%N) - $began" | bc | xargs printf '%.2f') s"
+start lean $bin/portcullis-bench lean --listen 127.0.0.1:19462 --ca-out "$work/lean.ca" \
+  --policies "$POLICIES" --scans "$SCANS"
+sleep 5
+echo "idle RSS: portcullis $(rss portcullis), lean $(rss lean)"
+
+results=$work/results.txt
+for i in $(seq "$RUNS"); do
+  for target in "lean 19462 $work/lean.ca" "portcullis 19461 $work/pc/ca.crt"; do
+    set -- $target
+    taskset -c 1 $bin/portcullis-bench load --addr 127.0.0.1:$2 --ca "$3" --body "$work/pod.json" \
+      --connections 16 --seconds "$SECONDS_PER_RUN" | awk -v p="$1|" '{print p $0}' | tee -a "$results"
+  done
+done
+echo "== median of $RUNS runs, 5 containers, $POLICIES policies, $SCANS cached results"
+python3 - "$results" <<'PY'
+import re, sys
+runs = {}
+for line in open(sys.argv[1]):
+    name, text = line.rstrip("\n").split("|", 1)
+    runs.setdefault(name, []).append((float(re.search(r"([\d.]+) req/s", text).group(1)), text))
+median = {name: sorted(found)[len(found) // 2] for name, found in runs.items()}
+for name, (rate, text) in median.items():
+    share = f" ({rate / median['lean'][0]:.0%} of lean)" if name != "lean" else ""
+    print(f"{name}: {text}{share}")
+PY
+echo "RSS after the runs: portcullis $(rss portcullis), lean $(rss lean)"
