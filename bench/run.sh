@@ -5,15 +5,7 @@
 # summary gives the median of the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3}
-SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-cargo build --release -q -p portcullis -p portcullis-bench
-bin=target/release
+source bench/servers.sh
 
 # Realistic Pod reviews of 1, 5 and 20 containers (env, probes, resources, mounts,
 # managedFields, as a ReplicaSet's Pods arrive); their images are cached by fill.
@@ -34,12 +26,6 @@ spec:
     securityDefaults: {runAsNonRoot: true, allowPrivilegeEscalation: false, dropAllCapabilities: true, seccompProfile: RuntimeDefault}
 YAML
 
-start() { # name, command...
-  local name=$1; shift
-  TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$@" >"$work/$name.log" 2>&1 &
-  pids+=($!); echo $! >"$work/$name.pid"
-}
-rss() { grep "$2" "/proc/$(cat "$work/$1.pid")/status" | awk '{printf "%.1f MiB", $2/1024}'; }
 start portcullis $bin/portcullis serve --policies config/samples --listen 127.0.0.1:19443 --self-signed-dir "$work/pc"
 start echo $bin/portcullis-bench echo --listen 127.0.0.1:19444 --ca-out "$work/echo.ca"
 start typed $bin/portcullis-bench typed --listen 127.0.0.1:19445 --ca-out "$work/typed.ca"

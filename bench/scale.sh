@@ -8,26 +8,12 @@
 # runs pinned to core 0 with one tokio worker, the load client on core 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3}
-SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
+source bench/servers.sh
 POLICIES=${POLICIES:-10000}
 SCANS=${SCANS:-1000000}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-cargo build --release -q -p portcullis -p portcullis-bench
-bin=target/release
 $bin/portcullis-bench body --containers 5 --out "$work/pod.json"
 $bin/portcullis-bench fill --out "$work/data" --policies "$POLICIES" --scans "$SCANS"
 
-start() { # name, command...
-  local name=$1; shift
-  TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$@" >"$work/$name.log" 2>&1 &
-  pids+=($!); echo $! >"$work/$name.pid"
-}
-rss() { grep VmRSS "/proc/$(cat "$work/$1.pid")/status" | awk '{printf "%.1f MiB", $2/1024}'; }
 ready() { # port, ca: polls /readyz every 20 ms
   until [ -f "$2" ] && [ "$(curl -s --cacert "$2" "https://127.0.0.1:$1/readyz")" = ready ]; do sleep 0.02; done
 }
@@ -40,7 +26,7 @@ echo "portcullis: start to ready $(echo "$(date +%s.%N) - $began" | bc | xargs p
 start lean $bin/portcullis-bench lean --listen 127.0.0.1:19462 --ca-out "$work/lean.ca" \
   --policies "$POLICIES" --scans "$SCANS"
 sleep 5
-echo "idle RSS: portcullis $(rss portcullis), lean $(rss lean)"
+echo "idle RSS: portcullis $(rss portcullis VmRSS), lean $(rss lean VmRSS)"
 
 results=$work/results.txt
 for i in $(seq "$RUNS"); do
@@ -62,4 +48,4 @@ for name, (rate, text) in median.items():
     share = f" ({rate / median['lean'][0]:.0%} of lean)" if name != "lean" else ""
     print(f"{name}: {text}{share}")
 PY
-echo "RSS after the runs: portcullis $(rss portcullis), lean $(rss lean)"
+echo "RSS after the runs: portcullis $(rss portcullis VmRSS), lean $(rss lean VmRSS)"

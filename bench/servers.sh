@@ -1,0 +1,20 @@
+# Sourced by bench/run.sh and bench/scale.sh from the repository root: the run settings,
+# a work directory removed at exit with every server started, and the release binaries.
+RUNS=${RUNS:-3}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+cargo build --release -q -p portcullis -p portcullis-bench
+bin=target/release
+
+# Starts a server pinned to core 0 with one tokio worker: name, command...
+start() {
+  local name=$1; shift
+  TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!); echo $! >"$work/$name.pid"
+}
+
+# A started server's memory: name, field of /proc/PID/status (VmRSS, VmHWM).
+rss() { grep "$2" "/proc/$(cat "$work/$1.pid")/status" | awk '{printf "%.1f MiB", $2/1024}'; }
