@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-
 use std::marker::PhantomData;
 
 use serde::Deserialize;
