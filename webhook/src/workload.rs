@@ -389,6 +389,12 @@ impl<'a> std::ops::Deref for PodSpecRef<'a> {
     }
 }
 
+/// A string borrowed from the JSON unless it has escapes. (`#[serde(borrow)]` on an
+/// `Option<Cow<str>>` field still allocates: serde borrows only a bare `Cow`.)
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Text<'a>(#[serde(borrow)] pub(crate) Cow<'a, str>);
+
 /// What the webhook keeps of a workload object besides its pod spec.
 #[derive(Debug, Clone, Default)]
 pub struct ObjectInfo<'a> {
@@ -407,8 +413,8 @@ impl<'a> ObjectInfo<'a> {
         let has_metadata = meta.is_some();
         let meta = meta.unwrap_or_default();
         let name = match (meta.name, meta.generate_name) {
-            (Some(name), _) if !name.is_empty() => name,
-            (_, Some(generate)) => Cow::Owned(format!("{generate}*")),
+            (Some(Text(name)), _) if !name.is_empty() => name,
+            (_, Some(Text(generate))) => Cow::Owned(format!("{generate}*")),
             _ => Cow::Borrowed(""),
         };
         ObjectInfo {
@@ -470,9 +476,9 @@ pub struct WorkloadObject<'a> {
 #[serde(rename_all = "camelCase")]
 struct Meta<'a> {
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Text<'a>>,
     #[serde(borrow)]
-    generate_name: Option<Cow<'a, str>>,
+    generate_name: Option<Text<'a>>,
     #[serde(borrow)]
     annotations: Option<&'a RawValue>,
 }

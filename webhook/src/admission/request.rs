@@ -8,7 +8,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 use serde_json::value::RawValue;
 
 use super::API_VERSION;
-use crate::workload::{ReadError, Workload, WorkloadKind, WorkloadSeed};
+use crate::workload::{ReadError, Text, Workload, WorkloadKind, WorkloadSeed};
 
 /// Why a body is not an AdmissionReview the webhook can answer (HTTP 400).
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +107,6 @@ enum Reading {
     /// Always kept as sent.
     Raw,
 }
-
-/// A string borrowed from the body unless it has escapes.
-#[derive(Deserialize)]
-#[serde(transparent)]
-struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
 #[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "camelCase")]
