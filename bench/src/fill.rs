@@ -6,7 +6,6 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -55,8 +54,8 @@ pub fn fill(args: &FillArgs) -> anyhow::Result<()> {
             severity: Severity::DESCENDING[(i + k) % 5],
             fixable: (i + k) % 3 == 0,
         });
-        let report = ScanReport::new(Some(digest.clone()), Some(scanned_at), findings);
-        service.remember_scan(INTEGRATION, &repository, &digest, Arc::new(report));
+        let report = ScanReport::new(Some(scanned_at), findings);
+        service.remember_scan(INTEGRATION, &repository, &digest, report);
         if i < 20 {
             service.remember_digest(INTEGRATION, &repository, &format!("1.{i}.0"), &digest);
         }

@@ -62,7 +62,7 @@ fn policy_set(compiled: Vec<CompiledPolicy>) -> PolicySet {
 }
 
 /// Every image has a cached result with a handful of findings.
-struct Cached(HashMap<String, Arc<ScanReport>>);
+struct Cached(HashMap<String, ScanReport>);
 
 impl ScanResults for Cached {
     fn lookup(&self, image: &ImageRef) -> ScanStatus {
@@ -93,11 +93,7 @@ fn pod(containers: usize) -> (String, Cached) {
             let repo = ImageRef::parse(image).unwrap().repository().to_owned();
             (
                 repo,
-                Arc::new(ScanReport::new(
-                    None,
-                    Some(now - Duration::from_secs(3600)),
-                    findings(i),
-                )),
+                ScanReport::new(Some(now - Duration::from_secs(3600)), findings(i)),
             )
         })
         .collect();

@@ -473,13 +473,8 @@ pub(crate) mod tests {
             severity: portcullis_crds::Severity::Critical,
             fixable: true,
         };
-        let report = ScanReport::new(Some(digest.into()), None, [finding]);
-        scans.remember_scan(
-            "scans",
-            "ghcr.io/acme/api",
-            digest,
-            std::sync::Arc::new(report),
-        );
+        let report = ScanReport::new(None, [finding]);
+        scans.remember_scan("scans", "ghcr.io/acme/api", digest, report);
         let ScanChanges::Repositories(changed) = scans.take_scan_changes() else {
             panic!("one repository was rescanned");
         };

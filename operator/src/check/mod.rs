@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use portcullis_webhook::admission::{Evaluable, evaluate_object};
@@ -242,8 +241,9 @@ fn read_stdin(out: &mut Vec<Document>, errors: &mut Vec<String>) {
 /// Trivy reports from `--scan-results`, by digest and by normalized reference.
 #[derive(Default)]
 struct ScanIndex {
-    by_digest: HashMap<String, Arc<ScanReport>>,
-    by_reference: HashMap<String, Arc<ScanReport>>,
+    by_digest: HashMap<String, ScanReport>,
+    /// Reports by reference, with the digest each names.
+    by_reference: HashMap<String, (ScanReport, Option<String>)>,
 }
 
 impl ScanIndex {
@@ -279,13 +279,13 @@ impl ScanIndex {
     }
 
     fn insert(&mut self, parsed: trivy::TrivyReport) {
-        let report = Arc::new(parsed.report);
-        if let Some(digest) = &report.digest {
-            self.by_digest.insert(digest.clone(), report.clone());
+        if let Some(digest) = &parsed.digest {
+            self.by_digest.insert(digest.clone(), parsed.report.clone());
         }
         for reference in parsed.artifact_name.iter().chain(&parsed.repo_tags) {
             if let Ok(image) = ImageRef::parse(reference) {
-                self.by_reference.insert(image.to_string(), report.clone());
+                let named = (parsed.report.clone(), parsed.digest.clone());
+                self.by_reference.insert(image.to_string(), named);
             }
         }
     }
@@ -295,7 +295,10 @@ impl ScanResults for ScanIndex {
     fn lookup(&self, image: &ImageRef) -> ScanStatus {
         let found = match image.digest() {
             Some(digest) => self.by_digest.get(digest),
-            None => self.by_reference.get(&image.to_string()),
+            None => self
+                .by_reference
+                .get(&image.to_string())
+                .map(|(report, _)| report),
         };
         match found {
             Some(report) => ScanStatus::Found(report.clone()),
@@ -312,7 +315,7 @@ impl DigestResults for ScanIndex {
         }
         self.by_reference
             .get(&image.to_string())
-            .and_then(|report| report.digest.clone())
+            .and_then(|(_, digest)| digest.clone())
             .ok_or(Unresolved {
                 cause: UnresolvedCause::RegistryUnavailable,
                 reason: "no --scan-results report names this tag's digest".into(),

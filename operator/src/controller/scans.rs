@@ -14,11 +14,11 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use portcullis_webhook::policy::{ScannerKind, SharedPolicySet};
-use portcullis_webhook::scan::backend::trivy_operator::{self, parse_report};
+use portcullis_webhook::scan::ScanService;
+use portcullis_webhook::scan::backend::trivy_operator::{self, DigestReport, parse_report};
 use portcullis_webhook::scan::credentials::{
     DOCKER_CONFIG_JSON_KEY, DOCKER_CONFIG_JSON_TYPE, DockerConfig,
 };
-use portcullis_webhook::scan::{ScanReport, ScanService};
 
 use crate::metrics::Metrics;
 
@@ -108,7 +108,7 @@ pub async fn vulnerability_reports(
     let resource = ApiResource::from_gvk_with_plural(&gvk, trivy_operator::PLURAL);
     let api = Api::<DynamicObject>::all_with(client, &resource);
     let index = scans.reports();
-    let mut relisted: Option<Vec<(String, ScanReport)>> = None;
+    let mut relisted: Option<Vec<(String, DigestReport)>> = None;
     let mut events =
         std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
     tracing::info!("watching trivy-operator VulnerabilityReports");
@@ -146,7 +146,7 @@ fn key(object: &DynamicObject) -> String {
     )
 }
 
-fn report(object: &DynamicObject) -> Option<ScanReport> {
+fn report(object: &DynamicObject) -> Option<DigestReport> {
     parse_report(&object.data)
         .inspect_err(
             |error| tracing::debug!(report = %key(object), %error, "VulnerabilityReport skipped"),

@@ -4,7 +4,6 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -56,9 +55,10 @@ pub enum CacheError {
     Store(PathBuf, redb::Error),
 }
 
-/// What an in-memory scan entry costs besides its findings (key, slot, the report's
-/// allocation), in bytes: the estimate the memory budget counts.
-const SCAN_ENTRY_BYTES: u64 = 160;
+/// What an in-memory scan entry costs besides its findings (key, slot, the findings'
+/// allocation header), in bytes: the estimate the memory budget counts. Measured: a
+/// million results of ten findings each take 187 MB (`bench/scale.sh`).
+const SCAN_ENTRY_BYTES: u64 = 112;
 /// What one finding costs.
 const FINDING_BYTES: u64 = std::mem::size_of::<Finding>() as u64;
 /// What an in-memory tag entry costs (key, slot, the digest's text).
@@ -103,8 +103,8 @@ impl Weight {
     }
 }
 
-impl quick_cache::Weighter<u128, CachedScan> for Weight {
-    fn weight(&self, _key: &u128, value: &CachedScan) -> u64 {
+impl quick_cache::Weighter<MemoryKey, CachedScan> for Weight {
+    fn weight(&self, _key: &MemoryKey, value: &CachedScan) -> u64 {
         let findings = match &value.outcome {
             Outcome::Report(report) => report.findings().len(),
             _ => 0,
@@ -113,8 +113,8 @@ impl quick_cache::Weighter<u128, CachedScan> for Weight {
     }
 }
 
-impl quick_cache::Weighter<u128, CachedDigest> for Weight {
-    fn weight(&self, _key: &u128, _value: &CachedDigest) -> u64 {
+impl quick_cache::Weighter<MemoryKey, CachedDigest> for Weight {
+    fn weight(&self, _key: &MemoryKey, _value: &CachedDigest) -> u64 {
         self.of(DIGEST_ENTRY_BYTES)
     }
 }
@@ -123,7 +123,11 @@ fn scan_bytes(findings: usize) -> u64 {
     SCAN_ENTRY_BYTES + FINDING_BYTES * findings as u64
 }
 
-type Memory<V> = quick_cache::sync::Cache<u128, V, Weight>;
+/// A key's 128-bit hash, as two words: 8-byte aligned, so an entry packs tighter than
+/// with `u128`.
+type MemoryKey = (u64, u64);
+
+type Memory<V> = quick_cache::sync::Cache<MemoryKey, V, Weight>;
 
 /// The cache: memory first, disk behind it. In memory an entry is keyed by a 128-bit
 /// hash of its key under per-process random keys (a fraction of the key's size, and
@@ -179,8 +183,8 @@ impl ScanCache {
         Ok((cache, loaded))
     }
 
-    fn memory_key(&self, key: &str) -> u128 {
-        (u128::from(self.hashers.0.hash_one(key)) << 64) | u128::from(self.hashers.1.hash_one(key))
+    fn memory_key(&self, key: &str) -> MemoryKey {
+        (self.hashers.0.hash_one(key), self.hashers.1.hash_one(key))
     }
 
     /// A cached scan, from memory.
@@ -195,13 +199,6 @@ impl ScanCache {
 
     /// Caches a scan answer, in memory now and on disk shortly.
     pub fn put_scan(&self, key: String, value: CachedScan) {
-        let value = CachedScan {
-            outcome: match value.outcome {
-                Outcome::Report(report) => Outcome::Report(report.without_digest()),
-                other => other,
-            },
-            ..value
-        };
         self.scans.insert(self.memory_key(&key), value.clone());
         if let Some(disk) = &self.disk {
             disk.send(Write::Scan(key, encode_scan(&value)));
@@ -306,83 +303,161 @@ fn load(db: &Database, cache: &ScanCache, budget: Budget) -> Result<usize, redb:
     }
     txn.commit()?;
     let read = db.begin_read()?;
-    // First pass: what each entry would weigh and when it was fetched, to find the
-    // oldest fetch time that still fits; only headers are read.
-    let mut dropped: Vec<(bool, String)> = Vec::new();
-    let mut since = [UNIX_EPOCH; 2];
-    for (is_scan, table, bytes, weight) in [
-        (
-            true,
-            SCANS,
-            budget.scan_bytes(),
-            Weight::new(budget.scan_bytes(), budget.entries),
-        ),
-        (
-            false,
-            DIGESTS,
-            budget.digest_bytes(),
-            Weight::new(budget.digest_bytes(), budget.entries),
-        ),
-    ] {
-        let mut entries: Vec<(SystemTime, u64)> = Vec::new();
-        for item in read.open_table(table)?.iter()? {
-            let (key, value) = item?;
-            let header = if is_scan {
-                scan_header(value.value())
-            } else {
-                decode_digest(value.value()).map(|d| (d.fetched_at, DIGEST_ENTRY_BYTES))
-            };
-            match header {
-                Some((fetched, size)) if fetched >= cutoff => {
-                    entries.push((fetched, weight.of(size)))
-                }
-                _ => dropped.push((is_scan, key.value().to_owned())),
-            }
-        }
-        entries.sort_unstable_by_key(|(fetched, _)| std::cmp::Reverse(*fetched));
-        let mut total = 0u64;
-        since[usize::from(!is_scan)] = entries
-            .iter()
-            .take_while(|(_, weight)| {
-                total += weight;
-                total <= bytes
-            })
-            .last()
-            .map_or(SystemTime::now() + KEEP_ON_DISK, |(fetched, _)| *fetched);
+    let key = |text: &str| cache.memory_key(text);
+    let scans = Loading {
+        table: read.open_table(SCANS)?,
+        memory: &cache.scans,
+        bytes: budget.scan_bytes(),
+        weight: Weight::new(budget.scan_bytes(), budget.entries),
+        cutoff,
     }
-    // Second pass: load what fits.
-    let mut loaded = 0;
-    for item in read.open_table(SCANS)?.iter()? {
-        let (key, value) = item?;
-        if let Some(entry) = decode_scan(value.value()).filter(|v| v.fetched_at >= since[0]) {
-            cache.scans.insert(cache.memory_key(key.value()), entry);
-            loaded += 1;
-        }
+    .load(key)?;
+    let digests = Loading {
+        table: read.open_table(DIGESTS)?,
+        memory: &cache.digests,
+        bytes: budget.digest_bytes(),
+        weight: Weight::new(budget.digest_bytes(), budget.entries),
+        cutoff,
     }
-    for item in read.open_table(DIGESTS)?.iter()? {
-        let (key, value) = item?;
-        if let Some(entry) = decode_digest(value.value()).filter(|v| v.fetched_at >= since[1]) {
-            cache.digests.insert(cache.memory_key(key.value()), entry);
-            loaded += 1;
-        }
-    }
+    .load(key)?;
     drop(read);
-    if !dropped.is_empty() {
+    if !scans.dropped.is_empty() || !digests.dropped.is_empty() {
         let txn = db.begin_write()?;
         {
-            let mut scans = txn.open_table(SCANS)?;
-            let mut digests = txn.open_table(DIGESTS)?;
-            for (is_scan, key) in &dropped {
-                if *is_scan {
-                    scans.remove(key.as_str())?;
-                } else {
-                    digests.remove(key.as_str())?;
-                }
+            let mut table = txn.open_table(SCANS)?;
+            for key in &scans.dropped {
+                table.remove(key.as_str())?;
+            }
+            let mut table = txn.open_table(DIGESTS)?;
+            for key in &digests.dropped {
+                table.remove(key.as_str())?;
             }
         }
         txn.commit()?;
     }
-    Ok(loaded)
+    Ok(scans.loaded + digests.loaded)
+}
+
+/// An entry as stored on disk.
+trait Stored: Sized + Clone {
+    fn decode(bytes: &[u8]) -> Option<Self>;
+    fn fetched_at(&self) -> SystemTime;
+    /// When it was fetched and what it would weigh in memory, read without decoding it
+    /// all.
+    fn header(bytes: &[u8]) -> Option<(SystemTime, u64)>;
+}
+
+impl Stored for CachedScan {
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        decode_scan(bytes)
+    }
+
+    fn fetched_at(&self) -> SystemTime {
+        self.fetched_at
+    }
+
+    fn header(bytes: &[u8]) -> Option<(SystemTime, u64)> {
+        scan_header(bytes)
+    }
+}
+
+impl Stored for CachedDigest {
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        decode_digest(bytes)
+    }
+
+    fn fetched_at(&self) -> SystemTime {
+        self.fetched_at
+    }
+
+    fn header(bytes: &[u8]) -> Option<(SystemTime, u64)> {
+        decode_digest(bytes).map(|d| (d.fetched_at, DIGEST_ENTRY_BYTES))
+    }
+}
+
+/// One table being loaded into its memory cache.
+struct Loading<'c, V> {
+    table: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    memory: &'c Memory<V>,
+    bytes: u64,
+    weight: Weight,
+    cutoff: SystemTime,
+}
+
+/// What loading a table did.
+struct Loaded {
+    loaded: usize,
+    /// Keys of entries too old or unreadable, to drop from disk.
+    dropped: Vec<String>,
+}
+
+impl<V: Stored> Loading<'_, V>
+where
+    Weight: quick_cache::Weighter<MemoryKey, V>,
+{
+    /// Everything in one pass when it fits the budget (the usual case). When it does
+    /// not, the most recent entries that fit: the memory is cleared, a pass over the
+    /// headers finds the oldest fetch time that fits, and a second pass loads what is
+    /// as recent.
+    fn load(&self, key: impl Fn(&str) -> MemoryKey) -> Result<Loaded, redb::Error> {
+        use quick_cache::Weighter as _;
+        let mut loaded = Loaded {
+            loaded: 0,
+            dropped: Vec::new(),
+        };
+        let mut total = 0u64;
+        for item in self.table.iter()? {
+            let (stored, value) = item?;
+            let Some(entry) = V::decode(value.value()).filter(|v| v.fetched_at() >= self.cutoff)
+            else {
+                loaded.dropped.push(stored.value().to_owned());
+                continue;
+            };
+            let memory_key = key(stored.value());
+            total += self.weight.weight(&memory_key, &entry);
+            if total > self.bytes {
+                return self.most_recent(key);
+            }
+            self.memory.insert(memory_key, entry);
+            loaded.loaded += 1;
+        }
+        Ok(loaded)
+    }
+
+    fn most_recent(&self, key: impl Fn(&str) -> MemoryKey) -> Result<Loaded, redb::Error> {
+        self.memory.clear();
+        let mut dropped = Vec::new();
+        let mut entries: Vec<(SystemTime, u64)> = Vec::new();
+        for item in self.table.iter()? {
+            let (stored, value) = item?;
+            match V::header(value.value()) {
+                Some((fetched, size)) if fetched >= self.cutoff => {
+                    entries.push((fetched, self.weight.of(size)))
+                }
+                _ => dropped.push(stored.value().to_owned()),
+            }
+        }
+        entries.sort_unstable_by_key(|(fetched, _)| std::cmp::Reverse(*fetched));
+        let mut total = 0u64;
+        let since = entries
+            .iter()
+            .take_while(|(_, weight)| {
+                total += weight;
+                total <= self.bytes
+            })
+            .last()
+            .map_or(SystemTime::now() + KEEP_ON_DISK, |(fetched, _)| *fetched);
+        drop(entries);
+        let mut loaded = 0;
+        for item in self.table.iter()? {
+            let (stored, value) = item?;
+            if let Some(entry) = V::decode(value.value()).filter(|v| v.fetched_at() >= since) {
+                self.memory.insert(key(stored.value()), entry);
+                loaded += 1;
+            }
+        }
+        Ok(Loaded { loaded, dropped })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -471,21 +546,28 @@ fn decode_scan(bytes: &[u8]) -> Option<CachedScan> {
     let outcome = match header[1] {
         0 => {
             let mut findings = Vec::new();
+            // Written from a report, so sorted by ID and without repeats; checked, and
+            // built through `ScanReport::new` if not (a file from elsewhere).
+            let mut sorted = true;
+            let mut previous = "";
             while !rest.is_empty() {
                 let head = take(&mut rest, 4)?;
                 let len = u16::from_le_bytes([head[2], head[3]]) as usize;
                 let id = std::str::from_utf8(take(&mut rest, len)?).ok()?;
+                sorted &= previous < id && !id.bytes().any(|b| b.is_ascii_lowercase());
+                previous = id;
                 findings.push(Finding {
                     id: VulnId::new(id),
                     severity: *Severity::DESCENDING.get(head[0] as usize)?,
                     fixable: head[1] == 1,
                 });
             }
-            Outcome::Report(Arc::new(ScanReport::new(
-                None,
-                Some(time(scanned)),
-                findings,
-            )))
+            let scanned = Some(time(scanned));
+            Outcome::Report(if sorted {
+                ScanReport::sorted(scanned, findings)
+            } else {
+                ScanReport::new(scanned, findings)
+            })
         }
         1 => Outcome::NotFound,
         2 => Outcome::Pending,
@@ -528,17 +610,70 @@ mod tests {
 
     fn report() -> CachedScan {
         CachedScan {
-            outcome: Outcome::Report(Arc::new(ScanReport::new(
-                Some("sha256:aa".into()),
+            outcome: Outcome::Report(ScanReport::new(
                 Some(time(1_700_000_000)),
                 [Finding {
                     id: VulnId::new("CVE-2024-1"),
                     severity: Severity::Critical,
                     fixable: true,
                 }],
-            ))),
+            )),
             fetched_at: SystemTime::now(),
         }
+    }
+
+    /// A stored report is taken as written when its IDs are in order; one that is not
+    /// (a file from elsewhere) is read as a scanner's answer is: sorted, repeats merged.
+    #[test]
+    fn stored_findings_out_of_order_are_sorted_and_merged() {
+        let finding = |id: &str, severity, fixable| Finding {
+            id: VulnId::new(id),
+            severity,
+            fixable,
+        };
+        let stored = |findings: Vec<Finding>| {
+            let mut bytes = encode_scan(&report());
+            bytes.truncate(18);
+            for f in findings {
+                let id = f.id.to_string();
+                let severity = Severity::DESCENDING.iter().position(|s| *s == f.severity);
+                bytes.extend_from_slice(&[severity.unwrap() as u8, u8::from(f.fixable)]);
+                bytes.extend_from_slice(&(id.len() as u16).to_le_bytes());
+                bytes.extend_from_slice(id.as_bytes());
+            }
+            bytes
+        };
+        let read = |bytes: &[u8]| match decode_scan(bytes).unwrap().outcome {
+            Outcome::Report(report) => report
+                .findings()
+                .iter()
+                .map(|f| (f.id.to_string(), f.severity, f.fixable))
+                .collect::<Vec<_>>(),
+            _ => panic!("a report"),
+        };
+        let in_order = stored(vec![
+            finding("CVE-1", Severity::Low, false),
+            finding("CVE-2", Severity::High, true),
+        ]);
+        assert_eq!(
+            read(&in_order),
+            [
+                ("CVE-1".to_owned(), Severity::Low, false),
+                ("CVE-2".to_owned(), Severity::High, true)
+            ]
+        );
+        let out_of_order = stored(vec![
+            finding("CVE-2", Severity::Low, false),
+            finding("CVE-1", Severity::Medium, false),
+            finding("CVE-2", Severity::Critical, true),
+        ]);
+        assert_eq!(
+            read(&out_of_order),
+            [
+                ("CVE-1".to_owned(), Severity::Medium, false),
+                ("CVE-2".to_owned(), Severity::Critical, true)
+            ]
+        );
     }
 
     #[test]
@@ -600,15 +735,14 @@ mod tests {
 
     fn report_with(findings: usize, fetched_at: SystemTime) -> CachedScan {
         CachedScan {
-            outcome: Outcome::Report(Arc::new(ScanReport::new(
-                None,
+            outcome: Outcome::Report(ScanReport::new(
                 Some(fetched_at),
                 (0..findings).map(|i| Finding {
                     id: VulnId::new(&format!("CVE-2099-{i}")),
                     severity: Severity::High,
                     fixable: false,
                 }),
-            ))),
+            )),
             fetched_at,
         }
     }

@@ -34,21 +34,20 @@ pub struct Finding {
 }
 
 /// A scan of one image digest: its findings, one per vulnerability ID, sorted by ID.
+/// Cloning shares the findings: the cache, the scan service and every decision hold one
+/// allocation per result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanReport {
-    /// The digest scanned, when the source names it.
-    pub digest: Option<String>,
     /// When the scanner produced the result, if it said (the scan service fills it in
     /// before caching: a missing time is the first fetch's, a future one the fetch's).
     pub scanned_at: Option<SystemTime>,
-    findings: Box<[Finding]>,
+    findings: Arc<[Finding]>,
 }
 
 impl ScanReport {
     /// Builds a report; a vulnerability listed for several packages counts once, at its
     /// highest severity, fixable if any package has a fix.
     pub fn new(
-        digest: Option<String>,
         scanned_at: Option<SystemTime>,
         findings: impl IntoIterator<Item = Finding>,
     ) -> Self {
@@ -65,13 +64,36 @@ impl ScanReport {
                 }
             }
         }
+        if by_id.is_empty() {
+            return ScanReport::clean(scanned_at);
+        }
         let mut findings: Vec<(Arc<str>, Finding)> =
             by_id.into_values().map(|f| (f.id.as_str(), f)).collect();
         findings.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         ScanReport {
-            digest,
             scanned_at,
             findings: findings.into_iter().map(|(_, f)| f).collect(),
+        }
+    }
+
+    /// A report of `findings` already sorted by ID without repeats (as stored).
+    pub(crate) fn sorted(scanned_at: Option<SystemTime>, findings: Vec<Finding>) -> Self {
+        if findings.is_empty() {
+            return ScanReport::clean(scanned_at);
+        }
+        ScanReport {
+            scanned_at,
+            findings: findings.into(),
+        }
+    }
+
+    /// A report without findings; all of them share one allocation.
+    fn clean(scanned_at: Option<SystemTime>) -> Self {
+        static NONE: std::sync::LazyLock<Arc<[Finding]>> =
+            std::sync::LazyLock::new(|| Arc::from([]));
+        ScanReport {
+            scanned_at,
+            findings: NONE.clone(),
         }
     }
 
@@ -92,26 +114,10 @@ impl ScanReport {
     }
 
     /// The same report scanned at `at`.
-    pub(crate) fn scanned(self: Arc<Self>, at: SystemTime) -> Arc<Self> {
-        if self.scanned_at == Some(at) {
-            return self;
-        }
-        Arc::new(ScanReport {
-            digest: self.digest.clone(),
+    pub(crate) fn scanned(self, at: SystemTime) -> Self {
+        ScanReport {
             scanned_at: Some(at),
-            findings: self.findings.clone(),
-        })
-    }
-
-    /// The same report without its digest (the cache keys by digest already).
-    pub(crate) fn without_digest(self: Arc<Self>) -> Arc<Self> {
-        match self.digest {
-            None => self,
-            Some(_) => Arc::new(ScanReport {
-                digest: None,
-                scanned_at: self.scanned_at,
-                findings: self.findings.clone(),
-            }),
+            ..self
         }
     }
 }
@@ -137,7 +143,7 @@ pub(crate) fn deserialize_severity<'de, D: serde::Deserializer<'de>>(
 #[derive(Debug, Clone)]
 pub enum ScanStatus {
     /// A result is available.
-    Found(Arc<ScanReport>),
+    Found(ScanReport),
     /// No usable result, and why (said in the violation message; never a backend error text).
     Unavailable(Cow<'static, str>),
 }

@@ -256,7 +256,7 @@ impl ScanService {
         integration: &str,
         repository: &str,
         digest: &str,
-        report: Arc<ScanReport>,
+        report: ScanReport,
     ) {
         let key = scan_key(integration, repository, digest);
         self.fetched(&key);

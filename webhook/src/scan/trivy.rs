@@ -31,6 +31,8 @@ pub struct TrivyReport {
     pub repo_tags: Vec<String>,
     /// `Metadata.RepoDigests` (`repo@sha256:…`).
     pub repo_digests: Vec<String>,
+    /// The digest of the first of `repo_digests`.
+    pub digest: Option<String>,
     /// The findings; `scanned_at` is `CreatedAt` (or the caller's fallback).
     pub report: ScanReport,
 }
@@ -109,7 +111,8 @@ pub fn parse(json: &[u8]) -> Result<TrivyReport, TrivyError> {
         artifact_name: report.artifact_name,
         repo_tags: report.metadata.repo_tags.unwrap_or_default(),
         repo_digests,
-        report: ScanReport::new(digest, scanned_at, findings),
+        digest,
+        report: ScanReport::new(scanned_at, findings),
     })
 }
 
@@ -147,7 +150,7 @@ mod tests {
         assert_eq!(t.artifact_name.as_deref(), Some("nginx:1.25"));
         assert_eq!(t.repo_tags, ["nginx:1.25"]);
         assert_eq!(
-            t.report.digest.as_deref(),
+            t.digest.as_deref(),
             Some("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
         );
         let expected_time: jiff::Timestamp = "2026-11-20T10:00:00.123456789Z".parse().unwrap();

@@ -44,7 +44,7 @@ fn set(policies: Vec<CompiledPolicy>) -> PolicySet {
 
 /// Scan results keyed by the image as normalized (`docker.io/library/nginx:1.25`).
 #[derive(Default)]
-struct Scans(HashMap<String, Arc<ScanReport>>);
+struct Scans(HashMap<String, ScanReport>);
 
 impl Scans {
     fn with(mut self, image: &str, age: Duration, findings: &[(&str, Severity, bool)]) -> Self {
@@ -55,11 +55,7 @@ impl Scans {
         });
         self.0.insert(
             image.to_owned(),
-            Arc::new(ScanReport::new(
-                Some(DIGEST.into()),
-                Some(now() - age),
-                findings,
-            )),
+            ScanReport::new(Some(now() - age), findings),
         );
         self
     }

@@ -3,7 +3,6 @@
 //! findings; `POST …/scan` asks for one.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
@@ -176,11 +175,7 @@ impl Harbor {
                 .as_deref()
                 .is_some_and(|f| !f.trim().is_empty()),
         });
-        Ok(Outcome::Report(Arc::new(ScanReport::new(
-            Some(target.digest.clone()),
-            scanned_at,
-            findings,
-        ))))
+        Ok(Outcome::Report(ScanReport::new(scanned_at, findings)))
     }
 
     /// Asks Harbor to scan the artifact; 202 (accepted) and 409 (already scanning)

@@ -1,7 +1,6 @@
 //! `spec.scanner.http`: `GET {url}/{digest}` answers a Trivy JSON report
 //! (`SchemaVersion: 2`); 404 means no result, 202 a scan in progress.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -44,14 +43,11 @@ impl HttpScanner {
             return Err(BackendError::WrongDigest {
                 asked: target.digest.clone(),
                 got: parsed
-                    .report
                     .digest
                     .unwrap_or_else(|| "none (Metadata.RepoDigests is empty)".into()),
             });
         }
-        let mut report = parsed.report;
-        report.digest = Some(target.digest.clone());
-        Ok(Outcome::Report(Arc::new(report)))
+        Ok(Outcome::Report(parsed.report))
     }
 }
 

@@ -5,7 +5,6 @@ pub mod harbor;
 pub mod http;
 pub mod trivy_operator;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -30,7 +29,7 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// The scan result.
-    Report(Arc<ScanReport>),
+    Report(ScanReport),
     /// The scanner has no result for this digest (and was not asked to scan it).
     NotFound,
     /// A scan is queued or running.

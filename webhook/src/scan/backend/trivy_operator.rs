@@ -57,10 +57,19 @@ struct Vulnerability {
     fixed_version: Option<String>,
 }
 
+/// A VulnerabilityReport as indexed: the digest it describes and its findings.
+#[derive(Debug, Clone)]
+pub struct DigestReport {
+    /// `report.artifact.digest`.
+    pub digest: String,
+    /// The findings, scanned at `report.updateTimestamp`.
+    pub report: ScanReport,
+}
+
 /// Reads one VulnerabilityReport object: the digest it describes and its findings.
 /// A report without `report.artifact.digest` (older trivy-operator, tag-only pods)
 /// cannot be matched to a digest and is refused.
-pub fn parse_report(object: &serde_json::Value) -> Result<ScanReport, String> {
+pub fn parse_report(object: &serde_json::Value) -> Result<DigestReport, String> {
     let object: Object = serde_path_to_error::deserialize(object)
         .map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
     let report = object.report;
@@ -87,7 +96,10 @@ pub fn parse_report(object: &serde_json::Value) -> Result<ScanReport, String> {
             severity: v.severity,
             fixable: v.fixed_version.is_some_and(|f| !f.trim().is_empty()),
         });
-    Ok(ScanReport::new(Some(digest), Some(scanned_at), findings))
+    Ok(DigestReport {
+        digest,
+        report: ScanReport::new(Some(scanned_at), findings),
+    })
 }
 
 /// How far ahead of this replica's clock a report's time may be before it counts as
@@ -106,21 +118,20 @@ pub struct ReportIndex {
 
 #[derive(Debug, Default)]
 struct Inner {
-    objects: HashMap<String, Arc<ScanReport>>,
-    by_digest: HashMap<String, BTreeMap<String, Arc<ScanReport>>>,
+    /// The digest each object reports on.
+    objects: HashMap<String, String>,
+    by_digest: HashMap<String, BTreeMap<String, ScanReport>>,
 }
 
 impl Inner {
     fn remove(&mut self, key: &str) {
-        let Some(old) = self.objects.remove(key) else {
+        let Some(digest) = self.objects.remove(key) else {
             return;
         };
-        if let Some(digest) = &old.digest
-            && let Some(reports) = self.by_digest.get_mut(digest)
-        {
+        if let Some(reports) = self.by_digest.get_mut(&digest) {
             reports.remove(key);
             if reports.is_empty() {
-                self.by_digest.remove(digest);
+                self.by_digest.remove(&digest);
             }
         }
     }
@@ -128,18 +139,15 @@ impl Inner {
 
 impl ReportIndex {
     /// Adds or replaces the report of object `key`.
-    pub fn apply(&self, key: &str, report: ScanReport) {
-        let report = Arc::new(report);
+    pub fn apply(&self, key: &str, parsed: DigestReport) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         inner.remove(key);
-        if let Some(digest) = &report.digest {
-            inner
-                .by_digest
-                .entry(digest.clone())
-                .or_default()
-                .insert(key.to_owned(), report.clone());
-        }
-        inner.objects.insert(key.to_owned(), report);
+        inner
+            .by_digest
+            .entry(parsed.digest.clone())
+            .or_default()
+            .insert(key.to_owned(), parsed.report);
+        inner.objects.insert(key.to_owned(), parsed.digest);
     }
 
     /// Forgets the report of object `key`.
@@ -151,7 +159,7 @@ impl ReportIndex {
     }
 
     /// Replaces everything with a fresh list and marks the index synced.
-    pub fn replace(&self, reports: impl IntoIterator<Item = (String, ScanReport)>) {
+    pub fn replace(&self, reports: impl IntoIterator<Item = (String, DigestReport)>) {
         let fresh = ReportIndex::default();
         for (key, report) in reports {
             fresh.apply(&key, report);
@@ -182,7 +190,7 @@ impl ReportIndex {
 
     /// The most severe report for a digest (by counts from critical down, then the
     /// number of findings), among those not dated after `now` (plus clock skew).
-    pub fn most_severe(&self, digest: &str, now: SystemTime) -> Option<Arc<ScanReport>> {
+    pub fn most_severe(&self, digest: &str, now: SystemTime) -> Option<ScanReport> {
         let latest = now + CLOCK_SKEW;
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         inner
@@ -280,11 +288,11 @@ mod tests {
             &[("CVE-3", "CRITICAL", ""), ("CVE-4", "CRITICAL", "")],
         ))
         .unwrap();
-        assert_eq!(critical.digest.as_deref(), Some(DIGEST));
+        assert_eq!(critical.digest, DIGEST);
         assert_eq!(
             (
-                critical.findings()[0].severity,
-                critical.findings()[0].fixable
+                critical.report.findings()[0].severity,
+                critical.report.findings()[0].fixable
             ),
             (Severity::Critical, false)
         );
