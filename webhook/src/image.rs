@@ -60,7 +60,11 @@ impl ImageRef {
         if input.is_empty() {
             return Err(ImageError::Empty);
         }
-        if input.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        // Printable ASCII (the usual reference) has neither; only other text is read
+        // char by char.
+        if input.bytes().any(|b| !(0x21..0x7f).contains(&b))
+            && input.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
             return Err(ImageError::ControlCharacter);
         }
         let (rest, digest) = match input.split_once('@') {
@@ -238,7 +242,7 @@ pub(crate) fn validate_registry(registry: &str) -> Result<(), ImageError> {
 
 /// A path component: `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`.
 pub(crate) fn validate_component(component: &str) -> Result<(), ImageError> {
-    if component.chars().any(|c| c.is_ascii_uppercase()) {
+    if component.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(ImageError::Uppercase);
     }
     let bad = || ImageError::BadComponent(component.to_owned());

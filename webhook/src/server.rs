@@ -246,7 +246,7 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
     reply(
         &state,
         &request.uid,
-        admission::respond(&request.uid, &verdict),
+        Ok(admission::respond(&request.uid, &verdict)),
     )
 }
 
@@ -308,7 +308,7 @@ async fn decide(
     let dry_run = request.dry_run == Some(true);
     let results = state
         .scans
-        .results(snapshot, needed, started, dry_run)
+        .results(snapshot, &needed, started, dry_run)
         .await;
     Verdict::Decided(review.decide(snapshot, &results, SystemTime::now()))
 }
@@ -367,7 +367,7 @@ async fn plan(
     let digests = if needed.is_empty() {
         DigestAnswers::default()
     } else {
-        state.scans.digests(&snapshot, needed, started).await
+        state.scans.digests(&snapshot, &needed, started).await
     };
     let plan = review.mutation(&snapshot, scope, &digests);
     let subject = format!("Pod {namespace}/{}", target.evaluable.object.name);

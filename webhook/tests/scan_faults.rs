@@ -384,7 +384,12 @@ async fn a_request_with_many_images_is_bounded() {
         .map(|i| ImageRef::parse(&format!("registry.acme.test/prod/api@sha256:{i:064x}")).unwrap())
         .collect();
     let answers = scans
-        .results(&set, images.clone(), Instant::now(), true)
+        .results(
+            &set,
+            &images.iter().collect::<Vec<_>>(),
+            Instant::now(),
+            true,
+        )
         .await;
     match answers.lookup(&images[250]) {
         ScanStatus::Unavailable(reason) => {

@@ -108,7 +108,7 @@ pub fn build(ledger: &Ledger, set: &PolicySet, scans: &ScanService) -> Inventory
         .map(|(parsed, running, mut in_use)| {
             if let Some(image) = parsed {
                 in_use.digest = running.or_else(|| scans.remembered_digest(set, &image));
-                let (answers, _) = scans.remembered(set, std::slice::from_ref(&image));
+                let (answers, _) = scans.remembered(set, &[&image]);
                 match answers.lookup(&image) {
                     ScanStatus::Found(report) => {
                         let [critical, high, medium, low, unknown] = report.severity_profile();

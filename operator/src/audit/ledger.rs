@@ -161,11 +161,11 @@ impl Ledger {
         }
         for image in &wanted {
             self.waiting
-                .entry(image.clone())
+                .entry((*image).clone())
                 .or_default()
                 .insert(key.clone());
         }
-        wanted
+        wanted.into_iter().cloned().collect()
     }
 
     /// Violations newly found since the last call.

@@ -261,12 +261,13 @@ async fn look_up(
                 }
                 let batch: Vec<ImageRef> = queue.drain(..queue.len().min(LOOKUPS_PER_SECOND)).collect();
                 let set = policies.load_full();
-                let _ = scans.results(&set, batch.clone(), Instant::now(), true).await;
-                let (_, missing) = scans.remembered(&set, &batch);
+                let asked: Vec<&ImageRef> = batch.iter().collect();
+                let _ = scans.results(&set, &asked, Instant::now(), true).await;
+                let (_, missing) = scans.remembered(&set, &asked);
                 let now = Instant::now();
                 resting.retain(|_, until| *until > now);
                 for image in missing {
-                    resting.insert(image, now + LOOKUP_RETRY);
+                    resting.insert(image.clone(), now + LOOKUP_RETRY);
                 }
                 for image in &batch {
                     queued.remove(image);

@@ -306,7 +306,7 @@ struct NameOnly<'a> {
 }
 
 /// The AdmissionReview answering `uid` with `verdict`, as JSON.
-pub fn respond(uid: &str, verdict: &Verdict) -> serde_json::Result<Vec<u8>> {
+pub fn respond(uid: &str, verdict: &Verdict) -> Vec<u8> {
     let decision = match verdict {
         Verdict::Skipped(_) => None,
         Verdict::Unreadable(message) => return refusal(uid, 403, "Forbidden", message),
@@ -314,9 +314,9 @@ pub fn respond(uid: &str, verdict: &Verdict) -> serde_json::Result<Vec<u8>> {
         Verdict::Decided(decision) => Some(decision),
     };
     let Some(decision) = decision else {
-        let mut answer = AnswerWriter::new(uid, true, 0)?;
+        let mut answer = AnswerWriter::new(uid, true, 0);
         answer.success();
-        return Ok(answer.finish());
+        return answer.finish();
     };
     let warnings = decision.warnings();
     let audits = decision.audits();
@@ -324,28 +324,28 @@ pub fn respond(uid: &str, verdict: &Verdict) -> serde_json::Result<Vec<u8>> {
         + audits.iter().map(|a| a.len() + 2).sum::<usize>();
     let mut answer = match decision.deny_message() {
         Some(message) => {
-            let mut answer = AnswerWriter::new(uid, false, capacity + message.len() + 64)?;
-            answer.failure(403, "Forbidden", &message)?;
+            let mut answer = AnswerWriter::new(uid, false, capacity + message.len() + 64);
+            answer.failure(403, "Forbidden", &message);
             answer
         }
         None => {
-            let mut answer = AnswerWriter::new(uid, true, capacity)?;
+            let mut answer = AnswerWriter::new(uid, true, capacity);
             answer.success();
             answer
         }
     };
-    answer.warnings(&warnings)?;
+    answer.warnings(&warnings);
     if !audits.is_empty() {
         let joined = truncate(audits.join("; "), MAX_AUDIT_ANNOTATION);
-        answer.audit_annotation(AUDIT_ANNOTATION, &joined)?;
+        answer.audit_annotation(AUDIT_ANNOTATION, &joined);
     }
-    Ok(answer.finish())
+    answer.finish()
 }
 
-fn refusal(uid: &str, code: u16, reason: &str, message: &str) -> serde_json::Result<Vec<u8>> {
-    let mut answer = AnswerWriter::new(uid, false, message.len() + 64)?;
-    answer.failure(code, reason, message)?;
-    Ok(answer.finish())
+fn refusal(uid: &str, code: u16, reason: &str, message: &str) -> Vec<u8> {
+    let mut answer = AnswerWriter::new(uid, false, message.len() + 64);
+    answer.failure(code, reason, message);
+    answer.finish()
 }
 
 #[cfg(test)]
@@ -420,7 +420,7 @@ mod tests {
             decided(&[Action::Block, Action::Warn, Action::Audit]),
         ];
         for verdict in &verdicts {
-            let written = respond("uid-\"1\"", verdict).unwrap();
+            let written = respond("uid-\"1\"", verdict);
             let written: Value = serde_json::from_slice(&written).unwrap();
             assert_eq!(written, reference("uid-\"1\"", verdict), "{verdict:?}");
         }

@@ -74,8 +74,16 @@ pub struct Decision {
 
 impl Decision {
     pub(super) fn new(subject: &Subject<'_>) -> Self {
+        let kind = subject.kind.as_str();
+        let mut object =
+            String::with_capacity(kind.len() + subject.namespace.len() + subject.name.len() + 2);
+        object.push_str(kind);
+        object.push(' ');
+        object.push_str(subject.namespace);
+        object.push('/');
+        object.push_str(subject.name);
         Decision {
-            object: format!("{} {}/{}", subject.kind, subject.namespace, subject.name),
+            object,
             violations: Vec::new(),
         }
     }

@@ -90,7 +90,7 @@ impl<'a> Review<'a> {
 
     /// The distinct images whose scan results a vulnerability rule of an applying policy
     /// reads, in pod-spec order: all the decision will look up.
-    pub fn scans_needed(&self, set: &PolicySet) -> Vec<ImageRef> {
+    pub fn scans_needed(&self, set: &PolicySet) -> Vec<&ImageRef> {
         let readers: Vec<&CompiledPolicy> = self
             .policies(set)
             .filter(|(policy, _)| policy.vulnerabilities.is_some())
@@ -109,7 +109,6 @@ impl<'a> Review<'a> {
                     .any(|policy| matches_image(policy, image.repository()))
             })
             .filter(|image| seen.insert(*image))
-            .cloned()
             .collect()
     }
 

@@ -227,14 +227,14 @@ impl Review<'_> {
     }
 
     /// The images whose digests a plan needs: tags a policy asks to pin.
-    pub fn digests_to_pin(&self, set: &PolicySet, scope: Scope<'_>) -> Vec<ImageRef> {
-        let mut needed: Vec<ImageRef> = Vec::new();
+    pub fn digests_to_pin<'s>(&'s self, set: &PolicySet, scope: Scope<'s>) -> Vec<&'s ImageRef> {
+        let mut needed: Vec<&ImageRef> = Vec::new();
         for (_, image) in self.mutable(scope) {
             if image.digest().is_none()
                 && self.mutation_for(set, Some(image)).pin_digests
-                && !needed.contains(image)
+                && !needed.contains(&image)
             {
-                needed.push(image.clone());
+                needed.push(image);
             }
         }
         needed

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
+use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use portcullis_crds::{Action, Severity};
@@ -183,11 +184,11 @@ impl Evaluation<'_, '_> {
                 .filter(|f| rule.deny.contains(&f.id))
                 .collect();
             if !denied.is_empty() {
-                let detail = format!(
-                    "denied {} present: {}",
-                    plural(denied.len(), "vulnerability", "vulnerabilities"),
-                    ids(&denied)
-                );
+                let mut detail = String::with_capacity(96);
+                detail.push_str("denied ");
+                detail.push_str(plural(denied.len(), "vulnerability", "vulnerabilities"));
+                detail.push_str(" present: ");
+                push_ids(&mut detail, &denied);
                 self.violate(action, "vulnerabilities.deny", target, detail);
             }
         }
@@ -203,30 +204,31 @@ impl Evaluation<'_, '_> {
             if over_severity.is_none() && over_count.is_none() {
                 continue;
             }
+            // `3 critical vulnerabilities (CVE-…, …) exceed`, then the rule and its bound.
             let found: Vec<&Finding> = counted(severity).collect();
-            let fixable = if rule.fixable_only { " fixable" } else { "" };
-            let noun = plural(n, "vulnerability", "vulnerabilities");
-            let verb = if n == 1 { "exceeds" } else { "exceed" };
-            let what = format!(
-                "{n} {}{fixable} {noun} ({}) {verb}",
-                severity.as_str(),
-                ids(&found)
-            );
+            let mut what = String::with_capacity(160);
+            let _ = write!(what, "{n} ");
+            what.push_str(severity.as_str());
+            if rule.fixable_only {
+                what.push_str(" fixable");
+            }
+            what.push(' ');
+            what.push_str(plural(n, "vulnerability", "vulnerabilities"));
+            what.push_str(" (");
+            push_ids(&mut what, &found);
+            what.push_str(if n == 1 { ") exceeds" } else { ") exceed" });
             if let Some(max) = over_severity {
-                self.violate(
-                    action,
-                    "vulnerabilities.maxSeverity",
-                    target,
-                    format!("{what} maxSeverity {max:?}"),
-                );
+                let mut detail = if over_count.is_some() {
+                    what.clone()
+                } else {
+                    std::mem::take(&mut what)
+                };
+                let _ = write!(detail, " maxSeverity {max:?}");
+                self.violate(action, "vulnerabilities.maxSeverity", target, detail);
             }
             if let Some(cap) = over_count {
-                self.violate(
-                    action,
-                    "vulnerabilities.maxCount",
-                    target,
-                    format!("{what} maxCount.{} {cap}", severity.as_str()),
-                );
+                let _ = write!(what, " maxCount.{} {cap}", severity.as_str());
+                self.violate(action, "vulnerabilities.maxCount", target, what);
             }
         }
     }
@@ -409,14 +411,15 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
 }
 
-fn ids(findings: &[&Finding]) -> String {
-    let shown: Vec<std::sync::Arc<str>> = findings
-        .iter()
-        .take(MAX_IDS)
-        .map(|f| f.id.as_str())
-        .collect();
-    match findings.len().saturating_sub(MAX_IDS) {
-        0 => shown.join(", "),
-        more => format!("{} and {more} more", shown.join(", ")),
+/// `CVE-1, CVE-2` — at most [`MAX_IDS`], then how many more.
+fn push_ids(out: &mut String, findings: &[&Finding]) {
+    for (i, finding) in findings.iter().take(MAX_IDS).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&finding.id.as_str());
+    }
+    if let Some(more) = findings.len().checked_sub(MAX_IDS).filter(|m| *m > 0) {
+        let _ = write!(out, " and {more} more");
     }
 }

@@ -187,7 +187,7 @@ pub fn answer(target: &Target<'_>, plan: &Plan, subject: &str) -> Answer {
 /// is the bulk of it: base64 needs no escaping, so it is encoded straight into the answer.
 pub fn respond(uid: &str, answer: &Answer) -> Result<Vec<u8>, serde_json::Error> {
     let patch_len = answer.patch.as_ref().map_or(0, |p| p.len().div_ceil(3) * 4);
-    let mut out = AnswerWriter::new(uid, true, patch_len + 32)?;
+    let mut out = AnswerWriter::new(uid, true, patch_len + 32);
     if let Some(patch) = &answer.patch {
         out.field("patchType").extend_from_slice(br#""JSONPatch""#);
         let value = out.field("patch");
@@ -200,6 +200,6 @@ pub fn respond(uid: &str, answer: &Answer) -> Result<Vec<u8>, serde_json::Error>
         value.truncate(start + written);
         value.push(b'"');
     }
-    out.warnings(&answer.warnings)?;
+    out.warnings(&answer.warnings);
     Ok(out.finish())
 }

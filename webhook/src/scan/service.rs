@@ -278,13 +278,13 @@ impl ScanService {
     /// The scan status of each of `images` (what a decision reads): from memory when
     /// cached, else after fetching what is missing within the deadline measured from
     /// `started`. Stale results serve while a refresh runs behind.
-    pub async fn results(
+    pub async fn results<'i>(
         self: &Arc<Self>,
         set: &PolicySet,
-        images: Vec<ImageRef>,
+        images: &[&'i ImageRef],
         started: Instant,
         dry_run: bool,
-    ) -> ScanAnswers {
+    ) -> ScanAnswers<'i> {
         let over = || {
             ScanStatus::Unavailable(Cow::Owned(format!(
                 "the object has more than {MAX_LOOKUPS_PER_REQUEST} distinct images; only the first {MAX_LOOKUPS_PER_REQUEST} are looked up"
@@ -326,16 +326,20 @@ impl ScanService {
     /// What the cache alone says of each of `images`, with no call and no metric (the
     /// background audit): the answers, and the images whose result is missing or stale,
     /// for the caller to look up behind at its own pace.
-    pub fn remembered(&self, set: &PolicySet, images: &[ImageRef]) -> (ScanAnswers, Vec<ImageRef>) {
+    pub fn remembered<'i>(
+        &self,
+        set: &PolicySet,
+        images: &[&'i ImageRef],
+    ) -> (ScanAnswers<'i>, Vec<&'i ImageRef>) {
         let now = SystemTime::now();
-        let mut answers = FastMap::with_capacity_and_hasher(images.len(), Default::default());
+        let mut answers = Vec::with_capacity(images.len());
         let mut wanted = Vec::new();
-        for image in images {
+        for &image in images {
             let (status, want) = self.cached(set, image, now, Some(Cow::Borrowed(NOT_LOOKED_UP)));
             if want.is_some() {
-                wanted.push(image.clone());
+                wanted.push(image);
             }
-            answers.insert(image.clone(), status);
+            answers.push((image, status));
         }
         (ScanAnswers(answers), wanted)
     }
@@ -357,12 +361,12 @@ impl ScanService {
 
     /// The digest of each of `images`' tags (what pinning reads), from the same cache
     /// and resolution as [`Self::results`]; nothing is asked of a scanner.
-    pub async fn digests(
+    pub async fn digests<'i>(
         self: &Arc<Self>,
         set: &PolicySet,
-        images: Vec<ImageRef>,
+        images: &[&'i ImageRef],
         started: Instant,
-    ) -> DigestAnswers {
+    ) -> DigestAnswers<'i> {
         let over = || {
             Err(Unresolved {
                 cause: UnresolvedCause::TooManyImages,
@@ -394,21 +398,21 @@ impl ScanService {
     /// what it lacks; stale entries are refreshed behind. At most
     /// [`MAX_LOOKUPS_PER_REQUEST`] images are looked up; the rest get `over()`.
     #[allow(clippy::too_many_arguments)]
-    async fn gather<T>(
+    async fn gather<'i, T>(
         self: &Arc<Self>,
         set: &PolicySet,
-        images: Vec<ImageRef>,
+        images: &[&'i ImageRef],
         started: Instant,
         dry_run: bool,
         need: Need,
         read: impl Fn(&ImageRef, Option<Cow<'static, str>>) -> (T, Option<Want>),
         over: impl Fn() -> T,
-    ) -> FastMap<ImageRef, T> {
-        let mut answers = FastMap::with_capacity_and_hasher(images.len(), Default::default());
+    ) -> Vec<(&'i ImageRef, T)> {
+        let mut answers = Vec::with_capacity(images.len());
         let mut misses = Vec::new();
-        let mut images = images.into_iter();
+        let mut images = images.iter().copied();
         for image in images.by_ref().take(MAX_LOOKUPS_PER_REQUEST) {
-            let (answer, want) = read(&image, None);
+            let (answer, want) = read(image, None);
             match want {
                 Some(Want::Refresh(spec)) => {
                     self.metrics.lookup(&spec.name, "stale");
@@ -421,10 +425,10 @@ impl ScanService {
                 }
                 None => {}
             }
-            answers.insert(image, answer);
+            answers.push((image, answer));
         }
         for image in images {
-            answers.insert(image, over());
+            answers.push((image, over()));
         }
         if misses.is_empty() {
             return answers;
@@ -436,7 +440,7 @@ impl ScanService {
         let fetched =
             futures::future::join_all(misses.into_iter().map(|(spec, image)| async move {
                 let failure = self
-                    .fetch_within(&spec, &image, deadline, dry_run, need)
+                    .fetch_within(&spec, image, deadline, dry_run, need)
                     .await
                     .err();
                 (image, failure)
@@ -444,8 +448,8 @@ impl ScanService {
             .await;
         for (image, failure) in fetched {
             let reason = failure.unwrap_or(Cow::Borrowed("no result was fetched in time"));
-            let (answer, _) = read(&image, Some(reason));
-            answers.insert(image, answer);
+            let (answer, _) = read(image, Some(reason));
+            answers.push((image, answer));
         }
         answers
     }
@@ -894,11 +898,11 @@ enum Want {
 
 /// The digests of the tags one Pod's pinning needs, looked up before it is planned.
 #[derive(Debug, Default)]
-pub struct DigestAnswers(FastMap<ImageRef, Result<String, Unresolved>>);
+pub struct DigestAnswers<'i>(Vec<(&'i ImageRef, Result<String, Unresolved>)>);
 
-impl DigestResults for DigestAnswers {
+impl DigestResults for DigestAnswers<'_> {
     fn digest(&self, image: &ImageRef) -> Result<String, Unresolved> {
-        self.0.get(image).cloned().unwrap_or(Err(Unresolved {
+        answer(&self.0, image).cloned().unwrap_or(Err(Unresolved {
             cause: UnresolvedCause::RegistryUnavailable,
             reason: Cow::Borrowed("the image was not looked up for this request"),
         }))
@@ -907,19 +911,25 @@ impl DigestResults for DigestAnswers {
 
 /// The scan status of the images one request needs, looked up before it is decided.
 #[derive(Debug, Default)]
-pub struct ScanAnswers(FastMap<ImageRef, ScanStatus>);
+pub struct ScanAnswers<'i>(Vec<(&'i ImageRef, ScanStatus)>);
+
+/// The answer for `image` among one request's: the images asked about are the review's
+/// own, so the same reference is found without comparing text; an equal image given
+/// otherwise is found by value.
+fn answer<'a, T>(answers: &'a [(&ImageRef, T)], image: &ImageRef) -> Option<&'a T> {
+    answers
+        .iter()
+        .find(|(asked, _)| std::ptr::eq(*asked, image))
+        .or_else(|| answers.iter().find(|(asked, _)| *asked == image))
+        .map(|(_, answer)| answer)
+}
 
 /// Why the background audit has no result for an image yet.
 const NOT_LOOKED_UP: &str = "no result is cached yet (the background audit looks it up)";
 
-/// A map for the few images of one request: hashed fast (foldhash, seeded per process),
-/// since it is built and read on every request.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-impl ScanResults for ScanAnswers {
+impl ScanResults for ScanAnswers<'_> {
     fn lookup(&self, image: &ImageRef) -> ScanStatus {
-        self.0
-            .get(image)
+        answer(&self.0, image)
             .cloned()
             .unwrap_or(ScanStatus::Unavailable(Cow::Borrowed(
                 "the image was not looked up for this request",
@@ -1106,5 +1116,22 @@ struct Done<V: Clone> {
 impl<V: Clone> Drop for Done<V> {
     fn drop(&mut self) {
         lock(&self.flights.running).remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer is found for the very image asked about, and for an equal one parsed
+    /// elsewhere; an image not asked about has none.
+    #[test]
+    fn answers_are_found_by_reference_then_by_value() {
+        let parse = |text: &str| ImageRef::parse(text).unwrap();
+        let (a, b) = (parse("ghcr.io/acme/a:1"), parse("ghcr.io/acme/b:1"));
+        let answers = [(&a, 1), (&b, 2)];
+        assert_eq!(answer(&answers, &b), Some(&2));
+        assert_eq!(answer(&answers, &parse("ghcr.io/acme/b:1")), Some(&2));
+        assert_eq!(answer(&answers, &parse("ghcr.io/acme/b:2")), None);
     }
 }
