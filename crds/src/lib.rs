@@ -57,6 +57,13 @@ mod tests {
     }
 
     #[test]
+    fn a_severity_ranks_at_its_place_in_descending_order() {
+        for (index, severity) in Severity::DESCENDING.into_iter().enumerate() {
+            assert_eq!(severity.rank(), index, "{severity:?}");
+        }
+    }
+
+    #[test]
     fn enums_are_enums_in_the_schema() {
         let crd = serde_json::to_value(ContainerPolicy::crd()).unwrap();
         let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];

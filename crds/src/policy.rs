@@ -145,6 +145,17 @@ impl Severity {
         Severity::Unknown,
     ];
 
+    /// Its index in [`Severity::DESCENDING`] (and in `maxCount`'s order).
+    pub fn rank(self) -> usize {
+        match self {
+            Severity::Critical => 0,
+            Severity::High => 1,
+            Severity::Medium => 2,
+            Severity::Low => 3,
+            Severity::Unknown => 4,
+        }
+    }
+
     /// The lowercase name used in `maxCount` and messages.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -192,13 +192,18 @@ impl Evaluation<'_, '_> {
                 self.violate(action, "vulnerabilities.deny", target, detail);
             }
         }
-        // Counted without allocating; the IDs are collected only for a violation.
+        // Counted in one pass without allocating; the IDs are collected only for a
+        // violation.
         let counted = |severity: Severity| {
             not_ignored()
                 .filter(move |f| f.severity == severity && (!rule.fixable_only || f.fixable))
         };
+        let mut counts = [0usize; 5];
+        for finding in not_ignored().filter(|f| !rule.fixable_only || f.fixable) {
+            counts[finding.severity.rank()] += 1;
+        }
         for (index, severity) in Severity::DESCENDING.into_iter().enumerate() {
-            let n = counted(severity).count();
+            let n = counts[index];
             let over_severity = rule.max_severity.filter(|max| n > 0 && severity > *max);
             let over_count = rule.max_count[index].filter(|cap| n as u64 > *cap);
             if over_severity.is_none() && over_count.is_none() {
@@ -207,7 +212,8 @@ impl Evaluation<'_, '_> {
             // `3 critical vulnerabilities (CVE-…, …) exceed`, then the rule and its bound.
             let found: Vec<&Finding> = counted(severity).collect();
             let mut what = String::with_capacity(160);
-            let _ = write!(what, "{n} ");
+            push_number(&mut what, n as u64);
+            what.push(' ');
             what.push_str(severity.as_str());
             if rule.fixable_only {
                 what.push_str(" fixable");
@@ -227,7 +233,10 @@ impl Evaluation<'_, '_> {
                 self.violate(action, "vulnerabilities.maxSeverity", target, detail);
             }
             if let Some(cap) = over_count {
-                let _ = write!(what, " maxCount.{} {cap}", severity.as_str());
+                what.push_str(" maxCount.");
+                what.push_str(severity.as_str());
+                what.push(' ');
+                push_number(&mut what, cap);
                 self.violate(action, "vulnerabilities.maxCount", target, what);
             }
         }
@@ -411,6 +420,23 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
 }
 
+/// `n` in decimal, without the formatter (counts are in most messages).
+fn push_number(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[start..] {
+        out.push(char::from(digit));
+    }
+}
+
 /// `CVE-1, CVE-2` — at most [`MAX_IDS`], then how many more.
 fn push_ids(out: &mut String, findings: &[&Finding]) {
     for (i, finding) in findings.iter().take(MAX_IDS).enumerate() {
@@ -421,5 +447,19 @@ fn push_ids(out: &mut String, findings: &[&Finding]) {
     }
     if let Some(more) = findings.len().checked_sub(MAX_IDS).filter(|m| *m > 0) {
         let _ = write!(out, " and {more} more");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn numbers_are_written_as_display_writes_them(n in any::<u64>()) {
+            let mut out = String::from("x");
+            super::push_number(&mut out, n);
+            prop_assert_eq!(out, format!("x{n}"));
+        }
     }
 }

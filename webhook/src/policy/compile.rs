@@ -72,6 +72,10 @@ pub struct TagRule {
 }
 
 /// Compiled `rules.vulnerabilities`.
+/// Vulnerability IDs a rule names. Every finding of every image is checked against
+/// them, so they hash fast: an ID is an interner index, nothing a request chooses.
+pub type IdSet = HashSet<VulnId, foldhash::fast::RandomState>;
+
 #[derive(Debug, Clone)]
 pub struct VulnerabilityRule {
     /// Findings above this severity violate.
@@ -81,9 +85,9 @@ pub struct VulnerabilityRule {
     /// Count only fixable findings.
     pub fixable_only: bool,
     /// IDs that violate when present.
-    pub deny: HashSet<VulnId>,
+    pub deny: IdSet,
     /// IDs never counted.
-    pub ignore: HashSet<VulnId>,
+    pub ignore: IdSet,
     /// Older results count as none.
     pub max_scan_age: Option<Duration>,
     /// What no usable result does; `None` allows.

@@ -499,10 +499,7 @@ fn encode_scan(value: &CachedScan) -> Vec<u8> {
         let Ok(len) = u16::try_from(id.len()) else {
             continue;
         };
-        let severity = Severity::DESCENDING
-            .iter()
-            .position(|s| *s == finding.severity)
-            .unwrap_or(4) as u8;
+        let severity = finding.severity.rank() as u8;
         out.extend_from_slice(&[severity, u8::from(finding.fixable)]);
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(id);
@@ -636,8 +633,7 @@ mod tests {
             bytes.truncate(18);
             for f in findings {
                 let id = f.id.to_string();
-                let severity = Severity::DESCENDING.iter().position(|s| *s == f.severity);
-                bytes.extend_from_slice(&[severity.unwrap() as u8, u8::from(f.fixable)]);
+                bytes.extend_from_slice(&[f.severity.rank() as u8, u8::from(f.fixable)]);
                 bytes.extend_from_slice(&(id.len() as u16).to_le_bytes());
                 bytes.extend_from_slice(id.as_bytes());
             }
