@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::admission::{Request, Verdict};
+use crate::counters::CountersByName;
 use crate::workload::WorkloadKind;
 
 /// Which requests get a decision log line (`--decision-log`).
@@ -62,6 +63,17 @@ impl Source {
     }
 }
 
+/// The actions and sources of a policy's violation counters, in the order
+/// [`Decisions::violation_handles`] keeps them.
+const VIOLATION_LABELS: [(Action, Source); 6] = [
+    (Action::Block, Source::Admission),
+    (Action::Block, Source::Audit),
+    (Action::Warn, Source::Admission),
+    (Action::Warn, Source::Audit),
+    (Action::Audit, Source::Admission),
+    (Action::Audit, Source::Audit),
+];
+
 type RequestLabels = [(&'static str, &'static str); 3];
 type ViolationLabels = [(&'static str, String); 3];
 
@@ -75,6 +87,8 @@ pub struct Decisions {
     requests: Family<RequestLabels, Counter>,
     duration: Histogram,
     violations: Family<ViolationLabels, Counter>,
+    /// Each policy's violation counters (counted on every violating request).
+    violation_handles: CountersByName<6>,
     log: DecisionLog,
     denials: Arc<Mutex<HashMap<(String, String), Denials>>>,
 }
@@ -104,6 +118,7 @@ impl Decisions {
             // 50 µs to ~3.3 s.
             duration: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
             violations: Family::default(),
+            violation_handles: CountersByName::default(),
             log,
             denials: Arc::default(),
         }
@@ -164,13 +179,23 @@ impl Decisions {
 
     /// Counts one object found violating `policy` (by the audit, or at admission).
     pub fn violation(&self, policy: &str, action: Action, source: Source) {
-        self.violations
-            .get_or_create(&[
-                ("policy", policy.to_owned()),
-                ("action", action_label(action).to_owned()),
-                ("source", source.label().to_owned()),
-            ])
-            .inc();
+        let Some(index) = VIOLATION_LABELS
+            .iter()
+            .position(|labels| *labels == (action, source))
+        else {
+            return;
+        };
+        self.violation_handles.inc(policy, index, || {
+            VIOLATION_LABELS.map(|(action, source)| {
+                self.violations
+                    .get_or_create(&[
+                        ("policy", policy.to_owned()),
+                        ("action", action_label(action).to_owned()),
+                        ("source", source.label().to_owned()),
+                    ])
+                    .clone()
+            })
+        });
     }
 
     fn denied(&self, request: &Request<'_>, decision: &crate::engine::Decision) {
@@ -340,6 +365,7 @@ mod tests {
             &denied("no-latest"),
             Duration::from_micros(80),
         );
+        decisions.violation("no-latest", Action::Warn, Source::Audit);
         let text = rendered(&decisions);
         assert!(
             text.contains(r#"portcullis_admission_requests_total{kind="Pod",operation="CREATE",verdict="deny"} 2"#),
@@ -347,6 +373,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"portcullis_policy_violations_total{policy="no-latest",action="Block",source="admission"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"portcullis_policy_violations_total{policy="no-latest",action="Warn",source="audit"} 1"#),
             "{text}"
         );
         assert!(

@@ -45,13 +45,17 @@ pub enum ImageError {
     BadDigest(String),
 }
 
-/// A parsed, normalized image reference.
+/// A parsed, normalized image reference, held as its one text
+/// (`registry/path[:tag][@digest]`) and where its parts end: one allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageRef {
-    repository: String,
+    text: String,
     registry_len: usize,
-    tag: Option<String>,
-    digest: Option<String>,
+    /// The repository is `text[..repository_len]`.
+    repository_len: usize,
+    /// The tag, when there is one, is `text[repository_len + 1..tag_end]`; the digest,
+    /// when there is one, `text[tag_end + 1..]`.
+    tag_end: usize,
 }
 
 impl ImageRef {
@@ -68,7 +72,7 @@ impl ImageRef {
             return Err(ImageError::ControlCharacter);
         }
         let (rest, digest) = match input.split_once('@') {
-            Some((name, digest)) => (name, Some(parse_digest(digest)?)),
+            Some((name, digest)) => (name, Some(validate_digest(digest)?)),
             None => (input, None),
         };
         // A ':' after the last '/' separates the tag; one before it belongs to host:port.
@@ -79,7 +83,7 @@ impl ImageRef {
                 if !valid_tag(tag) {
                     return Err(ImageError::BadTag(tag.to_owned()));
                 }
-                (&rest[..last_slash + i], Some(tag.to_owned()))
+                (&rest[..last_slash + i], Some(tag))
             }
             None => (rest, None),
         };
@@ -93,67 +97,72 @@ impl ImageRef {
         for component in path.split('/') {
             validate_component(component)?;
         }
-        // `registry/[library/]path`, built in place.
-        let mut repository = String::with_capacity(name.len() + DOCKER_HUB.len() + 9);
-        match registry {
-            Some(host) => push_canonical_registry(&mut repository, host),
-            None => repository.push_str(DOCKER_HUB),
-        }
-        let registry_len = repository.len();
-        repository.push('/');
-        if repository[..registry_len] == *DOCKER_HUB && !path.contains('/') {
-            repository.push_str("library/");
-        }
-        repository.push_str(path);
-        let tag = if tag.is_none() && digest.is_none() {
-            Some("latest".to_owned())
-        } else {
-            tag
+        let tag = match (tag, digest) {
+            (None, None) => Some("latest"),
+            (tag, _) => tag,
         };
+        // `registry/[library/]path[:tag][@digest]`, built in place.
+        let capacity = name.len() + DOCKER_HUB.len() + 9;
+        let mut text = String::with_capacity(
+            capacity + tag.map_or(0, |t| t.len() + 1) + digest.map_or(0, |d| d.len() + 1),
+        );
+        match registry {
+            Some(host) => push_canonical_registry(&mut text, host),
+            None => text.push_str(DOCKER_HUB),
+        }
+        let registry_len = text.len();
+        text.push('/');
+        if text[..registry_len] == *DOCKER_HUB && !path.contains('/') {
+            text.push_str("library/");
+        }
+        text.push_str(path);
+        let repository_len = text.len();
+        if let Some(tag) = tag {
+            text.push(':');
+            text.push_str(tag);
+        }
+        let tag_end = text.len();
+        if let Some(digest) = digest {
+            text.push('@');
+            text.push_str(digest);
+        }
         Ok(ImageRef {
+            text,
             registry_len,
-            repository,
-            tag,
-            digest,
+            repository_len,
+            tag_end,
         })
     }
 
     /// `registry/path`, what policy globs match against.
     pub fn repository(&self) -> &str {
-        &self.repository
+        &self.text[..self.repository_len]
     }
 
     /// The registry host (and port).
     pub fn registry(&self) -> &str {
-        &self.repository[..self.registry_len]
+        &self.text[..self.registry_len]
     }
 
     /// The repository path within the registry.
     pub fn path(&self) -> &str {
-        &self.repository[self.registry_len + 1..]
+        &self.text[self.registry_len + 1..self.repository_len]
     }
 
     /// The tag, if any (`latest` when neither tag nor digest was written).
     pub fn tag(&self) -> Option<&str> {
-        self.tag.as_deref()
+        self.text.get(self.repository_len + 1..self.tag_end)
     }
 
     /// The digest (`sha256:…`), if pinned.
     pub fn digest(&self) -> Option<&str> {
-        self.digest.as_deref()
+        self.text.get(self.tag_end + 1..)
     }
 }
 
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.repository)?;
-        if let Some(tag) = &self.tag {
-            write!(f, ":{tag}")?;
-        }
-        if let Some(digest) = &self.digest {
-            write!(f, "@{digest}")?;
-        }
-        Ok(())
+        f.write_str(&self.text)
     }
 }
 
@@ -279,7 +288,7 @@ fn valid_tag(tag: &str) -> bool {
         && bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-')
 }
 
-fn parse_digest(digest: &str) -> Result<String, ImageError> {
+fn validate_digest(digest: &str) -> Result<&str, ImageError> {
     let bad = || ImageError::BadDigest(digest.to_owned());
     let (algorithm, hex) = digest.split_once(':').ok_or_else(bad)?;
     let hex_ok = |len: usize| {
@@ -294,7 +303,7 @@ fn parse_digest(digest: &str) -> Result<String, ImageError> {
         _ => false,
     };
     if ok {
-        Ok(digest.to_owned())
+        Ok(digest)
     } else {
         Err(bad())
     }

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod auditlog;
 pub mod client_cert;
 pub mod cluster;
+mod counters;
 pub mod decisions;
 pub mod duration;
 pub mod engine;

@@ -1,13 +1,12 @@
 //! Scan metrics: cache hits, misses and stale serves; backend latency and errors, by
 //! integration.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::counters::CountersByName;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -18,10 +17,8 @@ const RESULTS: [&str; 3] = ["hit", "stale", "miss"];
 #[derive(Clone)]
 pub struct ScanMetrics {
     lookups: Family<Labels, Counter>,
-    /// Each integration's lookup counters, found without building labels: counted on
-    /// every image of every request, where allocating the label set cost more than the
-    /// count.
-    lookup_handles: Arc<RwLock<HashMap<String, [Counter; 3]>>>,
+    /// Each integration's lookup counters (counted on every image of every request).
+    lookup_handles: CountersByName<3>,
     backend_seconds: Family<Labels, Histogram>,
     backend_errors: Family<Labels, Counter>,
 }
@@ -30,7 +27,7 @@ impl Default for ScanMetrics {
     fn default() -> Self {
         ScanMetrics {
             lookups: Family::default(),
-            lookup_handles: Arc::default(),
+            lookup_handles: CountersByName::default(),
             backend_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 14))
             }),
@@ -64,28 +61,16 @@ impl ScanMetrics {
         let Some(index) = RESULTS.iter().position(|r| *r == result) else {
             return;
         };
-        let handles = self
-            .lookup_handles
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(counters) = handles.get(integration) {
-            counters[index].inc();
-            return;
-        }
-        drop(handles);
-        let counters = RESULTS.map(|r| {
-            self.lookups
-                .get_or_create(&vec![
-                    ("integration", integration.to_owned()),
-                    ("result", r.to_owned()),
-                ])
-                .clone()
+        self.lookup_handles.inc(integration, index, || {
+            RESULTS.map(|r| {
+                self.lookups
+                    .get_or_create(&vec![
+                        ("integration", integration.to_owned()),
+                        ("result", r.to_owned()),
+                    ])
+                    .clone()
+            })
         });
-        counters[index].inc();
-        self.lookup_handles
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(integration.to_owned(), counters);
     }
 
     pub(crate) fn call(&self, integration: &str, call: &'static str, seconds: f64) {
