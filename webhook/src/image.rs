@@ -302,11 +302,7 @@ fn validate_digest(digest: &str) -> Result<&str, ImageError> {
         "sha512" => hex_ok(128),
         _ => false,
     };
-    if ok {
-        Ok(digest)
-    } else {
-        Err(bad())
-    }
+    if ok { Ok(digest) } else { Err(bad()) }
 }
 
 #[cfg(test)]
