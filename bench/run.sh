@@ -13,18 +13,9 @@ for n in 1 5 20; do $bin/portcullis-bench body --containers $n --out "$work/pod$
 # 1,000 policies (100 of them checking vulnerabilities of ghcr.io/acme/**) and 100,000
 # cached scan results, the bodies' images among them.
 $bin/portcullis-bench fill --out "$work/big" --policies 1000 --scans 100000
-# /mutate: one more policy pins the Pod's images (digests cached by fill) and fills in
-# every security default; the same review is sent to /mutate.
-cat >"$work/big/policies/mutate.yaml" <<'YAML'
-apiVersion: portcullis.dev/v1alpha1
-kind: ContainerPolicy
-metadata: {name: pin-and-default}
-spec:
-  match: {images: ["ghcr.io/acme/**"]}
-  mutate:
-    pinDigests: true
-    securityDefaults: {runAsNonRoot: true, allowPrivilegeEscalation: false, dropAllCapabilities: true, seccompProfile: RuntimeDefault}
-YAML
+# /mutate: one more policy pins the Pod's images and fills in every security default;
+# the same review is sent to /mutate.
+cp bench/mutate-policy.yaml "$work/big/policies/mutate.yaml"
 
 start portcullis $bin/portcullis serve --policies config/samples --listen 127.0.0.1:19443 --self-signed-dir "$work/pc"
 start echo $bin/portcullis-bench echo --listen 127.0.0.1:19444 --ca-out "$work/echo.ca"

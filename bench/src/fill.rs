@@ -62,7 +62,7 @@ pub fn fill(args: &FillArgs) -> anyhow::Result<()> {
     }
     // A million results take longer to commit than a stop's grace period.
     anyhow::ensure!(
-        service.cache().flush_within(Duration::from_secs(600)),
+        service.cache().close_within(Duration::from_secs(600)),
         "the scan cache was not written within 10 minutes"
     );
     println!(

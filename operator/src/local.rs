@@ -188,7 +188,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     essentials.abort();
-    scans.cache().flush();
+    scans.cache().close();
     served
 }
 

@@ -240,7 +240,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ready.stopping();
     let _ = stop_webhook.send(());
     let _ = webhook.await;
-    scans.cache().flush();
+    scans.cache().close();
     if let Some(receiver) = &audit_log
         && let Err(error) = receiver.save()
     {

@@ -4,6 +4,7 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -179,7 +180,10 @@ impl ScanCache {
             .name("scan-cache-writer".into())
             .spawn(move || write_loop(db, receiver))
             .map_err(|e| store_error(redb::Error::Io(e)))?;
-        cache.disk = Some(DiskWriter { sender });
+        cache.disk = Some(DiskWriter {
+            sender,
+            closed: AtomicBool::new(false),
+        });
         Ok((cache, loaded))
     }
 
@@ -213,30 +217,38 @@ impl ScanCache {
         }
     }
 
-    /// Waits until every write so far is committed to disk, at most 10 s (a stop's
-    /// grace period): what is not written by then is fetched again after a restart.
-    pub fn flush(&self) {
-        self.flush_within(Duration::from_secs(10));
+    /// At a stop: commits every write so far and closes the store, waiting at most 10 s
+    /// (a stop's grace period). What is not written by then is fetched again after a
+    /// restart; what is cached later stays in memory only.
+    pub fn close(&self) {
+        self.close_within(Duration::from_secs(10));
     }
 
-    /// Waits until every write so far is committed to disk, at most `limit`; whether
-    /// they were.
-    pub fn flush_within(&self, limit: Duration) -> bool {
+    /// [`Self::close`], waiting at most `limit`; whether every write was committed and
+    /// the store closed. A store closed this way opens without redb's repair, which
+    /// reads and checksums the whole file after an unclean stop.
+    pub fn close_within(&self, limit: Duration) -> bool {
         let Some(disk) = &self.disk else {
             return true;
         };
         let (done, wait) = mpsc::channel();
-        disk.send(Write::Flush(done));
+        disk.send(Write::Close(done));
+        disk.closed.store(true, Ordering::Release);
         wait.recv_timeout(limit).is_ok()
     }
 }
 
 struct DiskWriter {
     sender: mpsc::Sender<Write>,
+    /// The store was closed at a stop: later writes stay in memory, quietly.
+    closed: AtomicBool,
 }
 
 impl DiskWriter {
     fn send(&self, write: Write) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         if self.sender.send(write).is_err() {
             tracing::error!("the scan cache writer has stopped; results are kept in memory only");
         }
@@ -246,12 +258,18 @@ impl DiskWriter {
 enum Write {
     Scan(String, Vec<u8>),
     Digest(String, Vec<u8>),
-    Flush(mpsc::Sender<()>),
+    /// Commit what came before, close the store, then answer.
+    Close(mpsc::Sender<()>),
 }
 
-/// Commits writes in batches until every sender is gone.
+/// Commits writes in batches until asked to close (or every sender is gone), then closes
+/// the store cleanly.
 fn write_loop(db: Database, receiver: mpsc::Receiver<Write>) {
-    while let Ok(first) = receiver.recv() {
+    let mut closing = Vec::new();
+    while closing.is_empty() {
+        let Ok(first) = receiver.recv() else {
+            break;
+        };
         let mut batch = vec![first];
         while batch.len() < WRITE_BATCH {
             match receiver.try_recv() {
@@ -259,7 +277,6 @@ fn write_loop(db: Database, receiver: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        let mut flushed = Vec::new();
         let result = (|| -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             {
@@ -273,7 +290,7 @@ fn write_loop(db: Database, receiver: mpsc::Receiver<Write>) {
                         Write::Digest(key, value) => {
                             drop(digests.insert(key.as_str(), value.as_slice())?)
                         }
-                        Write::Flush(done) => flushed.push(done),
+                        Write::Close(done) => closing.push(done),
                     }
                 }
             }
@@ -283,9 +300,11 @@ fn write_loop(db: Database, receiver: mpsc::Receiver<Write>) {
         if let Err(error) = result {
             tracing::error!(%error, "writing the scan cache failed; those results are kept in memory only");
         }
-        for done in flushed {
-            let _ = done.send(());
-        }
+    }
+    // Dropping the database records a clean shutdown.
+    drop(db);
+    for done in closing {
+        let _ = done.send(());
     }
 }
 
@@ -619,6 +638,28 @@ mod tests {
         }
     }
 
+    /// A stop closes the store cleanly: the next open needs no repair (which would read
+    /// and checksum the whole file).
+    #[test]
+    fn a_closed_store_opens_without_a_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, _) = ScanCache::open(dir.path(), BUDGET).unwrap();
+        cache.put_scan("i\nr/a@sha256:aa".into(), report());
+        assert!(cache.close_within(Duration::from_secs(10)));
+        let repaired = std::rc::Rc::new(std::cell::Cell::new(false));
+        let seen = repaired.clone();
+        let opened = Database::builder()
+            .set_repair_callback(move |session| {
+                seen.set(true);
+                session.abort();
+            })
+            .create(dir.path().join(FILE_NAME));
+        assert!(opened.is_ok(), "{:?}", opened.err());
+        assert!(!repaired.get(), "the store needed a repair");
+        drop(opened);
+        drop(cache);
+    }
+
     /// A stored report is taken as written when its IDs are in order; one that is not
     /// (a file from elsewhere) is read as a scanner's answer is: sorted, repeats merged.
     #[test]
@@ -700,14 +741,10 @@ mod tests {
                     fetched_at: time(1_000),
                 },
             );
-            cache.flush();
+            assert!(cache.close_within(Duration::from_secs(10)));
         }
-        // The writer thread exits once the cache is dropped; the file lock goes with it.
-        let reopened = (0..50).find_map(|_| {
-            std::thread::sleep(Duration::from_millis(20));
-            ScanCache::open(dir.path(), BUDGET).ok()
-        });
-        let (cache, loaded) = reopened.expect("the store reopens");
+        let (cache, loaded) =
+            ScanCache::open(dir.path(), BUDGET).expect("the closed store reopens");
         assert_eq!(loaded, 3, "the month-old tag is dropped");
         let Some(CachedScan {
             outcome: Outcome::Report(r),
@@ -773,13 +810,10 @@ mod tests {
                 let fetched = now - Duration::from_secs(3600 * (40 - i));
                 cache.put_scan(format!("i\nr/y@{i}"), report_with(1000, fetched));
             }
-            cache.flush();
+            cache.close();
         }
-        let reopened = (0..50).find_map(|_| {
-            std::thread::sleep(Duration::from_millis(20));
-            ScanCache::open(dir.path(), budget).ok()
-        });
-        let (cache, loaded) = reopened.expect("the store reopens");
+        let (cache, loaded) =
+            ScanCache::open(dir.path(), budget).expect("the closed store reopens");
         assert!((5..=10).contains(&loaded), "{loaded} loaded");
         let present: Vec<u64> = (0..40)
             .filter(|i| cache.scan(&format!("i\nr/y@{i}")).is_some())

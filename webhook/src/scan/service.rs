@@ -190,8 +190,10 @@ impl ScanService {
         let cache = match &settings.cache_dir {
             None => ScanCache::in_memory(settings.budget),
             Some(dir) => {
+                let started = Instant::now();
                 let (cache, loaded) = ScanCache::open(dir, settings.budget)?;
-                tracing::info!(loaded, dir = %dir.display(), "scan cache loaded");
+                let took_ms = started.elapsed().as_millis();
+                tracing::info!(loaded, took_ms, dir = %dir.display(), "scan cache loaded");
                 cache
             }
         };
