@@ -194,12 +194,10 @@ impl Evaluation<'_, '_> {
         }
         // Counted in one pass without allocating; the IDs are collected only for a
         // violation.
-        let counted = |severity: Severity| {
-            not_ignored()
-                .filter(move |f| f.severity == severity && (!rule.fixable_only || f.fixable))
-        };
+        let counting = || not_ignored().filter(|f| !rule.fixable_only || f.fixable);
+        let counted = |severity: Severity| counting().filter(move |f| f.severity == severity);
         let mut counts = [0usize; 5];
-        for finding in not_ignored().filter(|f| !rule.fixable_only || f.fixable) {
+        for finding in counting() {
             counts[finding.severity.rank()] += 1;
         }
         for (index, severity) in Severity::DESCENDING.into_iter().enumerate() {

@@ -323,21 +323,21 @@ fn load(db: &Database, cache: &ScanCache, budget: Budget) -> Result<usize, redb:
     txn.commit()?;
     let read = db.begin_read()?;
     let key = |text: &str| cache.memory_key(text);
-    let scans = Loading {
-        table: read.open_table(SCANS)?,
-        memory: &cache.scans,
-        bytes: budget.scan_bytes(),
-        weight: Weight::new(budget.scan_bytes(), budget.entries),
+    let scans = Loading::new(
+        read.open_table(SCANS)?,
+        &cache.scans,
+        budget.scan_bytes(),
+        budget.entries,
         cutoff,
-    }
+    )
     .load(key)?;
-    let digests = Loading {
-        table: read.open_table(DIGESTS)?,
-        memory: &cache.digests,
-        bytes: budget.digest_bytes(),
-        weight: Weight::new(budget.digest_bytes(), budget.entries),
+    let digests = Loading::new(
+        read.open_table(DIGESTS)?,
+        &cache.digests,
+        budget.digest_bytes(),
+        budget.entries,
         cutoff,
-    }
+    )
     .load(key)?;
     drop(read);
     if !scans.dropped.is_empty() || !digests.dropped.is_empty() {
@@ -410,10 +410,28 @@ struct Loaded {
     dropped: Vec<String>,
 }
 
-impl<V: Stored> Loading<'_, V>
+impl<'c, V: Stored> Loading<'c, V>
 where
     Weight: quick_cache::Weighter<MemoryKey, V>,
 {
+    /// `table` into `memory`, within `bytes` and `entries` as the memory weighs them,
+    /// dropping what was fetched before `cutoff`.
+    fn new(
+        table: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        memory: &'c Memory<V>,
+        bytes: u64,
+        entries: usize,
+        cutoff: SystemTime,
+    ) -> Self {
+        Loading {
+            table,
+            memory,
+            bytes,
+            weight: Weight::new(bytes, entries),
+            cutoff,
+        }
+    }
+
     /// Everything in one pass when it fits the budget (the usual case). When it does
     /// not, the most recent entries that fit: the memory is cleared, a pass over the
     /// headers finds the oldest fetch time that fits, and a second pass loads what is

@@ -64,16 +64,10 @@ impl ScanReport {
                 }
             }
         }
-        if by_id.is_empty() {
-            return ScanReport::clean(scanned_at);
-        }
         let mut findings: Vec<(Arc<str>, Finding)> =
             by_id.into_values().map(|f| (f.id.as_str(), f)).collect();
         findings.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
-        ScanReport {
-            scanned_at,
-            findings: findings.into_iter().map(|(_, f)| f).collect(),
-        }
+        ScanReport::sorted(scanned_at, findings.into_iter().map(|(_, f)| f).collect())
     }
 
     /// A report of `findings` already sorted by ID without repeats (as stored).
