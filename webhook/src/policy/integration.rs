@@ -7,6 +7,7 @@ use portcullis_crds::{RegistryIntegrationSpec, UrlScanner};
 
 use super::{Errors, FieldError};
 use crate::glob::Glob;
+use crate::image::canonical_registry;
 use crate::scan::registry::strip_port;
 
 /// Which scanner an integration reads results from.
@@ -20,6 +21,21 @@ pub enum ScannerKind {
     Http(UrlScanner),
 }
 
+impl ScannerKind {
+    /// The scanner's host: the URL's authority, canonical as registries are named.
+    fn host(&self) -> String {
+        match self {
+            ScannerKind::Harbor(s) | ScannerKind::Http(s) => s
+                .url
+                .parse::<axum::http::Uri>()
+                .ok()
+                .and_then(|uri| uri.authority().map(|a| canonical_registry(a.as_str())))
+                .unwrap_or_else(|| s.url.clone()),
+            ScannerKind::TrivyOperator => "trivy-operator".to_owned(),
+        }
+    }
+}
+
 /// A validated RegistryIntegration.
 #[derive(Debug, Clone)]
 pub struct CompiledIntegration {
@@ -31,6 +47,9 @@ pub struct CompiledIntegration {
     pub registries: Vec<Glob>,
     /// The scanner.
     pub scanner: ScannerKind,
+    /// The scanner's host, as breakers and logs name it (`trivy-operator` for reports
+    /// read from the cluster).
+    pub scanner_host: String,
     /// The credentials Secret's name, if any.
     pub credentials_secret: Option<String>,
     /// PEM CA for the registries' TLS.
@@ -121,6 +140,7 @@ pub fn compile_integration(
         name: name.to_owned(),
         generation: None,
         registries,
+        scanner_host: scanner.host(),
         scanner,
         credentials_secret,
         ca_bundle: spec.ca_bundle.clone().filter(|ca| !ca.trim().is_empty()),

@@ -2,7 +2,7 @@
 //! path reads, without I/O) written through to an embedded store on disk (redb), which
 //! is loaded at start so decisions survive restarts and outages.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -26,6 +26,35 @@ const KEEP_ON_DISK: Duration = Duration::from_secs(30 * 24 * 3600);
 const STORE_CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// Most writes committed in one transaction.
 const WRITE_BATCH: usize = 1024;
+
+/// What a cache entry is keyed by, as text in parts: `{integration}\n{repository}@{digest}`
+/// for a scan, `{integration}\n{repository}:{tag}` for a tag's digest. The whole text is
+/// what the store keeps ([`Key::to_string`]); lookups hash the parts.
+#[derive(Debug, Clone, Copy)]
+pub struct Key<'a>([&'a str; 5]);
+
+impl<'a> Key<'a> {
+    /// The key of `repository@digest`'s scan for `integration`.
+    pub fn scan(integration: &'a str, repository: &'a str, digest: &'a str) -> Self {
+        Key([integration, "\n", repository, "@", digest])
+    }
+
+    /// The key of `repository:tag`'s digest for `integration`.
+    pub fn digest(integration: &'a str, repository: &'a str, tag: &'a str) -> Self {
+        Key([integration, "\n", repository, ":", tag])
+    }
+
+    /// A key already written out.
+    pub fn text(text: &'a str) -> Self {
+        Key([text, "", "", "", ""])
+    }
+}
+
+impl std::fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|part| f.write_str(part))
+    }
+}
 
 /// A scanner's answer for a digest and when it was fetched.
 #[derive(Debug, Clone)]
@@ -188,17 +217,32 @@ impl ScanCache {
     }
 
     fn memory_key(&self, key: &str) -> MemoryKey {
-        (self.hashers.0.hash_one(key), self.hashers.1.hash_one(key))
+        self.memory_key_of(&[key])
+    }
+
+    /// The memory key of the text `parts` make together: each keyed hash is fed the
+    /// parts in turn, so a lookup builds no string (SipHash streams its input; a test
+    /// checks that parts and the whole text give the same key).
+    fn memory_key_of(&self, parts: &[&str]) -> MemoryKey {
+        let hash = |state: &RandomState| {
+            let mut hasher = state.build_hasher();
+            for part in parts {
+                hasher.write(part.as_bytes());
+            }
+            hasher.write_u8(0xff);
+            hasher.finish()
+        };
+        (hash(&self.hashers.0), hash(&self.hashers.1))
     }
 
     /// A cached scan, from memory.
-    pub fn scan(&self, key: &str) -> Option<CachedScan> {
-        self.scans.get(&self.memory_key(key))
+    pub fn scan(&self, key: Key<'_>) -> Option<CachedScan> {
+        self.scans.get(&self.memory_key_of(&key.0))
     }
 
     /// A cached tag resolution, from memory.
-    pub fn digest(&self, key: &str) -> Option<CachedDigest> {
-        self.digests.get(&self.memory_key(key))
+    pub fn digest(&self, key: Key<'_>) -> Option<CachedDigest> {
+        self.digests.get(&self.memory_key_of(&key.0))
     }
 
     /// Caches a scan answer, in memory now and on disk shortly.
@@ -767,21 +811,48 @@ mod tests {
         let Some(CachedScan {
             outcome: Outcome::Report(r),
             ..
-        }) = cache.scan("i\nr/a@sha256:aa")
+        }) = cache.scan(Key::scan("i", "r/a", "sha256:aa"))
         else {
             panic!("the report survives");
         };
         assert_eq!(&*r.findings()[0].id.as_str(), "CVE-2024-1");
         assert_eq!(r.scanned_at, Some(time(1_700_000_000)));
         assert!(matches!(
-            cache.scan("i\nr/b@sha256:bb").unwrap().outcome,
+            cache
+                .scan(Key::scan("i", "r/b", "sha256:bb"))
+                .unwrap()
+                .outcome,
             Outcome::Pending
         ));
         assert_eq!(
-            cache.digest("i\nr/a:v1").unwrap().resolved,
+            cache
+                .digest(Key::digest("i", "r/a", "v1"))
+                .unwrap()
+                .resolved,
             Resolved::Digest("sha256:aa".into())
         );
-        assert!(cache.digest("i\nr/old:v1").is_none());
+        assert!(cache.digest(Key::digest("i", "r/old", "v1")).is_none());
+    }
+
+    /// Lookups hash a key's parts; the store keeps its text (a format files on disk
+    /// already use). Both must name the same entry.
+    #[test]
+    fn a_key_in_parts_finds_the_entry_stored_under_its_text() {
+        let cache = ScanCache::in_memory(BUDGET);
+        let key = Key::scan("harbor", "ghcr.io/acme/api", "sha256:aa");
+        assert_eq!(key.to_string(), "harbor\nghcr.io/acme/api@sha256:aa");
+        cache.put_scan(key.to_string(), report_with(1, SystemTime::now()));
+        assert!(cache.scan(key).is_some());
+        assert!(
+            cache
+                .scan(Key::text("harbor\nghcr.io/acme/api@sha256:aa"))
+                .is_some()
+        );
+        assert!(
+            cache
+                .scan(Key::scan("harbor", "ghcr.io/acme/api", "sha256:ab"))
+                .is_none()
+        );
     }
 
     fn report_with(findings: usize, fetched_at: SystemTime) -> CachedScan {
@@ -814,7 +885,7 @@ mod tests {
             memory.put_scan(format!("i\nr/x@{i}"), report_with(1000, now));
         }
         let held = (0..40)
-            .filter(|i| memory.scan(&format!("i\nr/x@{i}")).is_some())
+            .filter(|i| memory.scan(Key::text(&format!("i\nr/x@{i}"))).is_some())
             .count();
         assert!(
             (5..=12).contains(&held),
@@ -834,7 +905,7 @@ mod tests {
             ScanCache::open(dir.path(), budget).expect("the closed store reopens");
         assert!((5..=10).contains(&loaded), "{loaded} loaded");
         let present: Vec<u64> = (0..40)
-            .filter(|i| cache.scan(&format!("i\nr/y@{i}")).is_some())
+            .filter(|i| cache.scan(Key::text(&format!("i\nr/y@{i}"))).is_some())
             .collect();
         // (quick_cache bounds each shard, so a few may be evicted on the way in.)
         assert!(present.len() >= 4, "{present:?}");

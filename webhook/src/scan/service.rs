@@ -18,7 +18,7 @@ use super::backend::http::HttpScanner;
 use super::backend::trivy_operator::{ReportIndex, TrivyOperator};
 use super::backend::{Backend, BackendError, Outcome, Target};
 use super::breaker::{Admit, Breaker};
-use super::cache::{Budget, CacheError, CachedDigest, CachedScan, ScanCache};
+use super::cache::{Budget, CacheError, CachedDigest, CachedScan, Key, ScanCache};
 use super::credentials::{CredentialStore, DockerConfig};
 use super::metrics::ScanMetrics;
 use super::registry::{RegistryClient, RegistrySettings, Resolved};
@@ -127,15 +127,16 @@ impl Default for IntegrationState {
 
 impl IntegrationState {
     fn breaker(&self, host: &str) -> Arc<Breaker> {
-        lock(&self.breakers)
-            .entry(host.to_owned())
-            .or_default()
-            .clone()
+        let mut breakers = lock(&self.breakers);
+        if let Some(breaker) = breakers.get(host) {
+            return breaker.clone();
+        }
+        breakers.entry(host.to_owned()).or_default().clone()
     }
 
     /// Whether `image` may be looked up now: `Reject` if a host it needs is down,
     /// `Probe` if one is due a probe, else `Call`.
-    fn admit(&self, hosts: &[String], now: Instant) -> Admit {
+    fn admit<'h>(&self, hosts: impl IntoIterator<Item = &'h str>, now: Instant) -> Admit {
         let mut admit = Admit::Call;
         for host in hosts {
             match self.breaker(host).admit(now) {
@@ -150,26 +151,9 @@ impl IntegrationState {
 
 /// The hosts a lookup of `image` calls: its registry, when a tag must be resolved, and
 /// the scanner.
-fn hosts(spec: &CompiledIntegration, image: &ImageRef) -> Vec<String> {
-    let mut hosts = Vec::with_capacity(2);
-    if image.digest().is_none() {
-        hosts.push(image.registry().to_owned());
-    }
-    hosts.push(scanner_host(spec));
-    hosts
-}
-
-/// The scanner's host, as breakers and logs name it.
-fn scanner_host(spec: &CompiledIntegration) -> String {
-    match &spec.scanner {
-        ScannerKind::Harbor(s) | ScannerKind::Http(s) => s
-            .url
-            .parse::<axum::http::Uri>()
-            .ok()
-            .and_then(|uri| uri.authority().map(|a| canonical_registry(a.as_str())))
-            .unwrap_or_else(|| s.url.clone()),
-        ScannerKind::TrivyOperator => "trivy-operator".to_owned(),
-    }
+fn hosts<'a>(spec: &'a CompiledIntegration, image: &'a ImageRef) -> impl Iterator<Item = &'a str> {
+    let registry = image.digest().is_none().then(|| image.registry());
+    registry.into_iter().chain([spec.scanner_host.as_str()])
 }
 
 /// Clients built from one compiled spec and one version of its credentials.
@@ -244,7 +228,7 @@ impl ScanService {
     /// `integration` (benchmarks and warm-up tooling fill the cache this way).
     pub fn remember_digest(&self, integration: &str, repository: &str, tag: &str, digest: &str) {
         self.cache.put_digest(
-            digest_key(integration, repository, tag),
+            Key::digest(integration, repository, tag).to_string(),
             CachedDigest {
                 resolved: Resolved::Digest(digest.to_owned()),
                 fetched_at: SystemTime::now(),
@@ -260,7 +244,7 @@ impl ScanService {
         digest: &str,
         report: ScanReport,
     ) {
-        let key = scan_key(integration, repository, digest);
+        let key = Key::scan(integration, repository, digest).to_string();
         self.fetched(&key);
         self.cache.put_scan(
             key,
@@ -418,7 +402,7 @@ impl ScanService {
             match want {
                 Some(Want::Refresh(spec)) => {
                     self.metrics.lookup(&spec.name, "stale");
-                    self.refresh(spec, image.clone(), dry_run, need);
+                    self.refresh(spec, image, dry_run, need);
                 }
                 Some(Want::Fetch(spec)) => {
                     self.metrics.lookup(&spec.name, "miss");
@@ -497,7 +481,7 @@ impl ScanService {
         need: Need,
     ) -> Result<(), Cow<'static, str>> {
         let state = self.state(&spec.name);
-        match state.admit(&hosts(spec, image), Instant::now()) {
+        match state.admit(hosts(spec, image), Instant::now()) {
             Admit::Call => {}
             Admit::Reject => return Err(unreachable(spec)),
             Admit::Probe => {
@@ -522,15 +506,18 @@ impl ScanService {
     fn refresh(
         self: &Arc<Self>,
         spec: Arc<CompiledIntegration>,
-        image: ImageRef,
+        image: &ImageRef,
         dry_run: bool,
         need: Need,
     ) {
-        let hosts = hosts(&spec, &image);
-        if self.state(&spec.name).admit(&hosts, Instant::now()) == Admit::Reject {
+        if self
+            .state(&spec.name)
+            .admit(hosts(&spec, image), Instant::now())
+            == Admit::Reject
+        {
             return;
         }
-        let service = self.clone();
+        let (service, image) = (self.clone(), image.clone());
         tokio::spawn(async move { service.lookup(&spec, &image, dry_run, need).await });
     }
 
@@ -547,14 +534,14 @@ impl ScanService {
             (Some(digest), _) => digest.to_owned(),
             (None, tag) => {
                 let tag = tag.unwrap_or("latest");
-                let key = digest_key(&spec.name, image.repository(), tag);
+                let key = Key::digest(&spec.name, image.repository(), tag);
                 let cached = self
                     .cache
-                    .digest(&key)
+                    .digest(key)
                     .filter(|e| fresh(e.fetched_at, tag_ttl(spec), now));
                 let entry = match cached {
                     Some(entry) => entry,
-                    None => self.resolve(spec, image, tag, key).await?,
+                    None => self.resolve(spec, image, tag, key.to_string()).await?,
                 };
                 match entry.resolved {
                     Resolved::Digest(digest) => digest,
@@ -565,15 +552,17 @@ impl ScanService {
         if need == Need::Digest {
             return Ok(());
         }
-        let key = scan_key(&spec.name, image.repository(), &digest);
+        let key = Key::scan(&spec.name, image.repository(), &digest);
         if self
             .cache
-            .scan(&key)
+            .scan(key)
             .is_some_and(|e| fresh(e.fetched_at, scan_ttl(spec, &e.outcome), now))
         {
             return Ok(());
         }
-        let entry = self.scan(spec, image, &digest, key, dry_run).await?;
+        let entry = self
+            .scan(spec, image, &digest, key.to_string(), dry_run)
+            .await?;
         match entry.outcome {
             // Not cached (see `scan`), so the answer travels with the error.
             Outcome::NotFound if dry_run => Err(no_result(spec, &digest)),
@@ -643,7 +632,7 @@ impl ScanService {
             };
             let fetched_at = SystemTime::now();
             let result = service
-                .call(&spec_owned, "scan", &scanner_host(&spec_owned), work)
+                .call(&spec_owned, "scan", &spec_owned.scanner_host, work)
                 .await
                 .map(|outcome| CachedScan {
                     outcome: service.dated(&key, outcome, fetched_at),
@@ -683,12 +672,17 @@ impl ScanService {
                 fetched_at
             }
             None => {
-                let previous = self.cache.scan(key).and_then(|entry| match entry.outcome {
-                    Outcome::Report(previous) if previous.findings() == report.findings() => {
-                        previous.scanned_at
-                    }
-                    _ => None,
-                });
+                let previous =
+                    self.cache
+                        .scan(Key::text(key))
+                        .and_then(|entry| match entry.outcome {
+                            Outcome::Report(previous)
+                                if previous.findings() == report.findings() =>
+                            {
+                                previous.scanned_at
+                            }
+                            _ => None,
+                        });
                 previous.unwrap_or(fetched_at)
             }
         };
@@ -858,14 +852,6 @@ fn unreachable(spec: &CompiledIntegration) -> Cow<'static, str> {
 
 // The keys are built on every lookup: `concat` makes one allocation of the exact size
 // and skips the formatting machinery.
-fn digest_key(integration: &str, repository: &str, tag: &str) -> String {
-    [integration, "\n", repository, ":", tag].concat()
-}
-
-fn scan_key(integration: &str, repository: &str, digest: &str) -> String {
-    [integration, "\n", repository, "@", digest].concat()
-}
-
 fn tag_ttl(spec: &CompiledIntegration) -> Duration {
     spec.cache_ttl.min(TAG_TTL)
 }
@@ -965,12 +951,12 @@ impl ScanService {
                 Some(Want::Fetch(spec.clone())),
             )
         };
-        let key = digest_key(
+        let key = Key::digest(
             &spec.name,
             image.repository(),
             image.tag().unwrap_or("latest"),
         );
-        let Some(entry) = self.cache.digest(&key) else {
+        let Some(entry) = self.cache.digest(key) else {
             return miss();
         };
         let is_fresh = fresh(entry.fetched_at, tag_ttl(spec), now);
@@ -1039,7 +1025,7 @@ impl ScanService {
         };
         let Some(entry) = self
             .cache
-            .scan(&scan_key(&spec.name, image.repository(), &digest))
+            .scan(Key::scan(&spec.name, image.repository(), &digest))
         else {
             return miss();
         };
