@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# Instructions per request of the running webhook, under callgrind (BENCHMARKS.md):
+# Where a request's work and time go in the running webhook (BENCHMARKS.md):
 #   bash bench/profile.sh [BINARY|lean] [CONTAINERS] [PATH]  # default: target/release/portcullis, 5, /validate
 # Serves the 1,000-policy / 100,000-result data set of bench/run.sh, warms it up, then
-# counts about 1,000 requests of the realistic CONTAINERS-container review at 100 req/s
-# to PATH (for /mutate, with bench/mutate-policy.yaml added), and
-# prints the total per request and the top functions. Instruction counts do not move
-# with the machine's load, so two binaries compare here even when wall-clock figures
-# cannot; `callgrind_annotate` reads the profile kept in $PROFILE (default
-# target/callgrind.portcullis). Needs valgrind (apt-get install valgrind).
+# profiles the realistic CONTAINERS-container review sent to PATH (for /mutate, with
+# bench/mutate-policy.yaml added):
+# - by default under callgrind, about 1,000 requests at 100 req/s: instructions per
+#   request and the top functions. Instruction counts do not move with the machine's
+#   load, so two binaries compare here even when wall-clock figures cannot;
+#   `callgrind_annotate` reads the profile kept in $PROFILE (default
+#   target/callgrind.portcullis). Needs valgrind (apt-get install valgrind).
+# - with SATURATION=1, natively at saturation (16 connections, server on core 0, client
+#   on core 1) under `perf record -e cpu-clock --call-graph dwarf`: microseconds of
+#   wall-clock per request spent in each callee of the handler and in the hottest
+#   functions. This counts what instructions do not: cache misses, code layout, the
+#   kernel's send path. Needs perf (apt-get install linux-perf) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/portcullis}
 containers=${2:-5}
 path=${3:-/validate}
 out=${PROFILE:-$PWD/target/callgrind.portcullis}
-command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
+if [ -n "${SATURATION:-}" ]; then
+  command -v perf >/dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
+else
+  command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
+fi
 cargo build --release -q -p portcullis -p portcullis-bench
 bench=target/release/portcullis-bench
 work=$(mktemp -d)
@@ -33,8 +43,12 @@ else
   server=("$bin" serve --policies "$work/big/policies" --cache-dir "$work/big/cache"
     --listen 127.0.0.1:$port --self-signed-dir "$work/pc")
 fi
-TOKIO_WORKER_THREADS=1 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
-  "${server[@]}" >"$work/serve.log" 2>&1 &
+if [ -n "${SATURATION:-}" ]; then
+  TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "${server[@]}" >"$work/serve.log" 2>&1 &
+else
+  TOKIO_WORKER_THREADS=1 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
+    "${server[@]}" >"$work/serve.log" 2>&1 &
+fi
 pid=$!
 for _ in $(seq 1 120); do
   [ -f "$work/pc/ca.crt" ] && curl -s -o /dev/null --cacert "$work/pc/ca.crt" https://127.0.0.1:$port/healthz && break
@@ -42,6 +56,18 @@ for _ in $(seq 1 120); do
 done
 load() { $bench load --addr 127.0.0.1:$port --ca "$work/pc/ca.crt" --body "$work/body.json" --path "$path" --connections 4 "$@"; }
 load --seconds 5 --rate 50 >/dev/null   # connections, caches and allocator warm
+if [ -n "${SATURATION:-}" ]; then
+  # The recording spans the load run (5 s each), so its samples are those requests'.
+  perf record -q -e cpu-clock -F 1000 --call-graph dwarf,40000 -p "$pid" -o "$work/perf.data" -- sleep 5.2 2>/dev/null &
+  recording=$!
+  sleep 0.1
+  measured=$(taskset -c 1 $bench load --addr 127.0.0.1:$port --ca "$work/pc/ca.crt" --body "$work/body.json" --path "$path" --connections 16 --seconds 5)
+  wait "$recording"
+  echo "$measured"
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+  perf script -i "$work/perf.data" 2>/dev/null | python3 bench/stacks.py "$(echo "$measured" | awk '{print $2}')" 1000
+  exit 0
+fi
 callgrind_control -z "$pid" >/dev/null
 measured=$(load --seconds 10 --rate 100)
 echo "$measured"
