@@ -64,7 +64,7 @@ impl Source {
 }
 
 /// The actions and sources of a policy's violation counters, in the order
-/// [`Decisions::violation_handles`] keeps them.
+/// [`Decisions::violation_handles`] keeps them ([`violation_index`]).
 const VIOLATION_LABELS: [(Action, Source); 6] = [
     (Action::Block, Source::Admission),
     (Action::Block, Source::Audit),
@@ -73,6 +73,21 @@ const VIOLATION_LABELS: [(Action, Source); 6] = [
     (Action::Audit, Source::Admission),
     (Action::Audit, Source::Audit),
 ];
+
+/// Where `(action, source)` is in [`VIOLATION_LABELS`]; exhaustive, so a new action or
+/// source cannot go uncounted.
+fn violation_index(action: Action, source: Source) -> usize {
+    let action = match action {
+        Action::Block => 0,
+        Action::Warn => 1,
+        Action::Audit => 2,
+    };
+    let source = match source {
+        Source::Admission => 0,
+        Source::Audit => 1,
+    };
+    action * 2 + source
+}
 
 type RequestLabels = [(&'static str, &'static str); 3];
 type ViolationLabels = [(&'static str, String); 3];
@@ -179,12 +194,7 @@ impl Decisions {
 
     /// Counts one object found violating `policy` (by the audit, or at admission).
     pub fn violation(&self, policy: &str, action: Action, source: Source) {
-        let Some(index) = VIOLATION_LABELS
-            .iter()
-            .position(|labels| *labels == (action, source))
-        else {
-            return;
-        };
+        let index = violation_index(action, source);
         self.violation_handles.inc(policy, index, || {
             VIOLATION_LABELS.map(|(action, source)| {
                 self.violations
@@ -315,6 +325,17 @@ pub fn action_label(action: Action) -> &'static str {
 mod tests {
     use super::*;
     use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn each_action_and_source_has_its_own_violation_counter() {
+        for (index, (action, source)) in VIOLATION_LABELS.into_iter().enumerate() {
+            assert_eq!(
+                violation_index(action, source),
+                index,
+                "{action:?} {source:?}"
+            );
+        }
+    }
 
     fn review(namespace: &str, dry_run: bool) -> String {
         serde_json::json!({

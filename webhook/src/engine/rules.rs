@@ -210,7 +210,7 @@ impl Evaluation<'_, '_> {
             // `3 critical vulnerabilities (CVE-…, …) exceed`, then the rule and its bound.
             let found: Vec<&Finding> = counted(severity).collect();
             let mut what = String::with_capacity(160);
-            push_number(&mut what, n as u64);
+            what.push_str(itoa::Buffer::new().format(n));
             what.push(' ');
             what.push_str(severity.as_str());
             if rule.fixable_only {
@@ -234,7 +234,7 @@ impl Evaluation<'_, '_> {
                 what.push_str(" maxCount.");
                 what.push_str(severity.as_str());
                 what.push(' ');
-                push_number(&mut what, cap);
+                what.push_str(itoa::Buffer::new().format(cap));
                 self.violate(action, "vulnerabilities.maxCount", target, what);
             }
         }
@@ -418,23 +418,6 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
 }
 
-/// `n` in decimal, without the formatter (counts are in most messages).
-fn push_number(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &digit in &digits[start..] {
-        out.push(char::from(digit));
-    }
-}
-
 /// `CVE-1, CVE-2` — at most [`MAX_IDS`], then how many more.
 fn push_ids(out: &mut String, findings: &[&Finding]) {
     for (i, finding) in findings.iter().take(MAX_IDS).enumerate() {
@@ -445,19 +428,5 @@ fn push_ids(out: &mut String, findings: &[&Finding]) {
     }
     if let Some(more) = findings.len().checked_sub(MAX_IDS).filter(|m| *m > 0) {
         let _ = write!(out, " and {more} more");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn numbers_are_written_as_display_writes_them(n in any::<u64>()) {
-            let mut out = String::from("x");
-            super::push_number(&mut out, n);
-            prop_assert_eq!(out, format!("x{n}"));
-        }
     }
 }

@@ -71,11 +71,11 @@ pub struct TagRule {
     pub require_digest: bool,
 }
 
-/// Compiled `rules.vulnerabilities`.
 /// Vulnerability IDs a rule names. Every finding of every image is checked against
 /// them, so they hash fast: an ID is an interner index, nothing a request chooses.
 pub type IdSet = HashSet<VulnId, foldhash::fast::RandomState>;
 
+/// Compiled `rules.vulnerabilities`.
 #[derive(Debug, Clone)]
 pub struct VulnerabilityRule {
     /// Findings above this severity violate.
