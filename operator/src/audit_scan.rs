@@ -1,12 +1,15 @@
 //! `portcullis audit-scan`: the audit-log detections over log files (JSON lines, as the
 //! API server's log backend and managed clusters' exports write them; gzip accepted),
-//! streamed: findings print as they are found and memory stays flat.
+//! streamed: findings print as they are found (events held at most
+//! `order::HOLD_MICROS` of log time, to judge them in time order) and memory stays flat.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::rc::Rc;
 
+use portcullis_webhook::auditlog::order::{Reorder, Stamp};
 use portcullis_webhook::auditlog::{Event, Finding, Monitor, Settings, State};
 
 use crate::cli::{AuditScanArgs, OutputFormat};
@@ -63,10 +66,14 @@ pub fn run(args: &AuditScanArgs) -> ExitCode {
 }
 
 /// Scans every input in order, one monitor across them (a log rotated into several
-/// files is one stream).
+/// files is one stream), judging events in time order (`auditlog::order`).
 pub fn scan(args: &AuditScanArgs, out: &mut dyn Write, err: &mut dyn Write) -> Tally {
-    let mut monitor = Monitor::new(Settings::default(), State::default());
-    let mut tally = Tally::default();
+    let mut scanner = Scanner {
+        args,
+        monitor: Monitor::new(Settings::default(), State::default()),
+        reorder: Reorder::default(),
+        tally: Tally::default(),
+    };
     for input in &args.inputs {
         let files = if input.as_os_str() == "-" {
             vec![input.clone()]
@@ -75,19 +82,115 @@ pub fn scan(args: &AuditScanArgs, out: &mut dyn Write, err: &mut dyn Write) -> T
                 Ok(files) => files,
                 Err(error) => {
                     let _ = writeln!(err, "audit-scan: {}: {error}", input.display());
-                    tally.unreadable += 1;
+                    scanner.tally.unreadable += 1;
                     continue;
                 }
             }
         };
         for file in files {
-            if let Err(error) = scan_one(&file, args, &mut monitor, &mut tally, out, err) {
+            if let Err(error) = scanner.read(&file, out, err) {
                 let _ = writeln!(err, "audit-scan: {}: {error}", file.display());
-                tally.unreadable += 1;
+                scanner.tally.unreadable += 1;
             }
         }
     }
-    tally
+    let rest = scanner.reorder.finish();
+    if let Err(error) = scanner.judge(rest, out, err) {
+        let _ = writeln!(err, "audit-scan: {error}");
+        scanner.tally.unreadable += 1;
+    }
+    scanner.tally
+}
+
+/// One line of a log, held until it can be judged in time order.
+struct Line {
+    file: Rc<Path>,
+    number: u64,
+    text: String,
+}
+
+/// The state of one scan across its inputs.
+struct Scanner<'a> {
+    args: &'a AuditScanArgs,
+    monitor: Monitor,
+    reorder: Reorder<Line>,
+    tally: Tally,
+}
+
+impl Scanner<'_> {
+    /// Reads `path`'s lines, judging those no later line can precede.
+    fn read(
+        &mut self,
+        path: &Path,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        let mut reader = open(path)?;
+        let file: Rc<Path> = Rc::from(path);
+        let mut number = 0u64;
+        loop {
+            let mut text = String::new();
+            if reader.read_line(&mut text)? == 0 {
+                return Ok(());
+            }
+            number += 1;
+            if text.trim().is_empty() {
+                continue;
+            }
+            let stamp = Stamp::of_line(&text);
+            let line = Line {
+                file: Rc::clone(&file),
+                number,
+                text,
+            };
+            let ready = self.reorder.push(stamp, line);
+            self.judge(ready, out, err)?;
+        }
+    }
+
+    /// Judges `lines`, in the order given.
+    fn judge(
+        &mut self,
+        lines: Vec<Line>,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        for line in lines {
+            let event: Event<'_> = match serde_json::from_str(line.text.trim()) {
+                Ok(event) => event,
+                Err(error) => {
+                    self.tally.unreadable += 1;
+                    if self.tally.unreadable <= SHOWN_ERRORS {
+                        let _ = writeln!(
+                            err,
+                            "audit-scan: {}:{}: not an audit event: {error}",
+                            line.file.display(),
+                            line.number
+                        );
+                    }
+                    continue;
+                }
+            };
+            self.tally.events += 1;
+            for finding in self.monitor.observe(&event) {
+                self.tally.findings += 1;
+                if finding.severity >= self.args.fail_on {
+                    self.tally.failing += 1;
+                }
+                print(&finding, self.args.output, out)?;
+            }
+            if self.tally.events.is_multiple_of(PROGRESS_EVERY) {
+                let _ = writeln!(
+                    err,
+                    "audit-scan: {}: {} events, {} findings so far",
+                    line.file.display(),
+                    self.tally.events,
+                    self.tally.findings
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `path`, or the files under it (recursively), by name — rotated logs in order.
@@ -126,61 +229,6 @@ fn open(path: &Path) -> std::io::Result<Box<dyn BufRead>> {
     } else {
         Box::new(reader)
     })
-}
-
-fn scan_one(
-    path: &Path,
-    args: &AuditScanArgs,
-    monitor: &mut Monitor,
-    tally: &mut Tally,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> std::io::Result<()> {
-    let mut reader = open(path)?;
-    let mut line = String::new();
-    let mut number = 0u64;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        number += 1;
-        let text = line.trim();
-        if text.is_empty() {
-            continue;
-        }
-        let event: Event<'_> = match serde_json::from_str(text) {
-            Ok(event) => event,
-            Err(error) => {
-                tally.unreadable += 1;
-                if tally.unreadable <= SHOWN_ERRORS {
-                    let _ = writeln!(
-                        err,
-                        "audit-scan: {}:{number}: not an audit event: {error}",
-                        path.display()
-                    );
-                }
-                continue;
-            }
-        };
-        tally.events += 1;
-        for finding in monitor.observe(&event) {
-            tally.findings += 1;
-            if finding.severity >= args.fail_on {
-                tally.failing += 1;
-            }
-            print(&finding, args.output, out)?;
-        }
-        if tally.events.is_multiple_of(PROGRESS_EVERY) {
-            let _ = writeln!(
-                err,
-                "audit-scan: {}: {} events, {} findings so far",
-                path.display(),
-                tally.events,
-                tally.findings
-            );
-        }
-    }
 }
 
 fn print(finding: &Finding, format: OutputFormat, out: &mut dyn Write) -> std::io::Result<()> {

@@ -139,3 +139,27 @@ fn lines_that_are_not_events_are_named_and_the_rest_still_scanned() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/audit.log"));
 }
+
+#[test]
+fn interleaved_lines_are_judged_in_time_order() {
+    // The capture's `kubectl exec`: two requests, the second a repeat. Written in the
+    // other order (the log backend interleaves concurrent requests), the finding still
+    // names the first.
+    let exec: Vec<&str> = CAPTURE
+        .lines()
+        .filter(|l| l.contains(r#""subresource":"exec""#) && l.contains("ResponseComplete"))
+        .collect();
+    assert_eq!(exec.len(), 2, "the capture's exec pair");
+    let in_order = audit_scan(
+        &["-o", "json", "-"],
+        Some(&format!("{}\n{}\n", exec[0], exec[1])),
+    );
+    let swapped = audit_scan(
+        &["-o", "json", "-"],
+        Some(&format!("{}\n{}\n", exec[1], exec[0])),
+    );
+    let first: serde_json::Value = serde_json::from_str(exec[0]).unwrap();
+    let expected = format!("exec-into-container {}", first["auditID"].as_str().unwrap());
+    assert_eq!(detections(&in_order), detections(&swapped));
+    assert_eq!(detections(&swapped), [expected]);
+}

@@ -319,6 +319,51 @@ fn an_event_list_as_the_webhook_backend_sends_it_is_read() {
     assert_eq!(from_list, from_lines);
 }
 
+/// `kubectl exec` into a Pod that cannot run, as kube-apiserver v1.19.0 audits it: two
+/// requests 3 ms apart (`kubectl` tries again). The webhook backend may deliver them in
+/// either order, in one batch or two.
+fn exec_pair() -> [String; 2] {
+    let exec = |id: &str, at: &str| {
+        event(
+            json!({"auditID": id, "verb": "create", "stageTimestamp": at,
+            "requestURI": "/api/v1/namespaces/team-a/pods/web/exec?command=true",
+            "objectRef": {"resource": "pods", "subresource": "exec", "namespace": "team-a", "name": "web"},
+            "responseStatus": {"code": 400}}),
+        )
+    };
+    [
+        exec("ffff-first", "2026-12-01T06:29:40.135119Z"),
+        exec("0000-second", "2026-12-01T06:29:40.138854Z"),
+    ]
+}
+
+#[test]
+fn a_repeat_delivered_out_of_order_raises_once_naming_the_first_request() {
+    let [first, second] = exec_pair();
+    let exec_findings = |found: Vec<Finding>| -> Vec<String> {
+        found
+            .into_iter()
+            .filter(|f| f.detection == Detection::ExecIntoContainer)
+            .map(|f| f.audit_id)
+            .collect()
+    };
+    for (arrival, what) in [
+        ([&first, &second], "in order"),
+        ([&second, &first], "the later request first"),
+    ] {
+        let body = format!(r#"{{"items": [{}, {}]}}"#, arrival[0], arrival[1]);
+        let mut list: EventList<'_> = serde_json::from_str(&body).unwrap();
+        let found = Monitor::default().observe_batch(&mut list.items);
+        assert_eq!(exec_findings(found), ["ffff-first"], "one batch, {what}");
+    }
+    // In two batches, the later request first: what was raised stands, and the earlier
+    // request arriving late is its repeat, not a second finding.
+    let mut monitor = Monitor::default();
+    let mut raised = exec_findings(scan(&mut monitor, &second));
+    raised.extend(exec_findings(scan(&mut monitor, &first)));
+    assert_eq!(raised, ["0000-second"], "two batches: raised once");
+}
+
 mod receiver {
     //! `POST /audit` through the webhook's router, as the API server's webhook backend
     //! calls it, and the receiver's ring and saved state.

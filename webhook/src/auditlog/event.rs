@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 /// An `EventList` as the webhook audit backend sends it.
 #[derive(Debug, Deserialize)]
 pub struct EventList<'a> {
-    /// The events, oldest first.
+    /// The events, in no reliable order (`order::sort` puts them in time order).
     #[serde(borrow, default)]
     pub items: Vec<Event<'a>>,
 }

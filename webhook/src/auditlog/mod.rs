@@ -6,6 +6,7 @@
 pub mod config;
 mod detect;
 pub mod event;
+pub mod order;
 pub mod service;
 pub mod sink;
 mod spool;
@@ -292,6 +293,15 @@ impl Monitor {
         found
     }
 
+    /// Judges one batch of events in time order (`order::sort`); returns what it raised.
+    pub fn observe_batch(&mut self, events: &mut [Event<'_>]) -> Vec<Finding> {
+        order::sort(events);
+        events
+            .iter()
+            .flat_map(|event| self.observe(event))
+            .collect()
+    }
+
     /// Whether the same detection fired for the same user and object a moment ago.
     fn repeated(&mut self, detection: Detection, event: &Event<'_>, time: i64) -> bool {
         if detection == Detection::ErrorRate || detection == Detection::NewRegistry {
@@ -309,14 +319,23 @@ impl Monitor {
         .join("\n");
         let recent = &mut self.state.recent;
         if recent.len() >= MAX_RECENT {
-            recent.retain(|_, at| time - *at < REPEAT_SECONDS);
+            recent.retain(|_, at| (time - *at).abs() < REPEAT_SECONDS);
             if recent.len() >= MAX_RECENT {
                 recent.clear();
             }
         }
-        match recent.insert(key, time) {
-            Some(before) => time - before < REPEAT_SECONDS && time >= before,
-            None => false,
+        // Either way round: an earlier event arriving late is a repeat too, so the
+        // order events arrive in never raises a finding twice.
+        match recent.get_mut(&key) {
+            Some(at) => {
+                let repeated = (time - *at).abs() < REPEAT_SECONDS;
+                *at = (*at).max(time);
+                repeated
+            }
+            None => {
+                recent.insert(key, time);
+                false
+            }
         }
     }
 }
