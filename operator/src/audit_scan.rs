@@ -138,12 +138,13 @@ impl Scanner<'_> {
                 continue;
             }
             let stamp = Stamp::of_line(&text);
+            let bytes = text.len();
             let line = Line {
                 file: Rc::clone(&file),
                 number,
                 text,
             };
-            let ready = self.reorder.push(stamp, line);
+            let ready = self.reorder.push(stamp, line, bytes);
             self.judge(ready, out, err)?;
         }
     }

@@ -50,7 +50,7 @@ fn ingest(c: &mut Criterion) {
             let mut reorder = Reorder::default();
             let mut found = 0;
             for line in &lines {
-                for ready in reorder.push(Stamp::of_line(line), *line) {
+                for ready in reorder.push(Stamp::of_line(line), *line, line.len()) {
                     found += judge(ready);
                 }
             }

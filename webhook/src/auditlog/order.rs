@@ -19,8 +19,9 @@ use super::Event;
 /// How long `Reorder` holds an event for an earlier one to arrive (event time: the
 /// log backend's interleaving is milliseconds).
 pub const HOLD_MICROS: i64 = 2_000_000;
-/// Most events `Reorder` holds; beyond it the earliest is released regardless.
-pub const MAX_HELD: usize = 100_000;
+/// Most bytes of events `Reorder` holds; beyond it the earliest are released regardless
+/// (a busy cluster's 2 s of log, with room to spare).
+pub const MAX_HELD_BYTES: usize = 64 << 20;
 
 /// An event's place in time order: its stage timestamp in microseconds since the
 /// epoch (events without a readable one first, in arrival order), then its audit ID.
@@ -71,10 +72,11 @@ pub fn sort(events: &mut [Event<'_>]) {
 }
 
 /// A stream put back in time order: each item is held until an item `HOLD_MICROS`
-/// later has arrived (or `MAX_HELD` are held, or the stream ends).
+/// later has arrived (or `MAX_HELD_BYTES` are held, or the stream ends).
 #[derive(Debug)]
 pub struct Reorder<T> {
     held: BinaryHeap<Reverse<Held<T>>>,
+    bytes: usize,
     newest: i64,
     arrivals: u64,
 }
@@ -83,6 +85,7 @@ impl<T> Default for Reorder<T> {
     fn default() -> Self {
         Reorder {
             held: BinaryHeap::new(),
+            bytes: 0,
             newest: i64::MIN,
             arrivals: 0,
         }
@@ -93,6 +96,7 @@ impl<T> Default for Reorder<T> {
 struct Held<T> {
     stamp: Stamp,
     arrival: u64,
+    bytes: usize,
     item: T,
 }
 
@@ -114,23 +118,26 @@ impl<T> Ord for Held<T> {
 }
 
 impl<T> Reorder<T> {
-    /// Takes `item` at `stamp`; returns the items no later arrival can precede, in
-    /// time order.
-    pub fn push(&mut self, stamp: Stamp, item: T) -> Vec<T> {
+    /// Takes `item` (of `bytes`) at `stamp`; returns the items no later arrival can
+    /// precede, in time order.
+    pub fn push(&mut self, stamp: Stamp, item: T, bytes: usize) -> Vec<T> {
         self.newest = self.newest.max(stamp.micros);
         self.arrivals += 1;
+        self.bytes += bytes;
         self.held.push(Reverse(Held {
             stamp,
             arrival: self.arrivals,
+            bytes,
             item,
         }));
         let mut ready = Vec::new();
         while let Some(Reverse(earliest)) = self.held.peek() {
             let settled = earliest.stamp.micros <= self.newest.saturating_sub(HOLD_MICROS);
-            if !settled && self.held.len() <= MAX_HELD {
+            if !settled && self.bytes <= MAX_HELD_BYTES {
                 break;
             }
             if let Some(Reverse(held)) = self.held.pop() {
+                self.bytes -= held.bytes;
                 ready.push(held.item);
             }
         }
@@ -139,6 +146,7 @@ impl<T> Reorder<T> {
 
     /// The stream ended: everything still held, in time order.
     pub fn finish(&mut self) -> Vec<T> {
+        self.bytes = 0;
         let mut rest = Vec::with_capacity(self.held.len());
         while let Some(Reverse(held)) = self.held.pop() {
             rest.push(held.item);
@@ -185,18 +193,15 @@ mod tests {
     #[test]
     fn items_are_held_until_the_stream_is_past_them_by_the_hold() {
         let mut reorder = Reorder::default();
-        let at = |s: &str| Stamp::of_line(&line(s, &format!("2026-12-01T06:00:{s}Z")));
-        assert!(reorder.push(at("10.5"), "10.5").is_empty());
-        assert!(
-            reorder.push(at("10.0"), "10.0").is_empty(),
-            "earlier, held too"
-        );
-        assert!(
-            reorder.push(at("11.9"), "11.9").is_empty(),
-            "within the hold"
-        );
-        assert_eq!(reorder.push(at("12.2"), "12.2"), ["10.0"]);
-        assert_eq!(reorder.push(at("13.0"), "13.0"), ["10.5"]);
+        let mut push = |s: &'static str| {
+            let stamp = Stamp::of_line(&line(s, &format!("2026-12-01T06:00:{s}Z")));
+            reorder.push(stamp, s, 1)
+        };
+        assert!(push("10.5").is_empty());
+        assert!(push("10.0").is_empty(), "earlier, held too");
+        assert!(push("11.9").is_empty(), "within the hold");
+        assert_eq!(push("12.2"), ["10.0"]);
+        assert_eq!(push("13.0"), ["10.5"]);
         assert_eq!(reorder.finish(), ["11.9", "12.2", "13.0"]);
     }
 
@@ -204,10 +209,16 @@ mod tests {
     fn no_more_than_the_bound_is_held() {
         let mut reorder = Reorder::default();
         let stamp = Stamp::of_line(&line("x", "2026-12-01T06:00:00Z"));
-        let released: usize = (0..MAX_HELD + 10)
-            .map(|i| reorder.push(stamp.clone(), i).len())
-            .sum();
-        assert_eq!(released, 10);
-        assert_eq!(reorder.finish().len(), MAX_HELD);
+        let line_bytes = 1 << 20;
+        let fit = MAX_HELD_BYTES / line_bytes;
+        let released: Vec<usize> = (0..fit + 10)
+            .flat_map(|i| reorder.push(stamp.clone(), i, line_bytes))
+            .collect();
+        assert_eq!(
+            released,
+            (0..10).collect::<Vec<_>>(),
+            "the earliest, in order"
+        );
+        assert_eq!(reorder.finish().len(), fit);
     }
 }
