@@ -149,7 +149,8 @@ impl Readiness {
     }
 }
 
-/// The webhook's routes.
+/// The webhook's routes. The state is shared behind one `Arc`: a request clones one
+/// pointer, not each of its parts.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/validate", post(validate))
@@ -161,14 +162,14 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 /// `POST /audit`: an `EventList` from the API server's webhook audit backend, with the
 /// bearer token or over a connection that presented a client certificate of the audit
 /// CA; 404 when the receiver is off, 401 without either.
 async fn audit(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     client: Option<Extension<PeerCertificates>>,
     headers: axum::http::HeaderMap,
     body: Bytes,
@@ -197,7 +198,7 @@ async fn audit(
     }
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.ready.not_ready_because() {
         None => (StatusCode::OK, "ready").into_response(),
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
@@ -217,7 +218,7 @@ fn parse(
     })
 }
 
-async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
+async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = Instant::now();
     let request = match parse(&body, admission::parse) {
         Ok(request) => request,
@@ -330,7 +331,7 @@ impl Labels {
     }
 }
 
-async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
+async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = Instant::now();
     let request = match parse(&body, admission::parse_raw) {
         Ok(request) => request,
