@@ -850,8 +850,6 @@ fn unreachable(spec: &CompiledIntegration) -> Cow<'static, str> {
     ))
 }
 
-// The keys are built on every lookup: `concat` makes one allocation of the exact size
-// and skips the formatting machinery.
 fn tag_ttl(spec: &CompiledIntegration) -> Duration {
     spec.cache_ttl.min(TAG_TTL)
 }
