@@ -3,6 +3,8 @@
 //! is loaded at start so decisions survive restarts and outages.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
+
+use siphasher::sip128::{Hasher128, SipHasher13};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -159,13 +161,21 @@ type MemoryKey = (u64, u64);
 
 type Memory<V> = quick_cache::sync::Cache<MemoryKey, V, Weight>;
 
+/// A SipHash keyed with 128 secret bits: std's `RandomState` is seeded from the
+/// operating system's randomness, and its hashes of two fixed words are as secret.
+fn random_hasher() -> SipHasher13 {
+    let seed = RandomState::new();
+    SipHasher13::new_with_keys(seed.hash_one(0u8), seed.hash_one(1u8))
+}
+
 /// The cache: memory first, disk behind it. In memory an entry is keyed by a 128-bit
-/// hash of its key under per-process random keys (a fraction of the key's size, and
+/// hash of its key under a per-process random key (a fraction of the key's size, and
 /// not collidable by someone choosing image names); on disk by the key itself.
 pub struct ScanCache {
     scans: Memory<CachedScan>,
     digests: Memory<CachedDigest>,
-    hashers: (RandomState, RandomState),
+    /// SipHash-1-3 with 128-bit output, keyed at random: one pass per lookup.
+    hasher: SipHasher13,
     disk: Option<DiskWriter>,
 }
 
@@ -184,7 +194,7 @@ impl ScanCache {
                 digest_bytes,
                 Weight::new(digest_bytes, budget.entries),
             ),
-            hashers: (RandomState::new(), RandomState::new()),
+            hasher: random_hasher(),
             disk: None,
         }
     }
@@ -220,19 +230,16 @@ impl ScanCache {
         self.memory_key_of(&[key])
     }
 
-    /// The memory key of the text `parts` make together: each keyed hash is fed the
+    /// The memory key of the text `parts` make together: the keyed hash is fed the
     /// parts in turn, so a lookup builds no string (SipHash streams its input; a test
     /// checks that parts and the whole text give the same key).
     fn memory_key_of(&self, parts: &[&str]) -> MemoryKey {
-        let hash = |state: &RandomState| {
-            let mut hasher = state.build_hasher();
-            for part in parts {
-                hasher.write(part.as_bytes());
-            }
-            hasher.write_u8(0xff);
-            hasher.finish()
-        };
-        (hash(&self.hashers.0), hash(&self.hashers.1))
+        let mut hasher = self.hasher;
+        for part in parts {
+            hasher.write(part.as_bytes());
+        }
+        let hash = hasher.finish128();
+        (hash.h1, hash.h2)
     }
 
     /// A cached scan, from memory.
