@@ -168,7 +168,7 @@ pub struct Container<'a> {
     #[serde(borrow, default)]
     pub name: Cow<'a, str>,
     /// `image`.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_text")]
     pub image: Option<Cow<'a, str>>,
     /// `securityContext`.
     pub security_context: Option<SecurityContext>,
@@ -200,8 +200,11 @@ pub struct SecurityContext {
 pub struct Capabilities {
     /// `add`.
     pub add: Option<Vec<String>>,
-    /// `drop`.
-    pub drop: Option<Vec<String>>,
+    /// Whether `drop` is set (what it lists is not read: no rule needs it, and a Pod
+    /// that drops `ALL` in each container would otherwise cost an allocation per
+    /// container and capability).
+    #[serde(default, deserialize_with = "present")]
+    pub drop: bool,
 }
 
 /// The pod-level security settings the rules read.
@@ -236,7 +239,7 @@ pub struct Volume<'a> {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct ImageVolume<'a> {
     /// `reference`.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_text")]
     pub reference: Option<Cow<'a, str>>,
 }
 
@@ -394,6 +397,14 @@ impl<'a> std::ops::Deref for PodSpecRef<'a> {
 #[derive(Debug, Deserialize)]
 #[serde(transparent)]
 pub(crate) struct Text<'a>(#[serde(borrow)] pub(crate) Cow<'a, str>);
+
+/// An optional [`Text`], for `#[serde(borrow, default, deserialize_with =
+/// "optional_text")]` on an `Option<Cow<str>>` field: borrowed unless it has escapes.
+pub(crate) fn optional_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    Ok(Option::<Text<'de>>::deserialize(d)?.map(|text| text.0))
+}
 
 /// What the webhook keeps of a workload object besides its pod spec.
 #[derive(Debug, Clone, Default)]
@@ -658,5 +669,31 @@ mod tests {
     fn the_schema_names_exactly_the_supported_kinds() {
         let names: Vec<&str> = WorkloadKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(names, portcullis_crds::schema::WORKLOAD_KINDS);
+    }
+
+    /// Image references are borrowed from the body (serde alone would copy an
+    /// `Option<Cow<str>>`: an allocation per container); one with an escape is decoded.
+    #[test]
+    fn image_references_are_borrowed_unless_escaped() {
+        let spec: PodSpec<'_> = decode(
+            r#"{"containers": [{"name": "a", "image": "ghcr.io/acme/a:1"},
+                               {"name": "b", "image": "ghcr.io\/acme/b:1"}],
+                "volumes": [{"name": "v", "image": {"reference": "ghcr.io/acme/v:1"}}]}"#,
+        )
+        .unwrap();
+        let containers = spec.containers.unwrap();
+        assert!(matches!(
+            containers[0].image,
+            Some(Cow::Borrowed("ghcr.io/acme/a:1"))
+        ));
+        assert!(
+            matches!(&containers[1].image, Some(Cow::Owned(image)) if image == "ghcr.io/acme/b:1")
+        );
+        let volume = &spec.volumes.unwrap()[0];
+        let reference = volume
+            .image
+            .as_ref()
+            .and_then(|image| image.reference.as_ref());
+        assert!(matches!(reference, Some(Cow::Borrowed("ghcr.io/acme/v:1"))));
     }
 }

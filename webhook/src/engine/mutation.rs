@@ -332,8 +332,7 @@ fn container_defaults(
         no_privilege_escalation: rule.no_privilege_escalation
             && sc.allow_privilege_escalation.is_none()
             && !escalates_anyway,
-        drop_all: rule.drop_all_capabilities
-            && sc.capabilities.as_ref().is_none_or(|c| c.drop.is_none()),
+        drop_all: rule.drop_all_capabilities && sc.capabilities.as_ref().is_none_or(|c| !c.drop),
     };
     (defaults.no_privilege_escalation || defaults.drop_all).then_some(defaults)
 }
