@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::admission::{Request, Verdict};
-use crate::counters::CountersByName;
+use crate::counters::{CountersBy, CountersByName};
 use crate::workload::WorkloadKind;
 
 /// Which requests get a decision log line (`--decision-log`).
@@ -100,6 +100,8 @@ const MAX_DENIAL_KEYS: usize = 50_000;
 #[derive(Clone)]
 pub struct Decisions {
     requests: Family<RequestLabels, Counter>,
+    /// The request counters by their labels (counted on every request).
+    request_handles: CountersBy<RequestLabels, 1>,
     duration: Histogram,
     violations: Family<ViolationLabels, Counter>,
     /// Each policy's violation counters (counted on every violating request).
@@ -130,6 +132,7 @@ impl Decisions {
     pub fn new(log: DecisionLog) -> Self {
         Decisions {
             requests: Family::default(),
+            request_handles: CountersBy::default(),
             // 50 µs to ~3.3 s.
             duration: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
             violations: Family::default(),
@@ -161,15 +164,14 @@ impl Decisions {
     /// Records one answered review: counters, histogram, the decision log line and —
     /// unless a dry run — the denials.
     pub fn record(&self, request: &Request<'_>, name: &str, verdict: &Verdict, took: Duration) {
-        let kind = kind_label(request);
-        let verdict_label = verdict.label();
-        self.requests
-            .get_or_create(&[
-                ("kind", kind),
-                ("operation", operation_label(&request.operation)),
-                ("verdict", verdict_label),
-            ])
-            .inc();
+        let labels = [
+            ("kind", kind_label(request)),
+            ("operation", operation_label(&request.operation)),
+            ("verdict", verdict.label()),
+        ];
+        self.request_handles.inc(&labels, 0, || {
+            [self.requests.get_or_create(&labels).clone()]
+        });
         self.duration.observe(took.as_secs_f64());
         let dry_run = request.dry_run == Some(true);
         if let Verdict::Decided(decision) = verdict

@@ -84,17 +84,16 @@ impl AnswerWriter {
     }
 }
 
-/// `text` as a JSON string, byte for byte as serde_json writes it, 16 bytes at a time:
-/// a chunk with nothing to escape (most of a message) is copied whole.
+/// `text` as a JSON string, byte for byte as serde_json writes it, 8 bytes at a time:
+/// a word with nothing to escape (most of a message) is tested in a few arithmetic
+/// operations and copied whole; only a word with something to escape is read by byte.
 fn push_string(out: &mut Vec<u8>, text: &str) {
-    const CHUNK: usize = 16;
-    let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
     let bytes = text.as_bytes();
     out.reserve(bytes.len() + 8);
     out.push(b'"');
     let mut copied = 0;
-    let mut escape_from = |start: usize, out: &mut Vec<u8>| {
-        for (offset, &b) in bytes[start..].iter().take(CHUNK).enumerate() {
+    let mut escape_in = |start: usize, part: &[u8], out: &mut Vec<u8>| {
+        for (offset, &b) in part.iter().enumerate() {
             if escaped(b) {
                 out.extend_from_slice(&bytes[copied..start + offset]);
                 push_escape(out, b);
@@ -102,17 +101,33 @@ fn push_string(out: &mut Vec<u8>, text: &str) {
             }
         }
     };
-    let chunks = bytes.chunks_exact(CHUNK);
-    let tail = bytes.len() - chunks.remainder().len();
-    for (index, chunk) in chunks.enumerate() {
-        // A fixed-size chunk without an early exit compiles to vector compares.
-        if chunk.iter().fold(false, |any, &b| any | escaped(b)) {
-            escape_from(index * CHUNK, out);
+    let (words, rest) = bytes.as_chunks::<8>();
+    for (index, word) in words.iter().enumerate() {
+        if word_needs_escape(u64::from_le_bytes(*word)) {
+            escape_in(index * 8, word, out);
         }
     }
-    escape_from(tail, out);
+    escape_in(bytes.len() - rest.len(), rest, out);
     out.extend_from_slice(&bytes[copied..]);
     out.push(b'"');
+}
+
+/// Whether JSON escapes `b`: a control character, `"` or `\`.
+fn escaped(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Whether any byte of `word` is [`escaped`]. A byte below `n` (≤ 128) leaves its high
+/// bit set in `(word - n·0x01…) & !word & 0x80…`; a byte equal to `c` is one below 1
+/// after `^ c·0x01…`. Exact as to whether any byte is, which is all that is asked.
+fn word_needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;
+    below(word, 0x20)
+        | below(word ^ (ONES * u64::from(b'"')), 1)
+        | below(word ^ (ONES * u64::from(b'\\')), 1)
+        != 0
 }
 
 /// The escape serde_json writes for `b`: `\"`, `\\`, `\n` and the like, else `\u00XX`.
@@ -140,6 +155,25 @@ fn push_escape(out: &mut Vec<u8>, b: u8) {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    /// The word test agrees with the byte test for every byte at every position, among
+    /// neighbours that are escaped, plain, or high (UTF-8) bytes.
+    #[test]
+    fn a_word_needs_escaping_exactly_when_a_byte_does() {
+        for filler in [b'a', 0x00, 0x1f, 0x20, b'"', 0x7f, 0x80, 0xff] {
+            for b in 0..=u8::MAX {
+                for at in 0..8 {
+                    let mut word = [filler; 8];
+                    word[at] = b;
+                    assert_eq!(
+                        super::word_needs_escape(u64::from_le_bytes(word)),
+                        word.iter().any(|&b| super::escaped(b)),
+                        "{word:?}"
+                    );
+                }
+            }
+        }
+    }
 
     proptest! {
         /// Strings are written byte for byte as serde_json writes them: quotes,

@@ -174,7 +174,7 @@ pub fn truncate(mut s: String, max: usize) -> String {
 pub(super) fn show_image(out: &mut String, image: &str) {
     let plain = !image.is_empty()
         && image.len() <= MAX_IMAGE
-        && image.chars().all(|c| c.is_ascii_graphic() && c != '"');
+        && image.bytes().all(|b| b.is_ascii_graphic() && b != b'"');
     if plain {
         out.push_str(image);
     } else {
