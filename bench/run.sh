@@ -2,7 +2,7 @@
 # The webhook under load against its ceilings, on loopback (BENCHMARKS.md):
 #   bash bench/run.sh            # 3 runs each: saturation, 600 and 1000 req/s, memory
 # Each server is pinned to core 0 with one tokio worker, the client to core 1; the
-# summary gives the median of the runs.
+# summary gives the median run (by throughput at saturation, by p99 at a fixed rate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/servers.sh
@@ -59,10 +59,16 @@ for line in open(sys.argv[1]):
     label, containers, name, text = line.rstrip("\n").split("|", 3)
     rate = float(re.search(r"([\d.]+) req/s", text).group(1))
     runs.setdefault((label, containers, name), []).append((rate, text))
+UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+def p99(text):
+    value, unit = re.search(r"p99 ([\d.]+)(ns|µs|us|ms|s)", text).groups()
+    return float(value) * UNITS[unit]
+# The median run: by throughput at saturation, by p99 at a fixed rate (where every run
+# has the same throughput).
 median = {}
-for key, found in runs.items():
-    found.sort()
-    median[key] = found[len(found) // 2]
+for (label, containers, name), found in runs.items():
+    found.sort(key=lambda run: run[0] if label == "saturation" else p99(run[1]))
+    median[(label, containers, name)] = found[len(found) // 2]
 for (label, containers, name), (rate, text) in median.items():
     ratio = []
     if label == "saturation" and name.startswith("portcullis"):
