@@ -27,28 +27,32 @@ sleep 3
 idle_cached=$(rss cached VmRSS)
 
 results=$work/results.txt
-run() { # label server port ca containers load-flags...
-  local label=$1 name=$2 port=$3 ca=$4 containers=$5; shift 5
-  for i in $(seq "$RUNS"); do
-    taskset -c 1 $bin/portcullis-bench load --addr 127.0.0.1:$port --ca "$ca" --body "$work/pod$containers.json" \
-      --connections 16 --seconds "$SECONDS_PER_RUN" "$@" \
-      | awk -v p="$label|$containers|$name|" '{print p $0}' | tee -a "$results"
+# Loads each server ("name|port|ca") RUNS times with the CONTAINERS-container body,
+# the servers taking turns: a drift in the shared machine's speed falls on each alike,
+# so shares within a call hold even when rates move between minutes.
+run() { # label containers server... [-- load-flags...]
+  local label=$1 containers=$2 servers=() flags=() name port ca
+  shift 2
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do servers+=("$1"); shift; done
+  [ $# -gt 0 ] && shift && flags=("$@")
+  for _ in $(seq "$RUNS"); do
+    for server in "${servers[@]}"; do
+      IFS='|' read -r name port ca <<<"$server"
+      taskset -c 1 $bin/portcullis-bench load --addr 127.0.0.1:$port --ca "$ca" --body "$work/pod$containers.json" \
+        --connections 16 --seconds "$SECONDS_PER_RUN" "${flags[@]}" \
+        | awk -v p="$label|$containers|$name|" '{print p $0}' | tee -a "$results"
+    done
   done
 }
-cached=portcullis-1000-policies-100k-cached
+lean="lean|19447|$work/lean.ca"
+cached="portcullis-1000-policies-100k-cached|19446|$work/cached-pc/ca.crt"
 echo "== saturation, 16 connections"
-for n in 1 5 20; do
-  run saturation lean 19447 "$work/lean.ca" $n
-  run saturation $cached 19446 "$work/cached-pc/ca.crt" $n
-done
-run saturation typed 19445 "$work/typed.ca" 5
-run saturation echo 19444 "$work/echo.ca" 5
-run saturation portcullis-samples 19443 "$work/pc/ca.crt" 5
-run saturation "$cached /mutate" 19446 "$work/cached-pc/ca.crt" 5 --path /mutate
+for n in 1 5 20; do run saturation $n "$lean" "$cached"; done
+run saturation 5 "typed|19445|$work/typed.ca" "echo|19444|$work/echo.ca" "portcullis-samples|19443|$work/pc/ca.crt"
+run saturation 5 "portcullis-1000-policies-100k-cached /mutate|19446|$work/cached-pc/ca.crt" -- --path /mutate
 for rate in 600 1000; do
   echo "== $rate req/s"
-  run "$rate req/s" lean 19447 "$work/lean.ca" 5 --rate $rate
-  run "$rate req/s" $cached 19446 "$work/cached-pc/ca.crt" 5 --rate $rate
+  run "$rate req/s" 5 "$lean" "$cached" -- --rate $rate
 done
 
 echo "== median of $RUNS runs (ratios: of the lean ceiling with the same body, and of typed/echo for 5 containers)"

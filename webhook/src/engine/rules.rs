@@ -173,11 +173,13 @@ impl Evaluation<'_, '_> {
             }
         }
         let action = self.policy.action;
-        let not_ignored = || {
+        // An empty set is not hashed into for every finding (most policies ignore none).
+        let ignores = !rule.ignore.is_empty();
+        let not_ignored = move || {
             report
                 .findings()
                 .iter()
-                .filter(|f| !rule.ignore.contains(&f.id))
+                .filter(move |f| !(ignores && rule.ignore.contains(&f.id)))
         };
         if !rule.deny.is_empty() {
             let denied: Vec<&Finding> = not_ignored()
