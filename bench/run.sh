@@ -69,6 +69,7 @@ def p99(text):
     return float(value) * UNITS[unit]
 # The median run: by throughput at saturation, by p99 at a fixed rate (where every run
 # has the same throughput).
+order = {key: list(found) for key, found in runs.items()}
 median = {}
 for (label, containers, name), found in runs.items():
     found.sort(key=lambda run: run[0] if label == "saturation" else p99(run[1]))
@@ -80,6 +81,12 @@ for (label, containers, name), (rate, text) in median.items():
             c = median.get((label, containers, ceiling))
             if c:
                 ratio.append(f"{rate / c[0]:.0%} of {ceiling}")
+        # Run by run against lean, which took turns with it (the spread is the noise).
+        if name == "portcullis-1000-policies-100k-cached":
+            pairs = [ours[0] / them[0] for ours, them in zip(order[(label, containers, name)], order[(label, containers, "lean")])]
+            if pairs:
+                shown = ", ".join(f"{p:.0%}" for p in pairs)
+                ratio.append(f"run by run {shown}, median {statistics.median(pairs):.0%}")
     suffix = f" ({', '.join(ratio)})" if ratio else ""
     print(f"{label:>12} {containers:>2} containers {name}: {text}{suffix}")
 PY
