@@ -3,8 +3,6 @@
 //! is loaded at start so decisions survive restarts and outages.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
-
-use siphasher::sip128::{Hasher128, SipHasher13};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -13,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use portcullis_crds::Severity;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::backend::Outcome;
 use super::registry::Resolved;
