@@ -176,6 +176,15 @@ mod tests {
     }
 
     proptest! {
+        /// Any word, every byte of it chosen: borrows between bytes never change the answer.
+        #[test]
+        fn any_word_needs_escaping_exactly_when_a_byte_does(word in any::<[u8; 8]>()) {
+            prop_assert_eq!(
+                super::word_needs_escape(u64::from_le_bytes(word)),
+                word.iter().any(|&b| super::escaped(b))
+            );
+        }
+
         /// Strings are written byte for byte as serde_json writes them: quotes,
         /// backslashes, control characters and non-ASCII text included.
         #[test]
