@@ -5,7 +5,8 @@
 use std::fmt;
 
 use crate::image::{
-    DOCKER_HUB, canonical_registry, is_registry_component, validate_component, validate_registry,
+    DOCKER_HUB, canonical_registry, is_registry_component, split_once_byte, validate_component,
+    validate_registry,
 };
 
 /// A compiled glob.
@@ -262,10 +263,8 @@ fn literal(segments: &[Segment]) -> Option<Literal> {
 
 /// The first segment of a name, and the rest after its `/`.
 fn first_segment(name: &str) -> (&str, Option<&str>) {
-    // A byte scan: names are short, and `split_once`'s searcher costs more to set up
-    // than the scan itself. `/` is ASCII, so both sides are on char boundaries.
-    match name.bytes().position(|b| b == b'/') {
-        Some(at) => (&name[..at], Some(&name[at + 1..])),
+    match split_once_byte(name, b'/') {
+        Some((first, rest)) => (first, Some(rest)),
         None => (name, None),
     }
 }

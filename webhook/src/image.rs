@@ -71,8 +71,8 @@ impl ImageRef {
         {
             return Err(ImageError::ControlCharacter);
         }
-        let (rest, digest) = match find(input, b'@') {
-            Some(at) => (&input[..at], Some(validate_digest(&input[at + 1..])?)),
+        let (rest, digest) = match split_once_byte(input, b'@') {
+            Some((name, digest)) => (name, Some(validate_digest(digest)?)),
             None => (input, None),
         };
         // A ':' after the last '/' separates the tag; one before it belongs to host:port.
@@ -94,12 +94,12 @@ impl ImageRef {
             return Err(ImageError::NameTooLong);
         }
         let (registry, path) = split_registry(name)?;
-        let mut start = 0;
-        while let Some(end) = find(&path[start..], b'/') {
-            validate_component(&path[start..start + end])?;
-            start += end + 1;
+        let mut components = path;
+        while let Some((component, rest)) = split_once_byte(components, b'/') {
+            validate_component(component)?;
+            components = rest;
         }
-        validate_component(&path[start..])?;
+        validate_component(components)?;
         let tag = match (tag, digest) {
             (None, None) => Some("latest"),
             (tag, _) => tag,
@@ -209,12 +209,19 @@ fn find(text: &str, byte: u8) -> Option<usize> {
     text.bytes().position(|b| b == byte)
 }
 
+/// `text` before and after the first `byte` (ASCII, so both sides are on char
+/// boundaries): `str::split_once` by [`find`]'s plain loop.
+pub(crate) fn split_once_byte(text: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = find(text, byte)?;
+    Some((&text[..at], &text[at + 1..]))
+}
+
 /// Splits `name` into the registry as written (`None`: Docker Hub) and the path.
 fn split_registry(name: &str) -> Result<(Option<&str>, &str), ImageError> {
-    match find(name, b'/') {
-        Some(slash) if is_registry_component(&name[..slash]) => {
-            validate_registry(&name[..slash])?;
-            Ok((Some(&name[..slash]), &name[slash + 1..]))
+    match split_once_byte(name, b'/') {
+        Some((first, rest)) if is_registry_component(first) => {
+            validate_registry(first)?;
+            Ok((Some(first), rest))
         }
         _ => Ok((None, name)),
     }
@@ -234,8 +241,8 @@ pub(crate) fn validate_registry(registry: &str) -> Result<(), ImageError> {
         };
         (None, port)
     } else {
-        match find(registry, b':') {
-            Some(colon) => (Some(&registry[..colon]), Some(&registry[colon + 1..])),
+        match split_once_byte(registry, b':') {
+            Some((host, port)) => (Some(host), Some(port)),
             None => (Some(registry), None),
         }
     };
@@ -299,8 +306,7 @@ fn valid_tag(tag: &str) -> bool {
 
 fn validate_digest(digest: &str) -> Result<&str, ImageError> {
     let bad = || ImageError::BadDigest(digest.to_owned());
-    let colon = find(digest, b':').ok_or_else(bad)?;
-    let (algorithm, hex) = (&digest[..colon], &digest[colon + 1..]);
+    let (algorithm, hex) = split_once_byte(digest, b':').ok_or_else(bad)?;
     let hex_ok = |len: usize| {
         hex.len() == len
             && hex
