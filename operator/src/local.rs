@@ -209,7 +209,7 @@ mod tests {
                 .set
                 .policies()
                 .iter()
-                .map(|p| p.name.clone())
+                .map(|p| p.name.to_string())
                 .collect(),
             loaded.problems,
         )
@@ -348,12 +348,7 @@ mod tests {
         );
         dir.refresh().unwrap();
         let loaded = dir.build(Some(&first));
-        let names: Vec<&str> = loaded
-            .set
-            .policies()
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect();
+        let names: Vec<&str> = loaded.set.policies().iter().map(|p| &*p.name).collect();
         assert_eq!(
             names,
             ["guard"],

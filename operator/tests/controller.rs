@@ -91,7 +91,7 @@ impl Harness {
             .load()
             .policies()
             .iter()
-            .map(|p| p.name.clone())
+            .map(|p| p.name.to_string())
             .collect()
     }
 

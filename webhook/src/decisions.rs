@@ -179,16 +179,17 @@ impl Decisions {
         {
             let mut seen: Vec<(&str, Action)> = Vec::new();
             for v in &decision.violations {
-                if seen.contains(&(v.policy.as_str(), v.action)) {
+                if seen.contains(&(&*v.policy, v.action)) {
                     continue;
                 }
-                seen.push((v.policy.as_str(), v.action));
+                seen.push((&*v.policy, v.action));
                 if !dry_run {
                     self.violation(&v.policy, v.action, Source::Admission);
                 }
             }
             if !dry_run && !decision.allowed() {
-                self.denied(request, decision);
+                let blocking = seen.iter().filter(|(_, action)| *action == Action::Block);
+                self.denied(request, decision, blocking.map(|(policy, _)| *policy));
             }
         }
         self.log_line(request, name, verdict, took);
@@ -210,17 +211,19 @@ impl Decisions {
         });
     }
 
-    fn denied(&self, request: &Request<'_>, decision: &crate::engine::Decision) {
+    /// Counts one denied request against each of the `policies` that blocked it.
+    fn denied<'d>(
+        &self,
+        request: &Request<'_>,
+        decision: &crate::engine::Decision,
+        policies: impl Iterator<Item = &'d str>,
+    ) {
         let namespace = request.namespace.as_deref().unwrap_or_default();
         let message = decision.deny_message().unwrap_or_default();
         let now = SystemTime::now();
         let mut denials = self.denials.lock().unwrap_or_else(|e| e.into_inner());
-        for v in decision
-            .violations
-            .iter()
-            .filter(|v| v.action == Action::Block)
-        {
-            let key = (namespace.to_owned(), v.policy.clone());
+        for policy in policies {
+            let key = (namespace.to_owned(), policy.to_owned());
             if let Some(entry) = denials.get_mut(&key) {
                 entry.count += 1;
                 entry.last_message.clone_from(&message);
@@ -249,7 +252,7 @@ impl Decisions {
     fn log_line(&self, request: &Request<'_>, name: &str, verdict: &Verdict, took: Duration) {
         let policies = match verdict {
             Verdict::Decided(d) => {
-                let mut names: Vec<&str> = d.violations.iter().map(|v| v.policy.as_str()).collect();
+                let mut names: Vec<&str> = d.violations.iter().map(|v| &*v.policy).collect();
                 names.dedup();
                 names.join(",")
             }
@@ -350,16 +353,18 @@ mod tests {
         .to_string()
     }
 
+    /// A Pod denied by `policy`, which two of its containers violate.
     fn denied(policy: &str) -> Verdict {
+        let violation = |container: &str| crate::engine::Violation {
+            policy: policy.into(),
+            action: Action::Block,
+            rule: "tags.denyLatest",
+            target: format!("container {container:?} image nginx").into(),
+            detail: "uses the latest tag".into(),
+        };
         Verdict::Decided(crate::engine::Decision {
             object: "Pod team-a/p".into(),
-            violations: vec![crate::engine::Violation {
-                policy: policy.into(),
-                action: Action::Block,
-                rule: "tags.denyLatest",
-                target: "container \"c\" image nginx".into(),
-                detail: "uses the latest tag".into(),
-            }],
+            violations: vec![violation("c"), violation("d")],
         })
     }
 
@@ -408,7 +413,7 @@ mod tests {
         );
         let denials = decisions.denials();
         let entry = &denials[&("team-a".to_owned(), "no-latest".to_owned())];
-        assert_eq!(entry.count, 2);
+        assert_eq!(entry.count, 2, "two requests, each denied once");
         assert!(
             entry.last_message.contains("uses the latest tag"),
             "{entry:?}"

@@ -260,7 +260,7 @@ fn by_policy(object: &str, violations: &[Violation]) -> Vec<PolicyResult> {
     let mut results: Vec<PolicyResult> = Vec::new();
     for v in violations {
         match results.last_mut() {
-            Some(last) if last.policy == v.policy => {
+            Some(last) if *last.policy == *v.policy => {
                 if !last.rules.contains(&v.rule) {
                     last.rules.push(v.rule);
                 }
@@ -270,7 +270,7 @@ fn by_policy(object: &str, violations: &[Violation]) -> Vec<PolicyResult> {
                 }
             }
             _ => results.push(PolicyResult {
-                policy: v.policy.clone(),
+                policy: v.policy.to_string(),
                 action: v.action,
                 rules: vec![v.rule],
                 message: format!("{object}: {}", v.describe()),

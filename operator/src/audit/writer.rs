@@ -92,8 +92,8 @@ async fn write_status(
     let Some(audited) = audited else { return };
     let api: Api<ContainerPolicy> = Api::all(client.clone());
     for policy in policies.load().policies() {
-        let count = counts.get(&policy.name).copied().unwrap_or_default();
-        if !due(written.counts.get(&policy.name), count, Instant::now()) {
+        let count = counts.get(&*policy.name).copied().unwrap_or_default();
+        if !due(written.counts.get(&*policy.name), count, Instant::now()) {
             continue;
         }
         let time =
@@ -110,7 +110,7 @@ async fn write_status(
             Ok(_) => {
                 written
                     .counts
-                    .insert(policy.name.clone(), (count, Instant::now()));
+                    .insert(policy.name.to_string(), (count, Instant::now()));
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(error) => {
@@ -238,7 +238,7 @@ async fn write_reports(
     let named: Vec<(String, Action)> = set
         .policies()
         .iter()
-        .map(|p| (p.name.clone(), p.action))
+        .map(|p| (p.name.to_string(), p.action))
         .collect();
     let mut denied: HashMap<String, u64> = HashMap::new();
     for ((_, policy), d) in &denials {

@@ -132,11 +132,11 @@ impl CheckReport {
                     .violations
                     .iter()
                     .map(|v| ViolationOut {
-                        policy: v.policy.clone(),
+                        policy: v.policy.to_string(),
                         rule: v.rule,
                         action: v.action,
-                        target: v.target.clone(),
-                        detail: v.detail.clone(),
+                        target: v.target.to_string(),
+                        detail: v.detail.to_string(),
                     })
                     .collect();
                 let label = match verdict.label() {

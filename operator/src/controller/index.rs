@@ -353,7 +353,7 @@ mod tests {
             .snapshot()
             .policies()
             .iter()
-            .map(|p| p.name.clone())
+            .map(|p| p.name.to_string())
             .collect()
     }
 

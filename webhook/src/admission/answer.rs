@@ -2,6 +2,8 @@
 //! in shape, and building kube's `AdmissionResponse` (a `Status`, a map, owned copies of
 //! every message) to serialize it cost more than deciding a small Pod.
 
+use std::fmt::{Display, Write as _};
+
 use super::API_VERSION;
 
 /// An `admission.k8s.io/v1` AdmissionReview answer being written; fields are added in
@@ -44,19 +46,21 @@ impl AnswerWriter {
         self.out.push(b'}');
     }
 
-    /// `warnings`, unless there are none.
-    pub fn warnings(&mut self, warnings: &[String]) {
-        if warnings.is_empty() {
-            return;
+    /// `warnings`, unless there are none (each formatted in one buffer, then escaped).
+    pub fn warnings(&mut self, warnings: impl Iterator<Item = impl Display>) {
+        let mut line = String::new();
+        let mut any = false;
+        for warning in warnings {
+            self.out
+                .extend_from_slice(if any { b"," } else { br#","warnings":["# });
+            any = true;
+            line.clear();
+            let _ = write!(line, "{warning}");
+            push_string(&mut self.out, &line);
         }
-        self.out.extend_from_slice(br#","warnings":["#);
-        for (i, warning) in warnings.iter().enumerate() {
-            if i > 0 {
-                self.out.push(b',');
-            }
-            push_string(&mut self.out, warning);
+        if any {
+            self.out.push(b']');
         }
-        self.out.push(b']');
     }
 
     /// `auditAnnotations` with one annotation.
@@ -86,48 +90,50 @@ impl AnswerWriter {
 
 /// `text` as a JSON string, byte for byte as serde_json writes it, 8 bytes at a time:
 /// a word with nothing to escape (most of a message) is tested in a few arithmetic
-/// operations and copied whole; only a word with something to escape is read by byte.
+/// operations and copied whole, and each byte to escape is found without a byte loop.
 fn push_string(out: &mut Vec<u8>, text: &str) {
+    /// Bytes that are never escaped, for what is past the text or already written.
+    const PLAIN: u64 = 0x2020_2020_2020_2020;
     let bytes = text.as_bytes();
     out.reserve(bytes.len() + 8);
     out.push(b'"');
-    let mut copied = 0;
-    let mut escape_in = |start: usize, part: &[u8], out: &mut Vec<u8>| {
-        for (offset, &b) in part.iter().enumerate() {
-            if escaped(b) {
-                out.extend_from_slice(&bytes[copied..start + offset]);
-                push_escape(out, b);
-                copied = start + offset + 1;
-            }
-        }
-    };
     let (words, rest) = bytes.as_chunks::<8>();
-    for (index, word) in words.iter().enumerate() {
-        if word_needs_escape(u64::from_le_bytes(*word)) {
-            escape_in(index * 8, word, out);
+    let mut tail = [b' '; 8];
+    tail[..rest.len()].copy_from_slice(rest);
+    let mut copied = 0;
+    for (index, word) in words.iter().chain(std::iter::once(&tail)).enumerate() {
+        let mut word = u64::from_le_bytes(*word);
+        loop {
+            let flags = escape_flags(word);
+            if flags == 0 {
+                break;
+            }
+            let offset = (flags.trailing_zeros() / 8) as usize;
+            let at = index * 8 + offset;
+            out.extend_from_slice(&bytes[copied..at]);
+            push_escape(out, bytes[at]);
+            copied = at + 1;
+            // Bytes up to the one escaped are made plain, so the lowest flag is exact again.
+            let done = u64::MAX >> (56 - 8 * offset);
+            word = (word & !done) | (PLAIN & done);
         }
     }
-    escape_in(bytes.len() - rest.len(), rest, out);
     out.extend_from_slice(&bytes[copied..]);
     out.push(b'"');
 }
 
-/// Whether JSON escapes `b`: a control character, `"` or `\`.
-fn escaped(b: u8) -> bool {
-    b < 0x20 || b == b'"' || b == b'\\'
-}
-
-/// Whether any byte of `word` is [`escaped`]. A byte below `n` (≤ 128) leaves its high
-/// bit set in `(word - n·0x01…) & !word & 0x80…`; a byte equal to `c` is one below 1
-/// after `^ c·0x01…`. Exact as to whether any byte is, which is all that is asked.
-fn word_needs_escape(word: u64) -> bool {
+/// The high bit of each byte of `word` (little-endian) that may need escaping; the
+/// lowest one set is exactly the first byte JSON escapes (a control character, `"` or
+/// `\`). A byte below `n` (≤ 128) leaves
+/// its high bit set in `(word - n·0x01…) & !word & 0x80…`, and a byte equal to `c` is one
+/// below 1 after `^ c·0x01…`; the borrow of a byte below `n` can flag only bytes above it.
+fn escape_flags(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;
     below(word, 0x20)
         | below(word ^ (ONES * u64::from(b'"')), 1)
         | below(word ^ (ONES * u64::from(b'\\')), 1)
-        != 0
 }
 
 /// The escape serde_json writes for `b`: `\"`, `\\`, `\n` and the like, else `\u00XX`.
@@ -156,33 +162,45 @@ fn push_escape(out: &mut Vec<u8>, b: u8) {
 mod tests {
     use proptest::prelude::*;
 
-    /// The word test agrees with the byte test for every byte at every position, among
-    /// neighbours that are escaped, plain, or high (UTF-8) bytes.
+    /// The first byte a word's flags mark, if any.
+    fn first_flagged(word: [u8; 8]) -> Option<u32> {
+        let flags = super::escape_flags(u64::from_le_bytes(word));
+        (flags != 0).then(|| flags.trailing_zeros() / 8)
+    }
+
+    /// Whether JSON escapes `b`: a control character, `"` or `\`.
+    fn escaped(b: u8) -> bool {
+        b < 0x20 || b == b'"' || b == b'\\'
+    }
+
+    /// The first escaped byte of a word, if any.
+    fn first_escaped(word: [u8; 8]) -> Option<u32> {
+        word.iter()
+            .position(|&b| escaped(b))
+            .and_then(|at| u32::try_from(at).ok())
+    }
+
+    /// The lowest flag marks the first escaped byte, for every byte at every position,
+    /// among neighbours that are escaped, plain, or high (UTF-8) bytes.
     #[test]
-    fn a_word_needs_escaping_exactly_when_a_byte_does() {
+    fn the_lowest_flag_marks_the_first_escaped_byte() {
         for filler in [b'a', 0x00, 0x1f, 0x20, b'"', 0x7f, 0x80, 0xff] {
             for b in 0..=u8::MAX {
                 for at in 0..8 {
                     let mut word = [filler; 8];
                     word[at] = b;
-                    assert_eq!(
-                        super::word_needs_escape(u64::from_le_bytes(word)),
-                        word.iter().any(|&b| super::escaped(b)),
-                        "{word:?}"
-                    );
+                    assert_eq!(first_flagged(word), first_escaped(word), "{word:?}");
                 }
             }
         }
     }
 
     proptest! {
-        /// Any word, every byte of it chosen: borrows between bytes never change the answer.
+        /// Any word, every byte of it chosen: borrows between bytes never move the
+        /// lowest flag.
         #[test]
-        fn any_word_needs_escaping_exactly_when_a_byte_does(word in any::<[u8; 8]>()) {
-            prop_assert_eq!(
-                super::word_needs_escape(u64::from_le_bytes(word)),
-                word.iter().any(|&b| super::escaped(b))
-            );
+        fn in_any_word_the_lowest_flag_marks_the_first_escaped_byte(word in any::<[u8; 8]>()) {
+            prop_assert_eq!(first_flagged(word), first_escaped(word));
         }
 
         /// Strings are written byte for byte as serde_json writes them: quotes,

@@ -318,10 +318,8 @@ pub fn respond(uid: &str, verdict: &Verdict) -> Vec<u8> {
         answer.success();
         return answer.finish();
     };
-    let warnings = decision.warnings();
     let audits = decision.audits();
-    let capacity = warnings.iter().map(|w| w.len() + 3).sum::<usize>()
-        + audits.iter().map(|a| a.len() + 2).sum::<usize>();
+    let capacity = decision.warnings_len() + audits.iter().map(|a| a.len() + 2).sum::<usize>();
     let mut answer = match decision.deny_message() {
         Some(message) => {
             let mut answer = AnswerWriter::new(uid, false, capacity + message.len() + 64);
@@ -334,7 +332,7 @@ pub fn respond(uid: &str, verdict: &Verdict) -> Vec<u8> {
             answer
         }
     };
-    answer.warnings(&warnings);
+    answer.warnings(decision.warning_lines());
     if !audits.is_empty() {
         let joined = truncate(audits.join("; "), MAX_AUDIT_ANNOTATION);
         answer.audit_annotation(AUDIT_ANNOTATION, &joined);
@@ -395,7 +393,7 @@ mod tests {
             action,
             rule: "tags.denyLatest",
             target: "container \"app\" image nginx:latest".into(),
-            detail: detail.into(),
+            detail: detail.to_owned().into(),
         }
     }
 
@@ -418,6 +416,8 @@ mod tests {
             decided(&[Action::Warn, Action::Warn]),
             decided(&[Action::Audit, Action::Audit]),
             decided(&[Action::Block, Action::Warn, Action::Audit]),
+            // More warnings than are shown: the last line counts the rest.
+            decided(&[Action::Warn; 25]),
         ];
         for verdict in &verdicts {
             let written = respond("uid-\"1\"", verdict);

@@ -1,6 +1,8 @@
 //! Violations and how they become an admission answer.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+use std::fmt::{self, Write};
+use std::sync::Arc;
 
 use portcullis_crds::Action;
 
@@ -17,48 +19,49 @@ const MAX_IMAGE: usize = 200;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     /// The ContainerPolicy's name.
-    pub policy: String,
+    pub policy: Arc<str>,
     /// What it does to the request.
     pub action: Action,
     /// The rule, as a field path under `spec.rules` (`vulnerabilities.maxCount`).
     pub rule: &'static str,
-    /// What broke it: `container "api" image nginx:1.25`, or `pod spec`.
-    pub target: String,
+    /// What broke it: `container "api" image nginx:1.25` (shared by that image's
+    /// violations), or `pod spec`.
+    pub target: Arc<str>,
     /// The rule with the numbers that broke it.
-    pub detail: String,
+    pub detail: Cow<'static, str>,
 }
 
 impl Violation {
     /// `container "api" image X violates ContainerPolicy "p": detail`.
     pub fn describe(&self) -> String {
         let mut text = String::new();
-        self.describe_into(&mut text);
+        let _ = self.describe_into(&mut text);
         text
     }
 
-    /// [`Violation::describe`], appended to `out` (messages are built in one buffer).
-    fn describe_into(&self, out: &mut String) {
-        out.reserve(self.target.len() + self.policy.len() + self.detail.len() + 32);
-        out.push_str(&self.target);
-        out.push_str(" violates ContainerPolicy ");
-        push_quoted(out, &self.policy);
-        out.push_str(": ");
-        out.push_str(&self.detail);
+    /// [`Violation::describe`], written to `out` (messages are built in one buffer, or
+    /// escaped straight into the answer).
+    fn describe_into<W: Write>(&self, out: &mut W) -> fmt::Result {
+        out.write_str(&self.target)?;
+        out.write_str(" violates ContainerPolicy ")?;
+        push_quoted(out, &self.policy)?;
+        out.write_str(": ")?;
+        out.write_str(&self.detail)
     }
 }
 
-/// Appends `text` quoted as `{:?}` would, without the formatter for the usual case of
+/// Writes `text` quoted as `{:?}` would, without the formatter for the usual case of
 /// nothing to escape (names are DNS labels).
-pub(super) fn push_quoted(out: &mut String, text: &str) {
+pub(super) fn push_quoted<W: Write>(out: &mut W, text: &str) -> fmt::Result {
     if text
         .bytes()
         .all(|b| b == b' ' || (b.is_ascii_graphic() && b != b'"' && b != b'\\'))
     {
-        out.push('"');
-        out.push_str(text);
-        out.push('"');
+        out.write_char('"')?;
+        out.write_str(text)?;
+        out.write_char('"')
     } else {
-        let _ = write!(out, "{text:?}");
+        write!(out, "{text:?}")
     }
 }
 
@@ -111,7 +114,7 @@ impl Decision {
             if i > 0 {
                 message.push_str("; ");
             }
-            v.describe_into(&mut message);
+            let _ = v.describe_into(&mut message);
             if i > 0 && message.len() > MAX_MESSAGE {
                 message.truncate(before);
                 let _ = write!(message, "; and {} more violations", blocks.len() - i);
@@ -128,32 +131,80 @@ impl Decision {
 
     /// One warning per Warn violation, at most `MAX_WARNINGS`.
     pub fn warnings(&self) -> Vec<String> {
-        lines(&self.object, self.with_action(Action::Warn))
+        self.warning_lines().map(|line| line.to_string()).collect()
+    }
+
+    /// [`Decision::warnings`], not yet formatted: the answer escapes them as they are
+    /// written.
+    pub fn warning_lines(&self) -> impl Iterator<Item = Line<'_>> {
+        self.lines(Action::Warn)
+    }
+
+    /// About how many bytes [`Decision::warnings`] take, escapes aside.
+    pub fn warnings_len(&self) -> usize {
+        let line = |v: &Violation| {
+            self.object.len() + v.target.len() + v.policy.len() + v.detail.len() + 32
+        };
+        self.with_action(Action::Warn)
+            .take(MAX_WARNINGS)
+            .map(line)
+            .sum()
     }
 
     /// One line per Audit violation, at most `MAX_WARNINGS`.
     pub fn audits(&self) -> Vec<String> {
-        lines(&self.object, self.with_action(Action::Audit))
+        self.lines(Action::Audit)
+            .map(|line| line.to_string())
+            .collect()
+    }
+
+    /// A line per violation with `action`; past `MAX_WARNINGS`, the last says how many
+    /// more there are.
+    fn lines(&self, action: Action) -> impl Iterator<Item = Line<'_>> {
+        let count = self.with_action(action).count();
+        let shown = if count <= MAX_WARNINGS {
+            count
+        } else {
+            MAX_WARNINGS - 1
+        };
+        let object = self.object.as_str();
+        let more = (count > shown).then_some(Line {
+            object,
+            what: What::More(count - shown),
+        });
+        self.with_action(action)
+            .take(shown)
+            .map(move |violation| Line {
+                object,
+                what: What::Violation(violation),
+            })
+            .chain(more)
     }
 }
 
-fn lines<'a>(object: &str, violations: impl Iterator<Item = &'a Violation>) -> Vec<String> {
-    let all: Vec<&Violation> = violations.collect();
-    let line = |v: &Violation| {
-        let mut text = String::with_capacity(object.len() + 2 + 160);
-        text.push_str(object);
-        text.push_str(": ");
-        v.describe_into(&mut text);
-        text
-    };
-    if all.len() <= MAX_WARNINGS {
-        return all.into_iter().map(line).collect();
+/// One warning or audit line: `Deployment team-a/api: ` and a violation, or how many
+/// more violations there are.
+#[derive(Debug, Clone, Copy)]
+pub struct Line<'d> {
+    object: &'d str,
+    what: What<'d>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum What<'d> {
+    Violation(&'d Violation),
+    More(usize),
+}
+
+impl fmt::Display for Line<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.object)?;
+        f.write_str(": ")?;
+        match self.what {
+            What::Violation(violation) => violation.describe_into(f),
+            What::More(more) => write!(f, "and {more} more violations"),
+        }
     }
-    // Only what is shown is formatted.
-    let more = all.len() - (MAX_WARNINGS - 1);
-    let mut kept: Vec<String> = all[..MAX_WARNINGS - 1].iter().map(|v| line(v)).collect();
-    kept.push(format!("{object}: and {more} more violations"));
-    kept
 }
 
 /// Cuts `s` to at most `max` bytes, ending in `…` when cut.
@@ -194,7 +245,7 @@ mod tests {
         #[test]
         fn push_quoted_is_debug(text in ".{0,24}") {
             let mut out = String::from("x");
-            push_quoted(&mut out, &text);
+            prop_assert!(push_quoted(&mut out, &text).is_ok());
             prop_assert_eq!(out, format!("x{text:?}"));
         }
     }
@@ -202,11 +253,11 @@ mod tests {
     #[test]
     fn a_long_deny_message_ends_in_the_count_of_what_did_not_fit() {
         let violation = |i: usize| Violation {
-            policy: format!("p{i}"),
+            policy: format!("p{i}").into(),
             action: Action::Block,
             rule: "tags.denyLatest",
             target: "container \"app\" image nginx".into(),
-            detail: "x".repeat(200),
+            detail: "x".repeat(200).into(),
         };
         let decision = Decision {
             object: "Pod team-a/web".into(),

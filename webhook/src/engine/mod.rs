@@ -6,16 +6,15 @@ pub mod mutation;
 mod rules;
 
 pub use decision::truncate;
-pub use decision::{Decision, Violation};
+pub use decision::{Decision, Line, Violation};
 
-use std::cell::OnceCell;
 use std::collections::HashSet;
 use std::time::SystemTime;
 
 use crate::glob::any_match;
 use crate::image::{ImageError, ImageRef};
 use crate::policy::{CompiledPolicy, Matching, NamespaceView, PolicySet};
-use crate::scan::{ScanResults, ScanStatus};
+use crate::scan::ScanResults;
 use crate::workload::{ImageUse, PodSpec, WorkloadKind};
 
 /// The object under review.
@@ -116,8 +115,7 @@ impl<'a> Review<'a> {
     pub fn decide(&self, set: &PolicySet, scans: &dyn ScanResults, now: SystemTime) -> Decision {
         let subject = &self.subject;
         let mut decision = Decision::new(subject);
-        let statuses: Vec<OnceCell<ScanStatus>> =
-            self.images.iter().map(|_| OnceCell::new()).collect();
+        let shared: Vec<rules::Shared> = self.images.iter().map(|_| Default::default()).collect();
         for (policy, assumed) in self.policies(set) {
             let mut eval = rules::Evaluation {
                 policy,
@@ -132,12 +130,12 @@ impl<'a> Review<'a> {
                 continue;
             }
             let mut any_image = self.images.is_empty() && policy.images.is_none();
-            for ((image_use, parsed), status) in self.images.iter().zip(&statuses) {
+            for ((image_use, parsed), shared) in self.images.iter().zip(&shared) {
                 match parsed {
-                    Err(error) => eval.unparsable(image_use, error),
+                    Err(error) => eval.unparsable(image_use, error, shared),
                     Ok(image) if matches_image(policy, image.repository()) => {
                         any_image = true;
-                        eval.image(image_use, image, status);
+                        eval.image(image_use, image, shared);
                     }
                     Ok(_) => {}
                 }

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use portcullis_crds::{Action, Severity};
@@ -31,15 +32,22 @@ pub(super) struct Evaluation<'e, 'a> {
 }
 
 impl Evaluation<'_, '_> {
-    fn violate(&mut self, action: Action, rule: &'static str, target: &str, mut detail: String) {
+    fn violate(
+        &mut self,
+        action: Action,
+        rule: &'static str,
+        target: &Target<'_, '_>,
+        detail: impl Into<Cow<'static, str>>,
+    ) {
+        let mut detail = detail.into();
         if self.assumed {
-            detail.push_str(UNKNOWN_LABELS);
+            detail.to_mut().push_str(UNKNOWN_LABELS);
         }
         self.decision.violations.push(Violation {
             policy: self.policy.name.clone(),
             action,
             rule,
-            target: target.to_owned(),
+            target: target.text(),
             detail,
         });
     }
@@ -51,32 +59,24 @@ impl Evaluation<'_, '_> {
             "the object has {count} images, more than the {} evaluated in one object",
             super::MAX_IMAGES
         );
-        self.violate(self.policy.action, "image", "pod spec", detail);
+        self.violate(self.policy.action, "image", &Target::PodSpec, detail);
     }
 
     /// A reference that does not parse violates every policy matching the namespace.
-    pub fn unparsable(&mut self, image_use: &ImageUse<'_>, error: &ImageError) {
-        let target = target(image_use);
+    pub fn unparsable(&mut self, image_use: &ImageUse<'_>, error: &ImageError, shared: &Shared) {
         self.violate(
             self.policy.action,
             "image",
-            &target,
+            &Target::image(image_use, shared),
             format!("image reference does not parse: {error}"),
         );
     }
 
     /// The per-image rules, for an image the policy matches.
-    /// `status` holds the image's scan status once a rule has looked it up (one lookup
-    /// per image, however many policies read it).
-    pub fn image(
-        &mut self,
-        image_use: &ImageUse<'_>,
-        image: &ImageRef,
-        status: &OnceCell<ScanStatus>,
-    ) {
+    pub fn image(&mut self, image_use: &ImageUse<'_>, image: &ImageRef, shared: &Shared) {
         let policy = self.policy;
         let action = policy.action;
-        let target = Target::new(image_use);
+        let target = Target::image(image_use, shared);
         let repository = image.repository();
         if let Some(allow) = &policy.registries_allow
             && !allow.iter().any(|g| g.matches(repository))
@@ -120,8 +120,7 @@ impl Evaluation<'_, '_> {
                     action,
                     "tags.denyLatest",
                     &target,
-                    "the latest tag (explicit or implied) is denied by rules.tags.denyLatest"
-                        .into(),
+                    "the latest tag (explicit or implied) is denied by rules.tags.denyLatest",
                 );
             }
             if tags.require_digest && image.digest().is_none() {
@@ -129,12 +128,12 @@ impl Evaluation<'_, '_> {
                     action,
                     "tags.requireDigest",
                     &target,
-                    "image is not pinned by digest (rules.tags.requireDigest)".into(),
+                    "image is not pinned by digest (rules.tags.requireDigest)",
                 );
             }
         }
         if let Some(rule) = &policy.vulnerabilities {
-            self.vulnerabilities(rule, image, status, &target);
+            self.vulnerabilities(rule, image, shared, &target);
         }
         if let Some(rule) = &policy.workload
             && image_use.slot != Slot::Volume
@@ -147,10 +146,10 @@ impl Evaluation<'_, '_> {
         &mut self,
         rule: &VulnerabilityRule,
         image: &ImageRef,
-        status: &OnceCell<ScanStatus>,
+        shared: &Shared,
         target: &Target<'_, '_>,
     ) {
-        let report = match status.get_or_init(|| self.scans.lookup(image)) {
+        let report = match shared.status.get_or_init(|| self.scans.lookup(image)) {
             ScanStatus::Found(report) => report,
             ScanStatus::Unavailable(reason) => {
                 return self.unscanned(rule, target, reason.clone());
@@ -182,26 +181,31 @@ impl Evaluation<'_, '_> {
                 .filter(move |f| !(ignores && rule.ignore.contains(&f.id)))
         };
         if !rule.deny.is_empty() {
-            let denied: Vec<&Finding> = not_ignored()
-                .filter(|f| rule.deny.contains(&f.id))
-                .collect();
-            if !denied.is_empty() {
+            let denied = || not_ignored().filter(|f| rule.deny.contains(&f.id));
+            let n = denied().count();
+            if n > 0 {
                 let mut detail = String::with_capacity(96);
                 detail.push_str("denied ");
-                detail.push_str(plural(denied.len(), "vulnerability", "vulnerabilities"));
+                detail.push_str(plural(n, "vulnerability", "vulnerabilities"));
                 detail.push_str(" present: ");
-                push_ids(&mut detail, &denied);
+                push_ids(&mut detail, n, denied());
                 self.violate(action, "vulnerabilities.deny", target, detail);
             }
         }
-        // Counted in one pass without allocating; the IDs are collected only for a
-        // violation.
+        // Counted without allocating, once per image for the policies that ignore no ID;
+        // the IDs are listed only for a violation.
         let counting = || not_ignored().filter(|f| !rule.fixable_only || f.fixable);
         let counted = |severity: Severity| counting().filter(move |f| f.severity == severity);
-        let mut counts = [0usize; 5];
-        for finding in counting() {
-            counts[finding.severity.rank()] += 1;
-        }
+        let counts = if ignores {
+            Counts::of(counting()).all
+        } else {
+            let counts = shared.counts.get_or_init(|| Counts::of(report.findings()));
+            if rule.fixable_only {
+                counts.fixable
+            } else {
+                counts.all
+            }
+        };
         for (index, severity) in Severity::DESCENDING.into_iter().enumerate() {
             let n = counts[index];
             let over_severity = rule.max_severity.filter(|max| n > 0 && severity > *max);
@@ -210,7 +214,6 @@ impl Evaluation<'_, '_> {
                 continue;
             }
             // `3 critical vulnerabilities (CVE-…, …) exceed`, then the rule and its bound.
-            let found: Vec<&Finding> = counted(severity).collect();
             let mut what = String::with_capacity(160);
             what.push_str(itoa::Buffer::new().format(n));
             what.push(' ');
@@ -221,7 +224,7 @@ impl Evaluation<'_, '_> {
             what.push(' ');
             what.push_str(plural(n, "vulnerability", "vulnerabilities"));
             what.push_str(" (");
-            push_ids(&mut what, &found);
+            push_ids(&mut what, n, counted(severity));
             what.push_str(if n == 1 { ") exceeds" } else { ") exceed" });
             if let Some(max) = over_severity {
                 let mut detail = if over_count.is_some() {
@@ -269,17 +272,12 @@ impl Evaluation<'_, '_> {
                 action,
                 "workload.denyPrivileged",
                 target,
-                "runs privileged (rules.workload.denyPrivileged)".into(),
+                "runs privileged (rules.workload.denyPrivileged)",
             );
         }
         if flags.deny_privilege_escalation && sc.allow_privilege_escalation != Some(false) {
             let detail = "allowPrivilegeEscalation is not set to false (rules.workload.denyPrivilegeEscalation)";
-            self.violate(
-                action,
-                "workload.denyPrivilegeEscalation",
-                target,
-                detail.into(),
-            );
+            self.violate(action, "workload.denyPrivilegeEscalation", target, detail);
         }
         if flags.require_run_as_non_root {
             let non_root = sc.run_as_non_root.or(pod.and_then(|p| p.run_as_non_root));
@@ -295,12 +293,7 @@ impl Evaluation<'_, '_> {
                 ),
             };
             if let Some(detail) = detail {
-                self.violate(
-                    action,
-                    "workload.requireRunAsNonRoot",
-                    target,
-                    detail.into(),
-                );
+                self.violate(action, "workload.requireRunAsNonRoot", target, detail);
             }
         }
         let added: Vec<String> = sc
@@ -332,7 +325,7 @@ impl Evaluation<'_, '_> {
                 action,
                 "workload.requireReadOnlyRootFilesystem",
                 target,
-                detail.into(),
+                detail,
             );
         }
     }
@@ -358,7 +351,12 @@ impl Evaluation<'_, '_> {
                     "uses host namespaces: {} (rules.workload.denyHostNamespaces)",
                     used.join(", ")
                 );
-                self.violate(action, "workload.denyHostNamespaces", "pod spec", detail);
+                self.violate(
+                    action,
+                    "workload.denyHostNamespaces",
+                    &Target::PodSpec,
+                    detail,
+                );
             }
         }
         if rule.flags.deny_host_path {
@@ -374,32 +372,71 @@ impl Evaluation<'_, '_> {
                     "mounts hostPath volumes {} (rules.workload.denyHostPath)",
                     names.join(", ")
                 );
-                self.violate(action, "workload.denyHostPath", "pod spec", detail);
+                self.violate(action, "workload.denyHostPath", &Target::PodSpec, detail);
             }
         }
     }
 }
 
-/// "container \"api\" image …", formatted only when a rule is violated: most
-/// (policy, image) pairs violate nothing.
-struct Target<'u, 'a> {
-    image_use: &'u ImageUse<'a>,
-    text: std::cell::OnceCell<String>,
+/// What the policies evaluated against one image share: its scan status, looked up
+/// when a rule first reads it, and its target text, formatted when a rule is first
+/// broken (most images break none).
+#[derive(Default)]
+pub(super) struct Shared {
+    status: OnceCell<ScanStatus>,
+    /// Its findings counted, when a rule first needs them.
+    counts: OnceCell<Counts>,
+    target: OnceCell<Arc<str>>,
 }
 
-impl<'u, 'a> Target<'u, 'a> {
-    fn new(image_use: &'u ImageUse<'a>) -> Self {
-        Target {
-            image_use,
-            text: std::cell::OnceCell::new(),
+/// Findings by severity (indexed like `Severity::DESCENDING`): all, and the fixable.
+struct Counts {
+    all: [usize; 5],
+    fixable: [usize; 5],
+}
+
+impl Counts {
+    fn of<'f>(findings: impl IntoIterator<Item = &'f Finding>) -> Self {
+        let mut counts = Counts {
+            all: [0; 5],
+            fixable: [0; 5],
+        };
+        for finding in findings {
+            let rank = finding.severity.rank();
+            counts.all[rank] += 1;
+            counts.fixable[rank] += usize::from(finding.fixable);
         }
+        counts
     }
 }
 
-impl std::ops::Deref for Target<'_, '_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.text.get_or_init(|| target(self.image_use))
+/// What a violation is of.
+enum Target<'u, 'a> {
+    /// The pod spec as a whole.
+    PodSpec,
+    /// One image, with the text its violations share.
+    Image {
+        image_use: &'u ImageUse<'a>,
+        text: &'u OnceCell<Arc<str>>,
+    },
+}
+
+impl<'u, 'a> Target<'u, 'a> {
+    fn image(image_use: &'u ImageUse<'a>, shared: &'u Shared) -> Self {
+        Target::Image {
+            image_use,
+            text: &shared.target,
+        }
+    }
+
+    /// `pod spec`, or `container "api" image nginx:1.25`.
+    fn text(&self) -> Arc<str> {
+        match self {
+            Target::PodSpec => Arc::from("pod spec"),
+            Target::Image { image_use, text } => {
+                Arc::clone(text.get_or_init(|| target(image_use).into()))
+            }
+        }
     }
 }
 
@@ -410,7 +447,7 @@ fn target(image_use: &ImageUse<'_>) -> String {
         String::with_capacity(noun.len() + image_use.name.len() + image_use.image.len() + 12);
     text.push_str(noun);
     text.push(' ');
-    push_quoted(&mut text, image_use.name);
+    let _ = push_quoted(&mut text, image_use.name);
     text.push_str(" image ");
     show_image(&mut text, image_use.image);
     text
@@ -420,15 +457,15 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
 }
 
-/// `CVE-1, CVE-2` — at most [`MAX_IDS`], then how many more.
-fn push_ids(out: &mut String, findings: &[&Finding]) {
-    for (i, finding) in findings.iter().take(MAX_IDS).enumerate() {
+/// `CVE-1, CVE-2` — the first [`MAX_IDS`] of `count` findings, then how many more.
+fn push_ids<'f>(out: &mut String, count: usize, findings: impl Iterator<Item = &'f Finding>) {
+    for (i, finding) in findings.take(MAX_IDS).enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
         out.push_str(&finding.id.as_str());
     }
-    if let Some(more) = findings.len().checked_sub(MAX_IDS).filter(|m| *m > 0) {
+    if let Some(more) = count.checked_sub(MAX_IDS).filter(|m| *m > 0) {
         let _ = write!(out, " and {more} more");
     }
 }

@@ -200,6 +200,6 @@ pub fn respond(uid: &str, answer: &Answer) -> Result<Vec<u8>, serde_json::Error>
         value.truncate(start + written);
         value.push(b'"');
     }
-    out.warnings(&answer.warnings);
+    out.warnings(answer.warnings.iter());
     Ok(out.finish())
 }

@@ -1,6 +1,7 @@
 //! `ContainerPolicySpec` → `CompiledPolicy`: the one validation every caller shares.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_crds::schema::CAPABILITIES;
@@ -16,8 +17,8 @@ use crate::workload::WorkloadKind;
 /// A validated policy, ready to evaluate.
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy {
-    /// `metadata.name`.
-    pub name: String,
+    /// `metadata.name` (shared with every violation of the policy).
+    pub name: Arc<str>,
     /// The `metadata.generation` compiled, where the object has one (the cluster's).
     pub generation: Option<i64>,
     /// What a violation does.
@@ -203,7 +204,7 @@ pub fn compile(name: &str, spec: &ContainerPolicySpec) -> Result<CompiledPolicy,
     let mutate = spec.mutate.as_ref().map(|m| mutation_rule(m, &mut errors));
 
     errors.finish(CompiledPolicy {
-        name: name.to_owned(),
+        name: name.into(),
         generation: None,
         action: spec.action,
         namespaces,

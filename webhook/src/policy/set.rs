@@ -165,7 +165,7 @@ impl PolicySet {
     pub fn policy(&self, name: &str) -> Option<&Arc<CompiledPolicy>> {
         let i = self
             .policies
-            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .binary_search_by(|p| (*p.name).cmp(name))
             .ok()?;
         self.policies.get(i)
     }
@@ -174,7 +174,7 @@ impl PolicySet {
     pub fn integration(&self, name: &str) -> Option<&Arc<CompiledIntegration>> {
         let i = self
             .integrations
-            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .binary_search_by(|p| (*p.name).cmp(name))
             .ok()?;
         self.integrations.get(i)
     }

@@ -469,20 +469,37 @@ fn vulnerability_rules() {
             &["1 high vulnerability (CVE-2024-3) exceeds maxCount.high 0"],
         ),
     ];
+    let spec = |rule: &str| format!(r#"{{"rules":{{"vulnerabilities":{rule}}}}}"#);
+    let details = |decision: &Decision, policy: &str| -> Vec<String> {
+        let of_policy = decision.violations.iter().filter(|v| &*v.policy == policy);
+        of_policy.map(|v| v.detail.to_string()).collect()
+    };
     for (rule, want) in cases {
-        let spec = format!(r#"{{"rules":{{"vulnerabilities":{rule}}}}}"#);
-        let set = set(vec![policy("p", &spec)]);
+        let set = set(vec![policy("p", &spec(rule))]);
         let decision = decide_in(&set, WorkloadKind::Pod, "team-a", &pod, &scans);
-        let got: Vec<&str> = decision
-            .violations
-            .iter()
-            .map(|v| v.detail.as_str())
-            .collect();
         let want: Vec<String> = want
             .iter()
             .map(|w| w.replace("exceed maxSeverity Critical", "exceed maxSeverity Medium"))
             .collect();
-        assert_eq!(got, want, "{rule}");
+        assert_eq!(details(&decision, "p"), want, "{rule}");
+    }
+    // Evaluated together, the policies share the image's scan result and counts: each
+    // still finds what it finds alone (fixableOnly, ignore and deny included), whichever
+    // policy is evaluated first (policies go by name).
+    for first in 0..cases.len() {
+        let named = |i: usize| format!("p{:02}", if i == first { 0 } else { i + 1 });
+        let all = set(cases
+            .iter()
+            .enumerate()
+            .map(|(i, (rule, _))| policy(&named(i), &spec(rule)))
+            .collect());
+        let together = decide_in(&all, WorkloadKind::Pod, "team-a", &pod, &scans);
+        for (i, (rule, _)) in cases.iter().enumerate() {
+            let alone = set(vec![policy(&named(i), &spec(rule))]);
+            let alone = decide_in(&alone, WorkloadKind::Pod, "team-a", &pod, &scans);
+            let name = named(i);
+            assert_eq!(details(&together, &name), details(&alone, &name), "{rule}");
+        }
     }
 }
 
