@@ -48,7 +48,8 @@ impl AnswerWriter {
 
     /// `warnings`, unless there are none (each formatted in one buffer, then escaped).
     pub fn warnings(&mut self, warnings: impl Iterator<Item = impl Display>) {
-        let mut line = String::new();
+        // A warning line is about 200 bytes; the buffer grows once for a longer one.
+        let mut line = String::with_capacity(256);
         let mut any = false;
         for warning in warnings {
             self.out
