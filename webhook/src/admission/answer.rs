@@ -99,7 +99,7 @@ fn push_string(out: &mut Vec<u8>, text: &str) {
     out.reserve(bytes.len() + 8);
     out.push(b'"');
     let (words, rest) = bytes.as_chunks::<8>();
-    let mut tail = [b' '; 8];
+    let mut tail = PLAIN.to_le_bytes();
     tail[..rest.len()].copy_from_slice(rest);
     let mut copied = 0;
     for (index, word) in words.iter().chain(std::iter::once(&tail)).enumerate() {
@@ -125,9 +125,9 @@ fn push_string(out: &mut Vec<u8>, text: &str) {
 
 /// The high bit of each byte of `word` (little-endian) that may need escaping; the
 /// lowest one set is exactly the first byte JSON escapes (a control character, `"` or
-/// `\`). A byte below `n` (≤ 128) leaves
-/// its high bit set in `(word - n·0x01…) & !word & 0x80…`, and a byte equal to `c` is one
-/// below 1 after `^ c·0x01…`; the borrow of a byte below `n` can flag only bytes above it.
+/// `\`). A byte below `n` (≤ 128) leaves its high bit set in `(word - n·0x01…) & !word
+/// & 0x80…`, and a byte equal to `c` is one below 1 after `^ c·0x01…`; the borrow of a
+/// byte below `n` can flag only bytes above it.
 fn escape_flags(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;

@@ -134,8 +134,8 @@ impl Decision {
         self.warning_lines().map(|line| line.to_string()).collect()
     }
 
-    /// [`Decision::warnings`], not yet formatted: the answer escapes them as they are
-    /// written.
+    /// [`Decision::warnings`], not yet formatted: the answer formats each into one
+    /// reused buffer instead of a `String` apiece.
     pub fn warning_lines(&self) -> impl Iterator<Item = Line<'_>> {
         self.lines(Action::Warn)
     }
