@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use portcullis::controller::events::Reporter;
 use portcullis::controller::{scans as scan_inputs, status, watch};
 use portcullis::metrics::Metrics;
-use portcullis_webhook::policy::{PolicySet, SharedPolicySet};
+use portcullis_webhook::policy::{CompiledIntegration, PolicySet, SharedPolicySet, compile};
 use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{AppState, Readiness, router};
 use serde_json::{Value, json};
@@ -34,6 +34,11 @@ impl Harness {
     /// The fake API with `objects` in it, and Portcullis's watches and status
     /// controllers running against it.
     async fn start(objects: &[(&str, Value)]) -> Self {
+        Self::start_with(objects, true).await
+    }
+
+    /// As [`Harness::start`]; without `watch`, only the test stores into the served set.
+    async fn start_with(objects: &[(&str, Value)], watch: bool) -> Self {
         let api = FakeApi::start().await;
         for (collection, object) in objects {
             api.apply(collection, object.clone());
@@ -44,12 +49,14 @@ impl Harness {
         let ready = Readiness::default();
         ready.certificate_loaded();
         let metrics = Arc::new(Metrics::default());
-        tokio::spawn(watch::run(
-            client.clone(),
-            shared.clone(),
-            ready.clone(),
-            metrics.clone(),
-        ));
+        if watch {
+            tokio::spawn(watch::run(
+                client.clone(),
+                shared.clone(),
+                ready.clone(),
+                metrics.clone(),
+            ));
+        }
         let reporter = Reporter {
             controller: "portcullis.dev/controller".into(),
             instance: "test".into(),
@@ -273,6 +280,56 @@ async fn status_events_fixes_and_deletes() {
         metrics.contains("portcullis_snapshot_swap_seconds_count"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn ready_is_written_once_the_served_set_enforces_that_generation() {
+    // The served set is the test's: it plays a policy watch that lags behind status's.
+    let h = Harness::start_with(
+        &[(
+            POLICIES,
+            policy("p", json!({"rules": {"tags": {"denyLatest": true}}})),
+        )],
+        false,
+    )
+    .await;
+    let serve = |spec: Value, generation: i64| {
+        let spec = serde_json::from_value(spec).unwrap();
+        let mut compiled = compile("p", &spec).unwrap();
+        compiled.generation = Some(generation);
+        h.shared.store(Arc::new(PolicySet::new(
+            [compiled],
+            Vec::<CompiledIntegration>::new(),
+            Arc::default(),
+        )));
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        h.api.status_patches("p"),
+        0,
+        "it compiles, but nothing serves it yet: no status claims it is enforced"
+    );
+    serve(json!({"rules": {"tags": {"denyLatest": true}}}), 1);
+    eventually("Ready=True once the set has generation 1", || {
+        h.ready_condition(POLICIES, "p")["status"] == "True"
+    })
+    .await;
+    assert_eq!(h.ready_condition(POLICIES, "p")["observedGeneration"], 1);
+
+    let edited = json!({"rules": {"tags": {"requireDigest": true}}});
+    h.api.apply(POLICIES, policy("p", edited.clone()));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        h.ready_condition(POLICIES, "p")["observedGeneration"],
+        1,
+        "generation 2 is not served yet: the status still speaks of generation 1"
+    );
+    serve(edited, 2);
+    eventually("observedGeneration 2 once the set has it", || {
+        h.ready_condition(POLICIES, "p")["observedGeneration"] == 2
+    })
+    .await;
+    assert_eq!(h.ready_condition(POLICIES, "p")["status"], "True");
 }
 
 #[tokio::test]

@@ -283,10 +283,14 @@ impl PrivateCluster {
         );
     }
 
-    /// Stops the API server (etcd keeps running) and waits until it is gone.
+    /// Kills the API server (etcd keeps running), as a crash or a lost node would, and
+    /// waits until it is gone.
     pub fn stop_api_server(&self) {
         let pid = std::fs::read_to_string(self.dir.path().join("apiserver.pid")).unwrap();
-        Command::new("kill").arg(pid.trim()).status().unwrap();
+        Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.api_port)).is_ok() {
             assert!(Instant::now() < deadline, "the API server did not stop");

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::events::{self, Reporter};
 use super::status::{
-    FOLLOWER_RECHECK, INVALID_SPEC, READY, condition, merge_replace, ready_condition,
+    ENFORCE_WAIT, FOLLOWER_RECHECK, INVALID_SPEC, READY, condition, merge_replace, ready_condition,
 };
 use crate::metrics::Metrics;
 
@@ -47,7 +47,7 @@ pub async fn apply_settings(client: Client, receiver: Arc<AuditService>, metrics
                 match compile_monitor(&monitor.name_any(), &monitor.spec) {
                     Ok(config) => {
                         tracing::info!(generation = ?monitor.meta().generation, "audit-log detections configured by AuditMonitor default");
-                        receiver.configure(config);
+                        receiver.configure(config, monitor.meta().generation);
                     }
                     Err(errors) => tracing::warn!(
                         errors = join_errors(&errors),
@@ -71,10 +71,13 @@ pub async fn apply_settings(client: Client, receiver: Arc<AuditService>, metrics
 }
 
 fn defaults(receiver: &AuditService) {
-    receiver.configure(MonitorConfig {
-        settings: Settings::default(),
-        sink: None,
-    });
+    receiver.configure(
+        MonitorConfig {
+            settings: Settings::default(),
+            sink: None,
+        },
+        None,
+    );
 }
 
 /// Why a status write failed (retried).
@@ -127,12 +130,17 @@ pub async fn report(
 }
 
 /// The status `monitor` deserves: `Ready` from its spec and this replica's receiver,
-/// `SinkReachable` when it has a sink, and the counts.
-fn desired(monitor: &AuditMonitor, receiver: Option<&AuditService>) -> AuditMonitorStatus {
+/// `SinkReachable` when it has a sink, and the counts. `None` while a valid generation
+/// is not applied to the receiver yet: `Ready=True` says it is.
+fn desired(monitor: &AuditMonitor, receiver: Option<&AuditService>) -> Option<AuditMonitorStatus> {
     let generation = monitor.meta().generation;
     let previous = monitor.status.as_ref().map_or(&[][..], |s| &s.conditions);
     let find = |type_: &str| previous.iter().find(|c| c.type_ == type_);
-    let problem = match (compile_monitor(&monitor.name_any(), &monitor.spec), receiver) {
+    let compiled = compile_monitor(&monitor.name_any(), &monitor.spec);
+    if compiled.is_ok() && receiver.is_some_and(|r| r.configured_generation() != generation) {
+        return None;
+    }
+    let problem = match (compiled, receiver) {
         (Err(errors), _) => Some((
             INVALID_SPEC,
             if monitor.name_any() == AUDIT_MONITOR_NAME {
@@ -161,12 +169,12 @@ fn desired(monitor: &AuditMonitor, receiver: Option<&AuditService>) -> AuditMoni
             find(SINK_REACHABLE),
         ));
     }
-    AuditMonitorStatus {
+    Some(AuditMonitorStatus {
         observed_generation: generation,
         conditions,
         findings: receiver.map(AuditService::counts),
         sink: sink.map(|s| s.status()),
-    }
+    })
 }
 
 fn sink_condition(
@@ -210,7 +218,9 @@ async fn reconcile(monitor: Arc<AuditMonitor>, ctx: Arc<Context>) -> Result<Acti
     if !*ctx.leader.borrow() {
         return Ok(Action::requeue(FOLLOWER_RECHECK));
     }
-    let status = desired(&monitor, ctx.receiver.as_deref());
+    let Some(status) = desired(&monitor, ctx.receiver.as_deref()) else {
+        return Ok(Action::requeue(ENFORCE_WAIT));
+    };
     if monitor.status.as_ref() == Some(&status) {
         return Ok(Action::requeue(REFRESH));
     }
@@ -286,7 +296,7 @@ mod tests {
 
     #[test]
     fn without_a_receiver_the_monitor_says_so() {
-        let status = desired(&monitor("default", serde_json::json!({})), None);
+        let status = desired(&monitor("default", serde_json::json!({})), None).unwrap();
         assert_eq!(ready(&status).1, RECEIVER_OFF);
         assert_eq!(status.observed_generation, Some(3));
         assert!(status.findings.is_none());
@@ -299,8 +309,20 @@ mod tests {
             "default",
             serde_json::json!({"sink": {"url": "https://siem.internal/findings"}}),
         );
-        receiver.configure(compile_monitor("default", &monitor.spec).unwrap());
-        let status = desired(&monitor, Some(&receiver));
+        assert_eq!(
+            desired(&monitor, Some(&receiver)),
+            None,
+            "not applied yet: no status claims it is"
+        );
+        let config = || compile_monitor("default", &monitor.spec).unwrap();
+        receiver.configure(config(), Some(2));
+        assert_eq!(
+            desired(&monitor, Some(&receiver)),
+            None,
+            "generation 2 applies, the object is at 3"
+        );
+        receiver.configure(config(), Some(3));
+        let status = desired(&monitor, Some(&receiver)).unwrap();
         assert_eq!(ready(&status).0, "True");
         assert_eq!(status.findings.as_ref().map(|f| f.total), Some(0));
         let sink = status
@@ -321,7 +343,8 @@ mod tests {
         let bad = desired(
             &monitor("default", serde_json::json!({"detections": {"nope": {}}})),
             Some(&receiver),
-        );
+        )
+        .unwrap();
         let (status, reason, message) = ready(&bad);
         assert_eq!((status, reason), ("False", INVALID_SPEC));
         assert!(
@@ -332,7 +355,7 @@ mod tests {
             message.contains("keep the last valid settings"),
             "{message}"
         );
-        let other = desired(&monitor("strict", serde_json::json!({})), Some(&receiver));
+        let other = desired(&monitor("strict", serde_json::json!({})), Some(&receiver)).unwrap();
         assert!(
             ready(&other).2.ends_with("it is not used"),
             "{:?}",

@@ -33,6 +33,8 @@ pub const CREDENTIALS_NOT_FOUND: &str = "CredentialsNotFound";
 pub const BACKEND_REACHABLE: &str = "BackendReachable";
 /// How long status waits for the credential Secrets' first list.
 const CREDENTIALS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a valid object's status looks again whether it is enforced yet.
+pub(super) const ENFORCE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 /// How often an integration's backend condition is refreshed.
 const BACKEND_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -240,11 +242,15 @@ where
         return Ok(Action::requeue(CREDENTIALS_WAIT));
     }
     let invalid = object.invalid();
+    let generation = object.meta().generation;
+    let enforced = object.enforced_in(&ctx.policies.load());
+    if invalid.is_none() && enforced != Some(generation) {
+        // `Ready=True` says "enforced": it waits until the served set has this
+        // generation (the set's own watch may lag, e.g. re-listing after an outage).
+        return Ok(Action::requeue(ENFORCE_WAIT));
+    }
     let problem = match &invalid {
-        Some(errors) => Some((
-            INVALID_SPEC,
-            invalid_message(errors, object.enforced_in(&ctx.policies.load())),
-        )),
+        Some(errors) => Some((INVALID_SPEC, invalid_message(errors, enforced))),
         None => object.unready(&ctx.scans),
     };
     let done = if backend.is_some() {
@@ -258,7 +264,6 @@ where
         reported.conditions,
         reported.last_contact,
     );
-    let generation = object.meta().generation;
     // A spec that compiles is what enforces from now on, here and after restarts.
     let (enforced_generation, enforced_spec) = match invalid {
         None => (generation, Some(object.spec_json())),

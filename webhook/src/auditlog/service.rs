@@ -66,6 +66,8 @@ pub struct AuditService {
     /// Findings raised, by severity (indexed as [`Severity::ALL`]).
     by_severity: [std::sync::atomic::AtomicU64; Severity::ALL.len()],
     sink: Arc<Sink>,
+    /// The generation of the AuditMonitor whose settings apply (0: none, the defaults).
+    configured_generation: std::sync::atomic::AtomicI64,
 }
 
 impl AuditService {
@@ -105,6 +107,7 @@ impl AuditService {
             unsaved: std::sync::atomic::AtomicBool::new(false),
             by_severity: Default::default(),
             sink: Sink::new(spool),
+            configured_generation: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -165,11 +168,24 @@ impl AuditService {
         Ok(list.items.len())
     }
 
-    /// Judges from now on with `config` (an AuditMonitor applied, changed or deleted)
-    /// and sends findings to its sink; what the detections remember is kept.
-    pub fn configure(&self, config: MonitorConfig) {
+    /// Judges from now on with `config`, compiled from the AuditMonitor's `generation`
+    /// (`None`: no AuditMonitor, the defaults), and sends findings to its sink; what the
+    /// detections remember is kept.
+    pub fn configure(&self, config: MonitorConfig, generation: Option<i64>) {
         lock(&self.monitor).settings = config.settings;
         self.sink.configure(config.sink);
+        self.configured_generation.store(
+            generation.unwrap_or(0),
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+
+    /// The generation of the AuditMonitor whose settings apply (`None`: the defaults).
+    pub fn configured_generation(&self) -> Option<i64> {
+        let generation = self
+            .configured_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        (generation != 0).then_some(generation)
     }
 
     /// The findings raised since this process started, by severity.
