@@ -2,9 +2,27 @@
 //! in shape, and building kube's `AdmissionResponse` (a `Status`, a map, owned copies of
 //! every message) to serialize it cost more than deciding a small Pod.
 
-use std::fmt::{Display, Write as _};
-
 use super::API_VERSION;
+use crate::engine::Line;
+
+/// A warning's text, as [`AnswerWriter::warnings`] takes it.
+pub trait WarningText {
+    /// Appends the text to `line`.
+    fn write_to(&self, line: &mut String);
+}
+
+impl WarningText for Line<'_> {
+    fn write_to(&self, line: &mut String) {
+        // Straight into the `String`: no `Formatter` between the pieces and the buffer.
+        let _ = self.write_into(line);
+    }
+}
+
+impl WarningText for &String {
+    fn write_to(&self, line: &mut String) {
+        line.push_str(self);
+    }
+}
 
 /// An `admission.k8s.io/v1` AdmissionReview answer being written; fields are added in
 /// any order after the uid and `allowed`.
@@ -46,8 +64,8 @@ impl AnswerWriter {
         self.out.push(b'}');
     }
 
-    /// `warnings`, unless there are none (each formatted in one buffer, then escaped).
-    pub fn warnings(&mut self, warnings: impl Iterator<Item = impl Display>) {
+    /// `warnings`, unless there are none (each written into one buffer, then escaped).
+    pub fn warnings(&mut self, warnings: impl Iterator<Item = impl WarningText>) {
         // A warning line is about 200 bytes; the buffer grows once for a longer one.
         let mut line = String::with_capacity(256);
         let mut any = false;
@@ -56,7 +74,7 @@ impl AnswerWriter {
                 .extend_from_slice(if any { b"," } else { br#","warnings":["# });
             any = true;
             line.clear();
-            let _ = write!(line, "{warning}");
+            warning.write_to(&mut line);
             push_string(&mut self.out, &line);
         }
         if any {

@@ -196,14 +196,22 @@ enum What<'d> {
     More(usize),
 }
 
+impl Line<'_> {
+    /// The line, written to `out` (a `String` is written to directly, with no
+    /// `Formatter` between; [`fmt::Display`] goes through this too).
+    pub fn write_into<W: Write>(&self, out: &mut W) -> fmt::Result {
+        out.write_str(self.object)?;
+        out.write_str(": ")?;
+        match self.what {
+            What::Violation(violation) => violation.describe_into(out),
+            What::More(more) => write!(out, "and {more} more violations"),
+        }
+    }
+}
+
 impl fmt::Display for Line<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.object)?;
-        f.write_str(": ")?;
-        match self.what {
-            What::Violation(violation) => violation.describe_into(f),
-            What::More(more) => write!(f, "and {more} more violations"),
-        }
+        self.write_into(f)
     }
 }
 
