@@ -131,19 +131,33 @@ async fn decisions_continue_while_the_api_server_is_down_and_status_catches_up()
     }
 
     private.start_api_server();
+    // Deleted and created again as Warn right after the restart: the same name and
+    // generation 1, another uid. The watches see both events, or re-list (their
+    // resource version is older than the restarted API server's cache) and see only
+    // the new object: either way it must replace the old one.
+    cluster.kubectl_ok(&["delete", "containerpolicy", "no-docker-hub"], None);
+    cluster.apply(&policy(
+        "no-docker-hub",
+        "{action: Warn, match: {namespaces: [team-a]}, rules: {registries: {deny: [\"docker.io/**\"]}}}",
+    ));
     cluster.apply(&policy(
         "warn-digest",
         "{action: Warn, match: {namespaces: [team-a]}, rules: {tags: {requireDigest: true}}}",
     ));
-    eventually(
-        "the new policy's status written (watches and status resumed)",
-        Duration::from_secs(90),
-        || cluster.policy_ready("warn-digest", "status") == "True",
-    );
+    for name in ["warn-digest", "no-docker-hub"] {
+        eventually(
+            "the policies' status written (watches and status resumed)",
+            Duration::from_secs(90),
+            || cluster.policy_ready(name, "status") == "True",
+        );
+    }
+    // Ready=True says enforced: both are, at once.
     let after = decide(&client).await;
     let warnings = after["warnings"].to_string();
     assert!(
-        warnings.contains("warn-digest") && after["allowed"] == false,
-        "the new policy is enforced too: {after}"
+        warnings.contains("warn-digest")
+            && warnings.contains("no-docker-hub")
+            && after["allowed"] == true,
+        "the new policy and the created-again one are enforced: {after}"
     );
 }

@@ -14,7 +14,9 @@ use http_body_util::BodyExt;
 use portcullis::controller::events::Reporter;
 use portcullis::controller::{scans as scan_inputs, status, watch};
 use portcullis::metrics::Metrics;
-use portcullis_webhook::policy::{CompiledIntegration, PolicySet, SharedPolicySet, compile};
+use portcullis_webhook::policy::{
+    CompiledIntegration, ObjectVersion, PolicySet, SharedPolicySet, compile,
+};
 use portcullis_webhook::scan::ScanService;
 use portcullis_webhook::server::{AppState, Readiness, router};
 use serde_json::{Value, json};
@@ -293,10 +295,14 @@ async fn ready_is_written_once_the_served_set_enforces_that_generation() {
         false,
     )
     .await;
-    let serve = |spec: Value, generation: i64| {
+    // `uid-p` is the uid the fake API gives `p`.
+    let serve = |spec: Value, uid: &str, generation: i64| {
         let spec = serde_json::from_value(spec).unwrap();
         let mut compiled = compile("p", &spec).unwrap();
-        compiled.generation = Some(generation);
+        compiled.version = ObjectVersion {
+            uid: Some(uid.into()),
+            generation: Some(generation),
+        };
         h.shared.store(Arc::new(PolicySet::new(
             [compiled],
             Vec::<CompiledIntegration>::new(),
@@ -309,7 +315,15 @@ async fn ready_is_written_once_the_served_set_enforces_that_generation() {
         0,
         "it compiles, but nothing serves it yet: no status claims it is enforced"
     );
-    serve(json!({"rules": {"tags": {"denyLatest": true}}}), 1);
+    // An object of the same name and generation, deleted since: not this one.
+    serve(json!({"action": "Warn"}), "uid-deleted", 1);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        h.api.status_patches("p"),
+        0,
+        "the set serves another object of that name"
+    );
+    serve(json!({"rules": {"tags": {"denyLatest": true}}}), "uid-p", 1);
     eventually("Ready=True once the set has generation 1", || {
         h.ready_condition(POLICIES, "p")["status"] == "True"
     })
@@ -324,7 +338,7 @@ async fn ready_is_written_once_the_served_set_enforces_that_generation() {
         1,
         "generation 2 is not served yet: the status still speaks of generation 1"
     );
-    serve(edited, 2);
+    serve(edited, "uid-p", 2);
     eventually("observedGeneration 2 once the set has it", || {
         h.ready_condition(POLICIES, "p")["observedGeneration"] == 2
     })

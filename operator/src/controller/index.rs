@@ -4,18 +4,19 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portcullis_crds::{
     ContainerPolicy, ContainerPolicySpec, RegistryIntegration, RegistryIntegrationSpec,
 };
 use portcullis_webhook::policy::{
-    CompiledIntegration, CompiledPolicy, FieldError, NamespaceLabels, PolicySet, compile,
-    compile_integration,
+    CompiledIntegration, CompiledPolicy, FieldError, NamespaceLabels, ObjectVersion, PolicySet,
+    compile, compile_integration,
 };
 
-/// A compiled object, with the generation it was compiled from, and — while that
-/// generation does not compile — the last good version, which keeps enforcing.
+/// A compiled object, with the version it was compiled from, and — while that version
+/// does not compile — the last good version, which keeps enforcing.
 struct Entry<T> {
-    generation: Option<i64>,
+    version: ObjectVersion,
     compiled: Result<T, Vec<FieldError>>,
     last_good: Option<T>,
 }
@@ -44,15 +45,16 @@ impl<T: Clone> Kind<T> {
         }
     }
 
-    /// Compiles unless this generation is already compiled (a re-list repeats the
-    /// objects it knows: their compilation is reused). A generation that does not
-    /// compile keeps the last good version enforcing: the one this process compiled
-    /// before, else `recorded` (the version the object's status says was enforced).
-    /// Returns whether the visible entries changed (not just a re-list buffer).
+    /// Compiles unless this version is already compiled (a re-list repeats the objects
+    /// it knows: their compilation is reused; an object created again under the name
+    /// has another uid). A version that does not compile keeps the object's last good
+    /// version enforcing: the one this process compiled before, else `recorded` (the
+    /// version the object's status says was enforced). Returns whether the visible
+    /// entries changed (not just a re-list buffer).
     fn apply(
         &mut self,
         name: String,
-        generation: Option<i64>,
+        version: ObjectVersion,
         compile: impl FnOnce() -> Result<T, Vec<FieldError>>,
         recorded: impl FnOnce() -> Option<T>,
     ) -> bool {
@@ -61,13 +63,13 @@ impl<T: Clone> Kind<T> {
             .as_ref()
             .and_then(|r| r.get(&name))
             .or_else(|| self.entries.get(&name));
-        let same = generation.is_some() && known.is_some_and(|e| e.generation == generation);
+        let same = version.generation.is_some() && known.is_some_and(|e| e.version == version);
         if same && self.relisting.is_none() {
             return false;
         }
         let entry = match known {
             Some(known) if same => Entry {
-                generation,
+                version,
                 compiled: known.compiled.clone(),
                 last_good: known.last_good.clone(),
             },
@@ -75,10 +77,13 @@ impl<T: Clone> Kind<T> {
                 let compiled = compile();
                 let last_good = match &compiled {
                     Ok(_) => None,
-                    Err(_) => known.and_then(|k| k.enforced().cloned()).or_else(recorded),
+                    Err(_) => known
+                        .filter(|k| k.version.uid == version.uid)
+                        .and_then(|k| k.enforced().cloned())
+                        .or_else(recorded),
                 };
                 Entry {
-                    generation,
+                    version,
                     compiled,
                     last_good,
                 }
@@ -204,28 +209,37 @@ impl WatchedKind {
     }
 }
 
-/// Compiles a policy spec, noting the generation it came from.
+/// Compiles a policy spec, noting the object version it came from.
 fn compile_at(
     name: &str,
     spec: &ContainerPolicySpec,
-    generation: Option<i64>,
+    version: ObjectVersion,
 ) -> Result<Arc<CompiledPolicy>, Vec<FieldError>> {
     compile(name, spec).map(|mut p| {
-        p.generation = generation;
+        p.version = version;
         Arc::new(p)
     })
 }
 
-/// Compiles an integration spec, noting the generation it came from.
+/// Compiles an integration spec, noting the object version it came from.
 fn compile_integration_at(
     name: &str,
     spec: &RegistryIntegrationSpec,
-    generation: Option<i64>,
+    version: ObjectVersion,
 ) -> Result<Arc<CompiledIntegration>, Vec<FieldError>> {
     compile_integration(name, spec).map(|mut i| {
-        i.generation = generation;
+        i.version = version;
         Arc::new(i)
     })
+}
+
+/// The object `meta` describes, at `generation`: its own, or the one its status
+/// recorded as enforced.
+fn version_at(meta: &ObjectMeta, generation: Option<i64>) -> ObjectVersion {
+    ObjectVersion {
+        uid: meta.uid.clone(),
+        generation,
+    }
 }
 
 impl ClusterIndex {
@@ -234,43 +248,42 @@ impl ClusterIndex {
         match change {
             Change::Policy(p) => {
                 let name = p.metadata.name.clone().unwrap_or_default();
-                let generation = p.metadata.generation;
+                let version = version_at(&p.metadata, p.metadata.generation);
                 let status = p.status.as_ref();
                 self.policies.apply(
                     name.clone(),
-                    generation,
-                    || compile_at(&name, &p.spec, generation),
+                    version.clone(),
+                    || compile_at(&name, &p.spec, version),
                     || {
                         let status = status?;
-                        compile_at(
-                            &name,
-                            status.enforced_spec.as_ref()?,
-                            status.enforced_generation,
-                        )
-                        .ok()
+                        let recorded = version_at(&p.metadata, status.enforced_generation);
+                        compile_at(&name, status.enforced_spec.as_ref()?, recorded).ok()
                     },
                 )
             }
             Change::PolicyDeleted(name) => self.policies.delete(&name),
             Change::Integration(i) => {
                 let name = i.metadata.name.clone().unwrap_or_default();
-                let generation = i.metadata.generation;
+                let version = version_at(&i.metadata, i.metadata.generation);
                 let status = i.status.as_ref();
                 self.integrations.apply(
                     name.clone(),
-                    generation,
-                    || compile_integration_at(&name, &i.spec, generation),
+                    version.clone(),
+                    || compile_integration_at(&name, &i.spec, version),
                     || {
                         let status = status?;
                         let spec = status.enforced_spec.as_ref()?;
-                        compile_integration_at(&name, spec, status.enforced_generation).ok()
+                        let recorded = version_at(&i.metadata, status.enforced_generation);
+                        compile_integration_at(&name, spec, recorded).ok()
                     },
                 )
             }
             Change::IntegrationDeleted(name) => self.integrations.delete(&name),
             Change::Namespace(name, labels) => {
                 // Labels change without a generation bump: always take them.
-                let changed = self.namespaces.apply(name, None, || Ok(labels), || None);
+                let changed =
+                    self.namespaces
+                        .apply(name, ObjectVersion::default(), || Ok(labels), || None);
                 self.refresh_namespaces(changed)
             }
             Change::NamespaceDeleted(name) => {
@@ -412,8 +425,46 @@ mod tests {
         assert_eq!(names(&index), ["c"]);
     }
 
+    /// Deleted and created again while no watch saw it (an outage, an expired watch): the
+    /// re-list brings an object of the same name and generation, but another uid.
+    #[test]
+    fn an_object_created_again_under_its_name_is_compiled_again() {
+        let mut index = ClusterIndex::default();
+        for kind in [WatchedKind::Integration, WatchedKind::Namespace] {
+            index.apply(Change::RelistDone(kind));
+        }
+        let with_uid = |uid: &str, spec| {
+            let mut p = policy("p", 1, spec);
+            p.metadata.uid = Some(uid.into());
+            Change::Policy(p)
+        };
+        index.apply(with_uid("first", serde_json::json!({"action": "Warn"})));
+        index.apply(Change::RelistDone(WatchedKind::Policy));
+        let action = |index: &ClusterIndex| index.snapshot().policy("p").map(|p| p.action);
+        assert_eq!(action(&index), Some(portcullis_crds::Action::Warn));
+
+        index.apply(Change::RelistStarted(WatchedKind::Policy));
+        index.apply(with_uid("second", serde_json::json!({"action": "Block"})));
+        index.apply(Change::RelistDone(WatchedKind::Policy));
+        assert_eq!(
+            action(&index),
+            Some(portcullis_crds::Action::Block),
+            "the new object's spec, not the compilation of the one deleted"
+        );
+
+        // Created again with a spec that does not compile: the deleted object's version
+        // is not its last good one.
+        index.apply(Change::RelistStarted(WatchedKind::Policy));
+        index.apply(with_uid(
+            "third",
+            serde_json::json!({"rules": {"workload": {"forbiddenCapabilities": ["NET_RAWR"]}}}),
+        ));
+        index.apply(Change::RelistDone(WatchedKind::Policy));
+        assert_eq!(action(&index), None, "it never compiled: nothing enforces");
+    }
+
     fn generation(index: &ClusterIndex, name: &str) -> Option<i64> {
-        index.snapshot().policy(name)?.generation
+        index.snapshot().policy(name)?.version.generation
     }
 
     /// After a restart the process has seen no good version: the one the status

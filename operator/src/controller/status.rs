@@ -12,7 +12,8 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use portcullis_crds::{ContainerPolicy, RegistryIntegration};
 use portcullis_webhook::policy::{
-    FieldError, PolicySet, SharedPolicySet, compile, compile_integration, join_errors,
+    FieldError, ObjectVersion, PolicySet, SharedPolicySet, compile, compile_integration,
+    join_errors,
 };
 use portcullis_webhook::scan::credentials::DOCKER_CONFIG_JSON_TYPE;
 use portcullis_webhook::scan::{Health, ScanService};
@@ -108,8 +109,8 @@ trait Reported {
     fn unready(&self, _scans: &ScanService) -> Option<(&'static str, String)> {
         None
     }
-    /// Whether `set` enforces a version of this object, and which generation.
-    fn enforced_in(&self, set: &PolicySet) -> Option<Option<i64>>;
+    /// The version of this object `set` enforces, if any.
+    fn enforced_in(&self, set: &PolicySet) -> Option<ObjectVersion>;
     /// The backend's health as this replica saw it; `None` for kinds without one.
     fn backend(&self, _scans: &ScanService) -> Option<Health> {
         None
@@ -133,8 +134,8 @@ impl Reported for ContainerPolicy {
     fn invalid(&self) -> Option<Vec<FieldError>> {
         compile(&self.name_any(), &self.spec).err()
     }
-    fn enforced_in(&self, set: &PolicySet) -> Option<Option<i64>> {
-        set.policy(&self.name_any()).map(|p| p.generation)
+    fn enforced_in(&self, set: &PolicySet) -> Option<ObjectVersion> {
+        set.policy(&self.name_any()).map(|p| p.version.clone())
     }
     fn spec_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.spec).unwrap_or_default()
@@ -168,8 +169,8 @@ impl Reported for RegistryIntegration {
             )
         })
     }
-    fn enforced_in(&self, set: &PolicySet) -> Option<Option<i64>> {
-        set.integration(&self.name_any()).map(|i| i.generation)
+    fn enforced_in(&self, set: &PolicySet) -> Option<ObjectVersion> {
+        set.integration(&self.name_any()).map(|i| i.version.clone())
     }
     fn backend(&self, scans: &ScanService) -> Option<Health> {
         Some(scans.health(&self.name_any()).unwrap_or_default())
@@ -244,13 +245,20 @@ where
     let invalid = object.invalid();
     let generation = object.meta().generation;
     let enforced = object.enforced_in(&ctx.policies.load());
-    if invalid.is_none() && enforced != Some(generation) {
-        // `Ready=True` says "enforced": it waits until the served set has this
-        // generation (the set's own watch may lag, e.g. re-listing after an outage).
+    let this = ObjectVersion {
+        uid: object.meta().uid.clone(),
+        generation,
+    };
+    if invalid.is_none() && enforced.as_ref() != Some(&this) {
+        // `Ready=True` says "enforced": it waits until the served set has this version
+        // (the set's own watch may lag, e.g. re-listing after an outage).
         return Ok(Action::requeue(ENFORCE_WAIT));
     }
     let problem = match &invalid {
-        Some(errors) => Some((INVALID_SPEC, invalid_message(errors, enforced))),
+        Some(errors) => Some((
+            INVALID_SPEC,
+            invalid_message(errors, enforced.map(|v| v.generation)),
+        )),
         None => object.unready(&ctx.scans),
     };
     let done = if backend.is_some() {

@@ -9,7 +9,7 @@ use portcullis_crds::{
     Action, ContainerPolicySpec, Severity, UnscannedAction, VulnerabilityRules, WorkloadRules,
 };
 
-use super::{Errors, FieldError, Selector};
+use super::{Errors, FieldError, ObjectVersion, Selector};
 use crate::glob::Glob;
 use crate::scan::VulnId;
 use crate::workload::WorkloadKind;
@@ -19,8 +19,8 @@ use crate::workload::WorkloadKind;
 pub struct CompiledPolicy {
     /// `metadata.name` (shared with every violation of the policy).
     pub name: Arc<str>,
-    /// The `metadata.generation` compiled, where the object has one (the cluster's).
-    pub generation: Option<i64>,
+    /// The object version compiled, where it has one (the cluster's).
+    pub version: ObjectVersion,
     /// What a violation does.
     pub action: Action,
     pub(crate) namespaces: Option<Vec<Glob>>,
@@ -205,7 +205,7 @@ pub fn compile(name: &str, spec: &ContainerPolicySpec) -> Result<CompiledPolicy,
 
     errors.finish(CompiledPolicy {
         name: name.into(),
-        generation: None,
+        version: ObjectVersion::default(),
         action: spec.action,
         namespaces,
         exclude_namespaces,

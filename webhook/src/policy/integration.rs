@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use portcullis_crds::{RegistryIntegrationSpec, UrlScanner};
 
-use super::{Errors, FieldError};
+use super::{Errors, FieldError, ObjectVersion};
 use crate::glob::Glob;
 use crate::image::canonical_registry;
 use crate::scan::registry::strip_port;
@@ -41,8 +41,8 @@ impl ScannerKind {
 pub struct CompiledIntegration {
     /// `metadata.name`.
     pub name: String,
-    /// The `metadata.generation` compiled, where the object has one (the cluster's).
-    pub generation: Option<i64>,
+    /// The object version compiled, where it has one (the cluster's).
+    pub version: ObjectVersion,
     /// Repositories covered.
     pub registries: Vec<Glob>,
     /// The scanner.
@@ -138,7 +138,7 @@ pub fn compile_integration(
         .collect();
     errors.finish(CompiledIntegration {
         name: name.to_owned(),
-        generation: None,
+        version: ObjectVersion::default(),
         registries,
         scanner_host: scanner.host(),
         scanner,

@@ -16,6 +16,17 @@ pub use set::{Matching, NamespaceLabels, NamespaceView, PolicySet, SharedPolicyS
 
 use std::fmt;
 
+/// Which version of a cluster object was compiled: its `metadata.uid` (an object deleted
+/// and created again under its name is another object) and `metadata.generation`.
+/// Outside a cluster (files, tests) both are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectVersion {
+    /// `metadata.uid`.
+    pub uid: Option<String>,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+}
+
 /// One problem with a spec: the field path and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
