@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portcullis_crds::{
     ContainerPolicy, ContainerPolicySpec, RegistryIntegration, RegistryIntegrationSpec,
 };
@@ -233,22 +232,13 @@ fn compile_integration_at(
     })
 }
 
-/// The object `meta` describes, at `generation`: its own, or the one its status
-/// recorded as enforced.
-fn version_at(meta: &ObjectMeta, generation: Option<i64>) -> ObjectVersion {
-    ObjectVersion {
-        uid: meta.uid.clone(),
-        generation,
-    }
-}
-
 impl ClusterIndex {
     /// Applies one change; returns whether a snapshot built now would differ.
     pub fn apply(&mut self, change: Change) -> bool {
         match change {
             Change::Policy(p) => {
                 let name = p.metadata.name.clone().unwrap_or_default();
-                let version = version_at(&p.metadata, p.metadata.generation);
+                let version = ObjectVersion::of(&p.metadata);
                 let status = p.status.as_ref();
                 self.policies.apply(
                     name.clone(),
@@ -256,7 +246,7 @@ impl ClusterIndex {
                     || compile_at(&name, &p.spec, version),
                     || {
                         let status = status?;
-                        let recorded = version_at(&p.metadata, status.enforced_generation);
+                        let recorded = ObjectVersion::at(&p.metadata, status.enforced_generation);
                         compile_at(&name, status.enforced_spec.as_ref()?, recorded).ok()
                     },
                 )
@@ -264,7 +254,7 @@ impl ClusterIndex {
             Change::PolicyDeleted(name) => self.policies.delete(&name),
             Change::Integration(i) => {
                 let name = i.metadata.name.clone().unwrap_or_default();
-                let version = version_at(&i.metadata, i.metadata.generation);
+                let version = ObjectVersion::of(&i.metadata);
                 let status = i.status.as_ref();
                 self.integrations.apply(
                     name.clone(),
@@ -273,7 +263,7 @@ impl ClusterIndex {
                     || {
                         let status = status?;
                         let spec = status.enforced_spec.as_ref()?;
-                        let recorded = version_at(&i.metadata, status.enforced_generation);
+                        let recorded = ObjectVersion::at(&i.metadata, status.enforced_generation);
                         compile_integration_at(&name, spec, recorded).ok()
                     },
                 )

@@ -15,7 +15,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use portcullis_crds::{AUDIT_MONITOR_NAME, AuditMonitor, AuditMonitorStatus};
 use portcullis_webhook::auditlog::sink::SinkHealth;
 use portcullis_webhook::auditlog::{AuditService, MonitorConfig, Settings, compile_monitor};
-use portcullis_webhook::policy::join_errors;
+use portcullis_webhook::policy::{ObjectVersion, join_errors};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -47,7 +47,7 @@ pub async fn apply_settings(client: Client, receiver: Arc<AuditService>, metrics
                 match compile_monitor(&monitor.name_any(), &monitor.spec) {
                     Ok(config) => {
                         tracing::info!(generation = ?monitor.meta().generation, "audit-log detections configured by AuditMonitor default");
-                        receiver.configure(config, monitor.meta().generation);
+                        receiver.configure(config, ObjectVersion::of(monitor.meta()));
                     }
                     Err(errors) => tracing::warn!(
                         errors = join_errors(&errors),
@@ -76,7 +76,7 @@ fn defaults(receiver: &AuditService) {
             settings: Settings::default(),
             sink: None,
         },
-        None,
+        ObjectVersion::default(),
     );
 }
 
@@ -137,7 +137,9 @@ fn desired(monitor: &AuditMonitor, receiver: Option<&AuditService>) -> Option<Au
     let previous = monitor.status.as_ref().map_or(&[][..], |s| &s.conditions);
     let find = |type_: &str| previous.iter().find(|c| c.type_ == type_);
     let compiled = compile_monitor(&monitor.name_any(), &monitor.spec);
-    if compiled.is_ok() && receiver.is_some_and(|r| r.configured_generation() != generation) {
+    if compiled.is_ok()
+        && receiver.is_some_and(|r| r.configured() != ObjectVersion::of(monitor.meta()))
+    {
         return None;
     }
     let problem = match (compiled, receiver) {
@@ -276,6 +278,7 @@ mod tests {
         let spec: AuditMonitorSpec = serde_json::from_value(spec).unwrap();
         let mut monitor = AuditMonitor::new(name, spec);
         monitor.metadata.generation = Some(3);
+        monitor.metadata.uid = Some("uid-1".into());
         monitor
     }
 
@@ -315,13 +318,23 @@ mod tests {
             "not applied yet: no status claims it is"
         );
         let config = || compile_monitor("default", &monitor.spec).unwrap();
-        receiver.configure(config(), Some(2));
+        let at = |uid: &str, generation| ObjectVersion {
+            uid: Some(uid.into()),
+            generation: Some(generation),
+        };
+        receiver.configure(config(), at("uid-1", 2));
         assert_eq!(
             desired(&monitor, Some(&receiver)),
             None,
             "generation 2 applies, the object is at 3"
         );
-        receiver.configure(config(), Some(3));
+        receiver.configure(config(), at("deleted", 3));
+        assert_eq!(
+            desired(&monitor, Some(&receiver)),
+            None,
+            "an AuditMonitor deleted since applies"
+        );
+        receiver.configure(config(), at("uid-1", 3));
         let status = desired(&monitor, Some(&receiver)).unwrap();
         assert_eq!(ready(&status).0, "True");
         assert_eq!(status.findings.as_ref().map(|f| f.total), Some(0));

@@ -245,11 +245,7 @@ where
     let invalid = object.invalid();
     let generation = object.meta().generation;
     let enforced = object.enforced_in(&ctx.policies.load());
-    let this = ObjectVersion {
-        uid: object.meta().uid.clone(),
-        generation,
-    };
-    if invalid.is_none() && enforced.as_ref() != Some(&this) {
+    if invalid.is_none() && enforced != Some(ObjectVersion::of(object.meta())) {
         // `Ready=True` says "enforced": it waits until the served set has this version
         // (the set's own watch may lag, e.g. re-listing after an outage).
         return Ok(Action::requeue(ENFORCE_WAIT));

@@ -17,6 +17,7 @@ use portcullis_crds::FindingCounts;
 use rustls::pki_types::CertificateDer;
 
 use crate::client_cert::ClientCa;
+use crate::policy::ObjectVersion;
 
 use super::sink::Sink;
 use super::spool::{CAPACITY, Spool};
@@ -66,8 +67,8 @@ pub struct AuditService {
     /// Findings raised, by severity (indexed as [`Severity::ALL`]).
     by_severity: [std::sync::atomic::AtomicU64; Severity::ALL.len()],
     sink: Arc<Sink>,
-    /// The generation of the AuditMonitor whose settings apply (0: none, the defaults).
-    configured_generation: std::sync::atomic::AtomicI64,
+    /// The AuditMonitor version whose settings apply (none: the defaults).
+    configured: Mutex<ObjectVersion>,
 }
 
 impl AuditService {
@@ -107,7 +108,7 @@ impl AuditService {
             unsaved: std::sync::atomic::AtomicBool::new(false),
             by_severity: Default::default(),
             sink: Sink::new(spool),
-            configured_generation: std::sync::atomic::AtomicI64::new(0),
+            configured: Mutex::default(),
         })
     }
 
@@ -168,24 +169,18 @@ impl AuditService {
         Ok(list.items.len())
     }
 
-    /// Judges from now on with `config`, compiled from the AuditMonitor's `generation`
-    /// (`None`: no AuditMonitor, the defaults), and sends findings to its sink; what the
-    /// detections remember is kept.
-    pub fn configure(&self, config: MonitorConfig, generation: Option<i64>) {
+    /// Judges from now on with `config`, compiled from the AuditMonitor `version` (the
+    /// default version: no AuditMonitor, the defaults), and sends findings to its sink;
+    /// what the detections remember is kept.
+    pub fn configure(&self, config: MonitorConfig, version: ObjectVersion) {
         lock(&self.monitor).settings = config.settings;
         self.sink.configure(config.sink);
-        self.configured_generation.store(
-            generation.unwrap_or(0),
-            std::sync::atomic::Ordering::Release,
-        );
+        *lock(&self.configured) = version;
     }
 
-    /// The generation of the AuditMonitor whose settings apply (`None`: the defaults).
-    pub fn configured_generation(&self) -> Option<i64> {
-        let generation = self
-            .configured_generation
-            .load(std::sync::atomic::Ordering::Acquire);
-        (generation != 0).then_some(generation)
+    /// The AuditMonitor version whose settings apply.
+    pub fn configured(&self) -> ObjectVersion {
+        lock(&self.configured).clone()
     }
 
     /// The findings raised since this process started, by severity.

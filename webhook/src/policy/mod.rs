@@ -16,6 +16,8 @@ pub use set::{Matching, NamespaceLabels, NamespaceView, PolicySet, SharedPolicyS
 
 use std::fmt;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 /// Which version of a cluster object was compiled: its `metadata.uid` (an object deleted
 /// and created again under its name is another object) and `metadata.generation`.
 /// Outside a cluster (files, tests) both are `None`.
@@ -25,6 +27,21 @@ pub struct ObjectVersion {
     pub uid: Option<String>,
     /// `metadata.generation`.
     pub generation: Option<i64>,
+}
+
+impl ObjectVersion {
+    /// The object `meta` describes, at its generation.
+    pub fn of(meta: &ObjectMeta) -> Self {
+        Self::at(meta, meta.generation)
+    }
+
+    /// The object `meta` describes, at `generation` (one its status recorded, say).
+    pub fn at(meta: &ObjectMeta, generation: Option<i64>) -> Self {
+        ObjectVersion {
+            uid: meta.uid.clone(),
+            generation,
+        }
+    }
 }
 
 /// One problem with a spec: the field path and what is wrong with it.
