@@ -6,6 +6,7 @@
 //! case), Docker Hub's aliases as `docker.io`, an explicit `:443` dropped.
 
 use std::fmt;
+use std::sync::{Arc, LazyLock};
 
 /// The default registry of references without one.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -15,6 +16,15 @@ const DOCKER_HUB_ALIASES: [&str; 2] = ["index.docker.io", "registry-1.docker.io"
 const DEFAULT_PORT: &str = ":443";
 const MAX_NAME_LEN: usize = 255;
 const MAX_TAG_LEN: usize = 128;
+/// Most references [`ImageRef::parse_shared`] remembers. One is at most about 1.1 KB
+/// (text and key), so the memo stays under 5 MiB.
+const REMEMBERED: usize = 4096;
+
+/// References parsed so far, by their text as written: replicas and rollouts send the
+/// same few references over and over, and parsing one costs several times a lookup.
+/// What does not parse is not remembered (it is parsed again, and said again).
+static PARSED: LazyLock<quick_cache::sync::Cache<Box<str>, Arc<ImageRef>>> =
+    LazyLock::new(|| quick_cache::sync::Cache::new(REMEMBERED));
 
 /// Why an image reference does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +145,17 @@ impl ImageRef {
             repository_len,
             tag_end,
         })
+    }
+
+    /// [`ImageRef::parse`], remembered: a reference parsed before is looked up, not
+    /// parsed again (the result is the same, parsing being a function of the text).
+    pub fn parse_shared(input: &str) -> Result<Arc<Self>, ImageError> {
+        if let Some(parsed) = PARSED.get(input) {
+            return Ok(parsed);
+        }
+        let parsed = Arc::new(ImageRef::parse(input)?);
+        PARSED.insert(input.into(), Arc::clone(&parsed));
+        Ok(parsed)
     }
 
     /// `registry/path`, what policy globs match against.
@@ -413,6 +434,34 @@ mod tests {
             (r.registry(), r.path(), r.tag()),
             ("localhost:5000", "api", None)
         );
+    }
+
+    #[test]
+    fn a_remembered_reference_is_the_one_parse_gives() {
+        for input in [
+            "nginx",
+            "Index.Docker.IO/nginx",
+            "ghcr.io:443/acme/api:v1",
+            "remembered.example/a/b:c",
+        ] {
+            let first = ImageRef::parse_shared(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            let again = ImageRef::parse_shared(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert!(Arc::ptr_eq(&first, &again), "{input}: parsed again");
+            assert_eq!(Ok(&*first), ImageRef::parse(input).as_ref(), "{input}");
+        }
+        // The memo is by exact text: a reference that normalizes alike is its own entry,
+        // and one that does not parse is refused every time.
+        let upper = ImageRef::parse_shared("Remembered.example/a/b:c");
+        assert_eq!(
+            upper.map(|r| r.to_string()).as_deref(),
+            Ok("remembered.example/a/b:c")
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                ImageRef::parse_shared("remembered.example/A"),
+                Err(ImageError::Uppercase)
+            );
+        }
     }
 
     #[test]

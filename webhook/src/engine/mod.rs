@@ -9,6 +9,7 @@ pub use decision::truncate;
 pub use decision::{Decision, Line, Violation};
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::glob::any_match;
@@ -37,12 +38,16 @@ pub struct Subject<'a> {
 /// image, which bounds the work any request can cause.
 pub const MAX_IMAGES: usize = 1000;
 
+/// Up to this many images, duplicates are found by comparing each with those kept (no
+/// hash set to build); past it, by hashing, so the work stays linear.
+const FEW_IMAGES: usize = 16;
+
 /// An object under review with its images parsed once: what it needs from the scan
 /// service, then its decision.
 #[derive(Debug)]
 pub struct Review<'a> {
     subject: Subject<'a>,
-    images: Vec<(ImageUse<'a>, Result<ImageRef, ImageError>)>,
+    images: Vec<(ImageUse<'a>, Result<Arc<ImageRef>, ImageError>)>,
     /// How many images the object has, when more than [`MAX_IMAGES`].
     oversized: Option<usize>,
 }
@@ -61,7 +66,7 @@ impl<'a> Review<'a> {
         let images = subject
             .spec
             .images()
-            .map(|u| (u, ImageRef::parse(u.image)))
+            .map(|u| (u, ImageRef::parse_shared(u.image)))
             .collect();
         Review {
             subject,
@@ -98,17 +103,27 @@ impl<'a> Review<'a> {
         if readers.is_empty() {
             return Vec::new();
         }
-        let mut seen = HashSet::with_hasher(foldhash::fast::RandomState::default());
-        self.images
+        let read = self
+            .images
             .iter()
-            .filter_map(|(_, parsed)| parsed.as_ref().ok())
+            .filter_map(|(_, parsed)| parsed.as_deref().ok())
             .filter(|image| {
                 readers
                     .iter()
                     .any(|policy| matches_image(policy, image.repository()))
-            })
-            .filter(|image| seen.insert(*image))
-            .collect()
+            });
+        let mut needed: Vec<&ImageRef> = Vec::with_capacity(self.images.len());
+        if self.images.len() <= FEW_IMAGES {
+            for image in read {
+                if !needed.contains(&image) {
+                    needed.push(image);
+                }
+            }
+        } else {
+            let mut seen = HashSet::with_hasher(foldhash::fast::RandomState::default());
+            needed.extend(read.filter(|image| seen.insert(*image)));
+        }
+        needed
     }
 
     /// Evaluates every policy of `set` that applies to the subject.

@@ -222,7 +222,7 @@ impl Review<'_> {
                         && !existing.iter().any(|name| name == image_use.name)
                 }
             };
-            Some((image_use, parsed.as_ref().ok().filter(|_| in_scope)?))
+            Some((image_use, parsed.as_deref().ok().filter(|_| in_scope)?))
         })
     }
 

@@ -276,7 +276,7 @@ impl ScanService {
                 "the object has more than {MAX_LOOKUPS_PER_REQUEST} distinct images; only the first {MAX_LOOKUPS_PER_REQUEST} are looked up"
             )))
         };
-        let read = |image: &ImageRef, failure| self.cached(set, image, SystemTime::now(), failure);
+        let read = |image: &ImageRef, now, failure| self.cached(set, image, now, failure);
         ScanAnswers(
             self.gather(set, images, started, dry_run, Need::Scan, read, over)
                 .await,
@@ -361,9 +361,9 @@ impl ScanService {
                 )),
             })
         };
-        let read = |image: &ImageRef, failure| match set.integration_for(image.repository()) {
+        let read = |image: &ImageRef, now, failure| match set.integration_for(image.repository()) {
             Some(spec) => {
-                let (digest, want) = self.cached_tag(spec, image, SystemTime::now(), failure);
+                let (digest, want) = self.cached_tag(spec, image, now, failure);
                 (digest.map(Cow::into_owned), want)
             }
             None => (
@@ -380,7 +380,8 @@ impl ScanService {
         )
     }
 
-    /// What the cache says of each image (`read`), after fetching, within the deadline,
+    /// What the cache says of each image (`read` at a time: the clock is read once for
+    /// the cached pass, and again after fetching), after fetching, within the deadline,
     /// what it lacks; stale entries are refreshed behind. At most
     /// [`MAX_LOOKUPS_PER_REQUEST`] images are looked up; the rest get `over()`.
     #[allow(clippy::too_many_arguments)]
@@ -391,14 +392,15 @@ impl ScanService {
         started: Instant,
         dry_run: bool,
         need: Need,
-        read: impl Fn(&ImageRef, Option<Cow<'static, str>>) -> (T, Option<Want>),
+        read: impl Fn(&ImageRef, SystemTime, Option<Cow<'static, str>>) -> (T, Option<Want>),
         over: impl Fn() -> T,
     ) -> Vec<(&'i ImageRef, T)> {
         let mut answers = Vec::with_capacity(images.len());
         let mut misses = Vec::new();
         let mut images = images.iter().copied();
+        let now = SystemTime::now();
         for image in images.by_ref().take(MAX_LOOKUPS_PER_REQUEST) {
-            let (answer, want) = read(image, None);
+            let (answer, want) = read(image, now, None);
             match want {
                 Some(Want::Refresh(spec)) => {
                     self.metrics.lookup(&spec.name, "stale");
@@ -432,9 +434,10 @@ impl ScanService {
                 (image, failure)
             }))
             .await;
+        let now = SystemTime::now();
         for (image, failure) in fetched {
             let reason = failure.unwrap_or(Cow::Borrowed("no result was fetched in time"));
-            let (answer, _) = read(image, Some(reason));
+            let (answer, _) = read(image, now, Some(reason));
             answers.push((image, answer));
         }
         answers

@@ -692,3 +692,51 @@ fn bad_references_each_say_why() {
     );
     assert!(ok.allowed() && ok.violations.is_empty());
 }
+
+#[test]
+fn scans_needed_lists_each_read_image_once_in_pod_spec_order() {
+    let set = set(vec![
+        policy(
+            "scanned",
+            r#"{"match":{"images":["ghcr.io/acme/**"]},"rules":{"vulnerabilities":{"maxSeverity":"High"}}}"#,
+        ),
+        policy("tags", r#"{"rules":{"tags":{"denyLatest":true}}}"#),
+    ]);
+    // Few images (compared one by one) and many (hashed): duplicates, an image no
+    // vulnerability rule reads and one that does not parse, in both.
+    for copies in [1, 8] {
+        let mut images = Vec::new();
+        for round in 0..copies {
+            images.push(format!("ghcr.io/acme/api:v{round}"));
+            images.push("ghcr.io/acme/db:1".to_owned());
+            images.push("docker.io/library/nginx:1.25".to_owned());
+            images.push("Bad Image".to_owned());
+            images.push("ghcr.io/acme/api:v0".to_owned());
+        }
+        let containers: Vec<String> = images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| format!(r#"{{"name":"c{i}","image":"{image}"}}"#))
+            .collect();
+        let pod = format!(r#"{{"containers":[{}]}}"#, containers.join(","));
+        let spec: PodSpec<'_> = serde_json::from_str(&pod).unwrap_or_else(|e| panic!("{e}"));
+        let review = Review::new(Subject {
+            kind: WorkloadKind::Pod,
+            namespace: "team-a",
+            labels: NamespaceView::Snapshot,
+            name: "web",
+            spec: &spec,
+        });
+        let needed: Vec<String> = review
+            .scans_needed(&set)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let mut expected = vec![
+            "ghcr.io/acme/api:v0".to_owned(),
+            "ghcr.io/acme/db:1".to_owned(),
+        ];
+        expected.extend((1..copies).map(|round| format!("ghcr.io/acme/api:v{round}")));
+        assert_eq!(needed, expected, "{} images", images.len());
+    }
+}
