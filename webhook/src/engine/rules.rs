@@ -208,6 +208,9 @@ impl Evaluation<'_, '_> {
         };
         for (index, severity) in Severity::DESCENDING.into_iter().enumerate() {
             let n = counts[index];
+            if n as u64 <= rule.limits[index] {
+                continue;
+            }
             let over_severity = rule.max_severity.filter(|max| n > 0 && severity > *max);
             let over_count = rule.max_count[index].filter(|cap| n as u64 > *cap);
             if over_severity.is_none() && over_count.is_none() {

@@ -83,6 +83,10 @@ pub struct VulnerabilityRule {
     pub max_severity: Option<Severity>,
     /// Caps indexed like `Severity::DESCENDING`.
     pub max_count: [Option<u64>; 5],
+    /// The most findings of each severity (indexed like `Severity::DESCENDING`) that
+    /// break neither `max_severity` nor `max_count`: a severity above `max_severity`
+    /// allows none. An image within all five breaks no counting rule.
+    pub limits: [u64; 5],
     /// Count only fixable findings.
     pub fixable_only: bool,
     /// IDs that violate when present.
@@ -299,9 +303,17 @@ fn vulnerability_rule(
         Some(UnscannedAction::Warn) => Some(Action::Warn),
         Some(UnscannedAction::Allow) => None,
     };
+    let limits = std::array::from_fn(|index| {
+        let above_max = v
+            .max_severity
+            .is_some_and(|max| Severity::DESCENDING[index] > max);
+        let cap = max_count[index].unwrap_or(u64::MAX);
+        if above_max { 0 } else { cap }
+    });
     VulnerabilityRule {
         max_severity: v.max_severity,
         max_count,
+        limits,
         fixable_only: v.fixable_only,
         deny: deny.iter().map(|id| VulnId::new(id)).collect(),
         ignore: ignore.iter().map(|id| VulnId::new(id)).collect(),
@@ -391,6 +403,40 @@ mod tests {
             "spec.rules.workload.forbiddenCapabilities[0]: unknown capability \"SYS_ADMN\"",
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn limits_say_when_max_severity_or_max_count_is_broken() {
+        let severities = ["Critical", "High", "Medium", "Low", "Unknown"];
+        let maxima = std::iter::once(None).chain(severities.iter().map(Some));
+        for max_severity in maxima {
+            for cap in [None, Some(0u64), Some(2)] {
+                let mut rules = serde_json::Map::new();
+                if let Some(max) = max_severity {
+                    rules.insert("maxSeverity".into(), (*max).into());
+                }
+                if let Some(cap) = cap {
+                    rules.insert("maxCount".into(), serde_json::json!({ "high": cap }));
+                }
+                let json = serde_json::json!({ "rules": { "vulnerabilities": rules } });
+                let rule = compile("p", &spec(&json.to_string()))
+                    .unwrap()
+                    .vulnerabilities
+                    .unwrap();
+                for (index, severity) in Severity::DESCENDING.into_iter().enumerate() {
+                    for n in 0..4u64 {
+                        let over_severity =
+                            n > 0 && rule.max_severity.is_some_and(|max| severity > max);
+                        let over_count = rule.max_count[index].is_some_and(|cap| n > cap);
+                        assert_eq!(
+                            n > rule.limits[index],
+                            over_severity || over_count,
+                            "{json}: {n} {severity:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
