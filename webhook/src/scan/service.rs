@@ -380,9 +380,9 @@ impl ScanService {
         )
     }
 
-    /// What the cache says of each image (`read` at a time: the clock is read once for
-    /// the cached pass, and again after fetching), after fetching, within the deadline,
-    /// what it lacks; stale entries are refreshed behind. At most
+    /// What the cache says of each image (`read` as of a time: the clock is read once for
+    /// the pass over the cache and once after fetching), after fetching, within the
+    /// deadline, what it lacks; stale entries are refreshed behind. At most
     /// [`MAX_LOOKUPS_PER_REQUEST`] images are looked up; the rest get `over()`.
     #[allow(clippy::too_many_arguments)]
     async fn gather<'i, T>(
