@@ -211,11 +211,9 @@ impl Evaluation<'_, '_> {
             if n as u64 <= rule.limits[index] {
                 continue;
             }
+            // Past the limit, one rule or both are broken; which, for the message.
             let over_severity = rule.max_severity.filter(|max| n > 0 && severity > *max);
             let over_count = rule.max_count[index].filter(|cap| n as u64 > *cap);
-            if over_severity.is_none() && over_count.is_none() {
-                continue;
-            }
             // `3 critical vulnerabilities (CVE-…, …) exceed`, then the rule and its bound.
             let mut what = String::with_capacity(160);
             what.push_str(itoa::Buffer::new().format(n));
