@@ -140,10 +140,12 @@ impl Decision {
         self.lines(Action::Warn)
     }
 
-    /// About how many bytes [`Decision::warnings`] take, escapes aside.
+    /// About how many bytes [`Decision::warnings`] take in the answer: each line's
+    /// parts, its fixed words (32 bytes), and its JSON quotes, comma and the escapes of
+    /// the quotes around the container's and the policy's names (7).
     pub fn warnings_len(&self) -> usize {
         let line = |v: &Violation| {
-            self.object.len() + v.target.len() + v.policy.len() + v.detail.len() + 32
+            self.object.len() + v.target.len() + v.policy.len() + v.detail.len() + 39
         };
         self.with_action(Action::Warn)
             .take(MAX_WARNINGS)

@@ -634,6 +634,37 @@ fn policies_combine_block_warn_audit_in_a_fixed_order() {
     );
 }
 
+/// The answer is sized by `warnings_len` up front; it must cover the warnings as the
+/// answer writes them (JSON strings, their quotes escaped), or the answer grows.
+#[test]
+fn warnings_len_covers_the_warnings_as_json() {
+    let set = set(vec![
+        policy(
+            "warn-digest",
+            r#"{"action":"Warn","rules":{"tags":{"requireDigest":true}}}"#,
+        ),
+        policy(
+            "warn-latest",
+            r#"{"action":"Warn","rules":{"tags":{"denyLatest":true}}}"#,
+        ),
+    ]);
+    let containers: Vec<String> = (0..4)
+        .map(|i| format!(r#"{{"name":"c{i}","image":"ghcr.io/acme/app-{i}"}}"#))
+        .collect();
+    let pod = format!(r#"{{"containers":[{}]}}"#, containers.join(","));
+    let decision = decide_in(&set, WorkloadKind::Pod, "team-a", &pod, &Scans::default());
+    let warnings = decision.warnings();
+    assert_eq!(warnings.len(), 8);
+    // `[` and `]` are the answer's own; each line's quotes, comma and escapes are its.
+    let json = serde_json::to_string(&warnings).unwrap();
+    assert!(
+        json.len() <= decision.warnings_len() + 2,
+        "{} > {} + 2",
+        json.len(),
+        decision.warnings_len()
+    );
+}
+
 #[test]
 fn messages_are_capped_and_images_escaped() {
     let set = set(vec![policy(
