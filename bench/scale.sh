@@ -14,9 +14,6 @@ SCANS=${SCANS:-1000000}
 $bin/portcullis-bench body --containers 5 --out "$work/pod.json"
 $bin/portcullis-bench fill --out "$work/data" --policies "$POLICIES" --scans "$SCANS"
 
-ready() { # port, ca: polls /readyz every 20 ms
-  until [ -f "$2" ] && [ "$(curl -s --cacert "$2" "https://127.0.0.1:$1/readyz")" = ready ]; do sleep 0.02; done
-}
 
 # Start to ready, RUNS times (the last server stays for the runs below); the median counts.
 starts=()

@@ -9,11 +9,24 @@ trap cleanup EXIT
 cargo build --release -q -p portcullis -p portcullis-bench
 bin=target/release
 
-# Starts a server pinned to core 0 with one tokio worker: name, command...
+# Starts a server pinned to core 0 with one tokio worker (WORKERS and CORES, a taskset
+# list, change that): name, command...
 start() {
   local name=$1; shift
-  TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$@" >"$work/$name.log" 2>&1 &
+  TOKIO_WORKER_THREADS=${WORKERS:-1} RUST_LOG=warn taskset -c "${CORES:-0}" "$@" >"$work/$name.log" 2>&1 &
   pids+=($!); echo $! >"$work/$name.pid"
+}
+
+# Waits until a started Portcullis answers /readyz with `ready` (cache loaded, policies
+# compiled), polling every 20 ms: port, CA file.
+ready() {
+  until [ -f "$2" ] && [ "$(curl -s --cacert "$2" "https://127.0.0.1:$1/readyz")" = ready ]; do sleep 0.02; done
+}
+
+# Waits until a started ceiling server answers over TLS (any status; they serve only
+# /validate): port, CA file.
+listening() {
+  until [ -f "$2" ] && curl -s -o /dev/null --cacert "$2" "https://127.0.0.1:$1/"; do sleep 0.02; done
 }
 
 # A started server's memory: name, field of /proc/PID/status (VmRSS, VmHWM).

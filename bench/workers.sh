@@ -21,25 +21,21 @@ $bin/portcullis-bench fill --out "$work/big" --policies 1000 --scans 100000 >/de
 # CPU seconds a process has used: user + system ticks of /proc/PID/stat.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 
-# Each server, as name:workers, on port 1947N in this order.
+# Each server, as name:workers, on port 1947N in this order, on both cores.
 servers=(portcullis:1 portcullis:2 lean:1 lean:2)
 for n in "${!servers[@]}"; do
   name=${servers[$n]%:*} workers=${servers[$n]#*:}
   if [ "$name" = lean ]; then # the lean ceiling of bench/run.sh, for how the runtime alone scales
-    command=($bin/portcullis-bench lean --ca-out "$work/pc$n/ca.crt" --policies 1000 --scans 100000)
     mkdir -p "$work/pc$n"
+    WORKERS=$workers CORES=0,1 start "server$n" $bin/portcullis-bench lean --listen "127.0.0.1:1947$n" \
+      --ca-out "$work/pc$n/ca.crt" --policies 1000 --scans 100000
+    listening "1947$n" "$work/pc$n/ca.crt"
   else
     cp -r "$work/big/cache" "$work/cache$n" # the store is locked by the process that opens it
-    command=($bin/portcullis serve --policies "$work/big/policies" --cache-dir "$work/cache$n"
-      --self-signed-dir "$work/pc$n")
+    WORKERS=$workers CORES=0,1 start "server$n" $bin/portcullis serve --policies "$work/big/policies" \
+      --cache-dir "$work/cache$n" --listen "127.0.0.1:1947$n" --self-signed-dir "$work/pc$n"
+    ready "1947$n" "$work/pc$n/ca.crt"
   fi
-  TOKIO_WORKER_THREADS=$workers RUST_LOG=warn "${command[@]}" --listen "127.0.0.1:1947$n" \
-    >"$work/serve$n.log" 2>&1 &
-  pids+=($!); echo $! >"$work/server$n.pid"
-  until [ -f "$work/pc$n/ca.crt" ] &&
-    curl -s -o /dev/null --cacert "$work/pc$n/ca.crt" "https://127.0.0.1:1947$n/healthz"; do
-    sleep 0.2
-  done
 done
 
 load() { # server number, seconds: prints the requests answered
