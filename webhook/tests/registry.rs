@@ -57,7 +57,7 @@ async fn resolves_tags_with_credentials_and_refuses_missing_or_wrong_ones() {
         trusting
             .resolve(&registry.host, "acme/api", "v1", Some(&right))
             .await,
-        Ok(Resolved::Digest(digest))
+        Ok(Resolved::Digest(digest.into()))
     );
     assert_eq!(
         trusting
@@ -146,7 +146,7 @@ async fn an_open_registry_resolves_anonymously() {
         client(Some(&registry.ca_pem), false)
             .resolve(&registry.host, "library/app", "1.0", None)
             .await,
-        Ok(Resolved::Digest(digest))
+        Ok(Resolved::Digest(digest.into()))
     );
 }
 
@@ -161,7 +161,7 @@ async fn plain_http_is_used_only_when_asked_for() {
         client(None, true)
             .resolve(&registry.host, "dev/app", "latest", None)
             .await,
-        Ok(Resolved::Digest(digest))
+        Ok(Resolved::Digest(digest.into()))
     );
     assert!(matches!(
         client(None, false)

@@ -665,7 +665,7 @@ fn decode_scan(bytes: &[u8]) -> Option<CachedScan> {
 
 fn encode_digest(value: &CachedDigest) -> Vec<u8> {
     let digest = match &value.resolved {
-        Resolved::Digest(d) => Some(d.clone()),
+        Resolved::Digest(d) => Some(d.to_string()),
         Resolved::NotFound => None,
     };
     serde_json::to_vec(&StoredDigest {
@@ -678,7 +678,9 @@ fn encode_digest(value: &CachedDigest) -> Vec<u8> {
 fn decode_digest(bytes: &[u8]) -> Option<CachedDigest> {
     let stored: StoredDigest = serde_json::from_slice(bytes).ok()?;
     Some(CachedDigest {
-        resolved: stored.digest.map_or(Resolved::NotFound, Resolved::Digest),
+        resolved: stored
+            .digest
+            .map_or(Resolved::NotFound, |d| Resolved::Digest(d.into())),
         fetched_at: time(stored.fetched),
     })
 }

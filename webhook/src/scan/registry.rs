@@ -35,8 +35,8 @@ const DOCKER_HUB: (&str, &str) = ("docker.io", "registry-1.docker.io");
 /// How a tag resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
-    /// The digest the tag points at.
-    Digest(String),
+    /// The digest the tag points at (shared: the request path copies no text).
+    Digest(Arc<str>),
     /// The registry has no such repository or tag.
     NotFound,
 }
@@ -167,7 +167,7 @@ impl RegistryClient {
             }
         };
         if valid_digest(&digest) {
-            Ok(Resolved::Digest(digest))
+            Ok(Resolved::Digest(digest.into()))
         } else {
             Err(BackendError::Malformed(format!(
                 "the registry answered digest {digest:?}"

@@ -230,7 +230,7 @@ impl ScanService {
         self.cache.put_digest(
             Key::digest(integration, repository, tag).to_string(),
             CachedDigest {
-                resolved: Resolved::Digest(digest.to_owned()),
+                resolved: Resolved::Digest(digest.into()),
                 fetched_at: SystemTime::now(),
             },
         );
@@ -342,7 +342,7 @@ impl ScanService {
             SystemTime::now(),
             Some(Cow::Borrowed(NOT_LOOKED_UP)),
         );
-        digest.ok().map(Cow::into_owned)
+        digest.ok().map(|digest| digest.to_string())
     }
 
     /// The digest of each of `images`' tags (what pinning reads), from the same cache
@@ -364,7 +364,7 @@ impl ScanService {
         let read = |image: &ImageRef, now, failure| match set.integration_for(image.repository()) {
             Some(spec) => {
                 let (digest, want) = self.cached_tag(spec, image, now, failure);
-                (digest.map(Cow::into_owned), want)
+                (digest.map(|digest| digest.to_string()), want)
             }
             None => (
                 Err(Unresolved {
@@ -547,7 +547,7 @@ impl ScanService {
                     None => self.resolve(spec, image, tag, key.to_string()).await?,
                 };
                 match entry.resolved {
-                    Resolved::Digest(digest) => digest,
+                    Resolved::Digest(digest) => digest.to_string(),
                     Resolved::NotFound => return Ok(()),
                 }
             }
@@ -926,6 +926,24 @@ impl ScanResults for ScanAnswers<'_> {
     }
 }
 
+/// An image's digest: the one its reference names, or its tag's as cached (shared with
+/// the cache's entry, so a lookup copies no text).
+enum Digest<'i> {
+    Named(&'i str),
+    Cached(Arc<str>),
+}
+
+impl std::ops::Deref for Digest<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Digest::Named(digest) => digest,
+            Digest::Cached(digest) => digest,
+        }
+    }
+}
+
 /// Why an image has no result when nothing covers it.
 const NO_INTEGRATION: &str = "no RegistryIntegration covers this image's registry";
 
@@ -938,9 +956,9 @@ impl ScanService {
         image: &'i ImageRef,
         now: SystemTime,
         failure: Option<Cow<'static, str>>,
-    ) -> (Result<Cow<'i, str>, Unresolved>, Option<Want>) {
+    ) -> (Result<Digest<'i>, Unresolved>, Option<Want>) {
         if let Some(digest) = image.digest() {
-            return (Ok(Cow::Borrowed(digest)), None);
+            return (Ok(Digest::Named(digest)), None);
         }
         let unresolved = |cause, reason| Unresolved { cause, reason };
         let miss = || {
@@ -986,7 +1004,7 @@ impl ScanService {
             }
             Resolved::Digest(digest) => {
                 let want = (!is_fresh).then(|| Want::Refresh(spec.clone()));
-                (Ok(Cow::Owned(digest)), want)
+                (Ok(Digest::Cached(digest)), want)
             }
             Resolved::NotFound if is_fresh => {
                 let reason = format!("the tag is not found in registry {}", image.registry());
@@ -1043,8 +1061,8 @@ impl ScanService {
             _ if !is_fresh => return miss(),
             Outcome::NotFound => ScanStatus::Unavailable(no_result(spec, &digest)),
             Outcome::Pending => ScanStatus::Unavailable(Cow::Owned(format!(
-                "a scan of {digest} is pending in RegistryIntegration {:?}",
-                spec.name
+                "a scan of {} is pending in RegistryIntegration {:?}",
+                &*digest, spec.name
             ))),
         };
         (status, want)
