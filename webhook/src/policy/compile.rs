@@ -1,6 +1,6 @@
 //! `ContainerPolicySpec` → `CompiledPolicy`: the one validation every caller shares.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,9 +72,34 @@ pub struct TagRule {
     pub require_digest: bool,
 }
 
-/// Vulnerability IDs a rule names. Every finding of every image is checked against
-/// them, so they hash fast: an ID is an interner index, nothing a request chooses.
-pub type IdSet = HashSet<VulnId, foldhash::fast::RandomState>;
+/// Vulnerability IDs a rule names, sorted by their interner slot. Every finding of
+/// every image is checked against them, so a lookup is a binary search of slots: one
+/// comparison for the usual single ID, where hashing it cost more.
+#[derive(Debug, Clone, Default)]
+pub struct IdSet(Vec<VulnId>);
+
+impl IdSet {
+    /// Whether `id` is among them.
+    pub fn contains(&self, id: &VulnId) -> bool {
+        self.0
+            .binary_search_by_key(&id.index(), VulnId::index)
+            .is_ok()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<VulnId> for IdSet {
+    fn from_iter<I: IntoIterator<Item = VulnId>>(ids: I) -> Self {
+        let mut ids: Vec<VulnId> = ids.into_iter().collect();
+        ids.sort_unstable_by_key(VulnId::index);
+        ids.dedup();
+        IdSet(ids)
+    }
+}
 
 /// Compiled `rules.vulnerabilities`.
 #[derive(Debug, Clone)]
@@ -380,6 +405,24 @@ mod tests {
             p.workload.unwrap().forbidden_capabilities,
             ["SYS_ADMIN", "NET_RAW", "ALL"]
         );
+    }
+
+    #[test]
+    fn id_sets_hold_their_ids_and_no_other() {
+        let named: Vec<VulnId> = (0..40)
+            .map(|i| VulnId::new(&format!("CVE-2026-{i}")))
+            .collect();
+        let others: Vec<VulnId> = (0..40).map(|i| VulnId::new(&format!("GHSA-{i}"))).collect();
+        for size in [0, 1, 2, 3, 17, 40] {
+            // Given twice over, in reverse of the order the IDs were interned in.
+            let given = named[..size].iter().rev();
+            let set: IdSet = given.clone().chain(given).cloned().collect();
+            assert_eq!(set.is_empty(), size == 0);
+            for (i, id) in named.iter().enumerate() {
+                assert_eq!(set.contains(id), i < size, "{size} IDs, ID {i}");
+            }
+            assert!(others.iter().all(|id| !set.contains(id)), "{size} IDs");
+        }
     }
 
     #[test]
