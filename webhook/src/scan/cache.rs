@@ -629,7 +629,9 @@ fn decode_scan(bytes: &[u8]) -> Option<CachedScan> {
     let scanned = u64::from_le_bytes(header[10..18].try_into().ok()?);
     let outcome = match header[1] {
         0 => {
-            let mut findings = Vec::new();
+            // Each finding takes at least its 4-byte head: room for all at once, not a
+            // vector grown three times for each of a million stored reports.
+            let mut findings = Vec::with_capacity(rest.len() / 4);
             // Written from a report, so sorted by ID and without repeats; checked, and
             // built through `ScanReport::new` if not (a file from elsewhere).
             let mut sorted = true;
@@ -769,6 +771,13 @@ mod tests {
                 ("CVE-2".to_owned(), Severity::High, true)
             ]
         );
+        // A report cut short is unreadable (dropped from disk when loading).
+        let mut cut = stored(vec![
+            finding("CVE-3", Severity::Low, false),
+            finding("CVE-4", Severity::Low, false),
+        ]);
+        cut.pop();
+        assert!(decode_scan(&cut).is_none());
         let out_of_order = stored(vec![
             finding("CVE-2", Severity::Low, false),
             finding("CVE-1", Severity::Medium, false),
