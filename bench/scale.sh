@@ -14,7 +14,6 @@ SCANS=${SCANS:-1000000}
 $bin/portcullis-bench body --containers 5 --out "$work/pod.json"
 $bin/portcullis-bench fill --out "$work/data" --policies "$POLICIES" --scans "$SCANS"
 
-
 # Start to ready, RUNS times (the last server stays for the runs below); the median counts.
 starts=()
 for i in $(seq "$RUNS"); do

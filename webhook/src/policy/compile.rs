@@ -75,7 +75,7 @@ pub struct TagRule {
 /// Vulnerability IDs a rule names, sorted by their interner slot. Every finding of
 /// every image is checked against them, so a lookup is a binary search of slots: one
 /// comparison for the usual single ID, where hashing it cost more.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct IdSet(Vec<VulnId>);
 
 impl IdSet {

@@ -534,7 +534,7 @@ impl ScanService {
     ) -> Result<(), Cow<'static, str>> {
         let now = SystemTime::now();
         let digest = match (image.digest(), image.tag()) {
-            (Some(digest), _) => digest.to_owned(),
+            (Some(digest), _) => Digest::Named(digest),
             (None, tag) => {
                 let tag = tag.unwrap_or("latest");
                 let key = Key::digest(&spec.name, image.repository(), tag);
@@ -547,7 +547,7 @@ impl ScanService {
                     None => self.resolve(spec, image, tag, key.to_string()).await?,
                 };
                 match entry.resolved {
-                    Resolved::Digest(digest) => digest.to_string(),
+                    Resolved::Digest(digest) => Digest::Cached(digest),
                     Resolved::NotFound => return Ok(()),
                 }
             }
