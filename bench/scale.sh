@@ -2,8 +2,9 @@
 # Portcullis at scale (BENCHMARKS.md): 10,000 policies and 1,000,000 cached scan results.
 #   bash bench/scale.sh            # RUNS (3) × SECONDS_PER_RUN (8) of each server
 # Writes the data set with `portcullis-bench fill` (about a minute), then measures
-# `portcullis serve` on it: time from start to /readyz answering `ready` (the cache
-# loaded into memory, the policies compiled; median of RUNS starts), idle RSS, and saturation throughput of
+# `portcullis serve` on it: time from start to /readyz answering `ready` (the policies
+# compiled, the store open) and to the store loaded into memory (its log line; median of
+# RUNS starts each), idle RSS, and saturation throughput of
 # the 5-container review against the lean ceiling holding the same counts. Each server
 # runs pinned to core 0 with one tokio worker, the load client on core 1.
 set -euo pipefail
@@ -16,18 +17,23 @@ $bin/portcullis-bench fill --out "$work/data" --policies "$POLICIES" --scans "$S
 
 # Start to ready, RUNS times (the last server stays for the runs below); the median counts.
 starts=()
+loads=()
 for i in $(seq "$RUNS"); do
   if [ "$i" -gt 1 ]; then
     kill "$(cat "$work/portcullis.pid")"; wait "$(cat "$work/portcullis.pid")" 2>/dev/null || true
   fi
   rm -rf "$work/pc"
   began=$(date +%s.%N)
-  start portcullis $bin/portcullis serve --policies "$work/data/policies" --cache-dir "$work/data/cache" \
+  RUST_LOG=warn,portcullis_webhook::scan::cache=info start portcullis $bin/portcullis serve --policies "$work/data/policies" --cache-dir "$work/data/cache" \
     --cache-entries "$SCANS" --cache-memory 1Gi --listen 127.0.0.1:19461 --self-signed-dir "$work/pc"
   ready 19461 "$work/pc/ca.crt"
   starts+=("$(echo "$(date +%s.%N) - $began" | bc)")
+  until grep -q "scan cache loaded" "$work/portcullis.log"; do sleep 0.02; done
+  loads+=("$(echo "$(date +%s.%N) - $began" | bc)")
 done
-echo "portcullis: start to ready $(printf '%.2f s ' "${starts[@]}")(median $(printf '%s\n' "${starts[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p" | xargs printf '%.2f') s)"
+median() { printf '%s\n' "$@" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p" | xargs printf '%.2f'; }
+echo "portcullis: start to ready $(printf '%.2f s ' "${starts[@]}")(median $(median "${starts[@]}") s)"
+echo "portcullis: start to loaded $(printf '%.2f s ' "${loads[@]}")(median $(median "${loads[@]}") s)"
 start lean $bin/portcullis-bench lean --listen 127.0.0.1:19462 --ca-out "$work/lean.ca" \
   --policies "$POLICIES" --scans "$SCANS"
 sleep 5

@@ -13,12 +13,12 @@ bin=target/release
 # list, change that): name, command...
 start() {
   local name=$1; shift
-  TOKIO_WORKER_THREADS=${WORKERS:-1} RUST_LOG=warn taskset -c "${CORES:-0}" "$@" >"$work/$name.log" 2>&1 &
+  TOKIO_WORKER_THREADS=${WORKERS:-1} RUST_LOG=${RUST_LOG:-warn} taskset -c "${CORES:-0}" "$@" >"$work/$name.log" 2>&1 &
   pids+=($!); echo $! >"$work/$name.pid"
 }
 
-# Waits until a started Portcullis answers /readyz with `ready` (cache loaded, policies
-# compiled), polling every 20 ms: port, CA file.
+# Waits until a started Portcullis answers /readyz with `ready` (policies compiled, the
+# cache store open: lookups read it until it is loaded), polling every 20 ms: port, CA file.
 ready() {
   until [ -f "$2" ] && [ "$(curl -s --cacert "$2" "https://127.0.0.1:$1/readyz")" = ready ]; do sleep 0.02; done
 }

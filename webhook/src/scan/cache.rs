@@ -5,10 +5,11 @@
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock, RwLock, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portcullis_crds::Severity;
+use quick_cache::sync::GuardResult;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use siphasher::sip128::{Hasher128, SipHasher13};
@@ -158,7 +159,7 @@ fn scan_bytes(findings: usize) -> u64 {
 /// with `u128`.
 type MemoryKey = (u64, u64);
 
-type Memory<V> = quick_cache::sync::Cache<MemoryKey, V, Weight>;
+type Entries<V> = quick_cache::sync::Cache<MemoryKey, V, Weight>;
 
 /// A SipHash keyed with 128 secret bits: std's `RandomState` is seeded from the
 /// operating system's randomness, and its hashes of two fixed words are as secret.
@@ -170,38 +171,137 @@ fn random_hasher() -> SipHasher13 {
 /// The cache: memory first, disk behind it. In memory an entry is keyed by a 128-bit
 /// hash of its key under a per-process random key (a fraction of the key's size, and
 /// not collidable by someone choosing image names); on disk by the key itself.
+///
+/// At start the store is loaded into memory by a thread of its own, while the cache
+/// already answers: until the load is done, what memory lacks is read from the store.
+/// A replica is ready at once, whatever the store's size, and answers as it would
+/// after the load.
 pub struct ScanCache {
-    scans: Memory<CachedScan>,
-    digests: Memory<CachedDigest>,
+    memory: Arc<Memory>,
+    disk: Option<DiskWriter>,
+}
+
+/// What lookups read, shared with the thread that loads the store.
+struct Memory {
+    scans: Entries<CachedScan>,
+    digests: Entries<CachedDigest>,
     /// SipHash-1-3 with 128-bit output, keyed at random: one pass per lookup.
     hasher: SipHasher13,
-    disk: Option<DiskWriter>,
+    /// The store, while it is being loaded.
+    warming: RwLock<Option<Arc<Database>>>,
+    /// How many entries the load brought into memory, once it is done.
+    loaded: OnceLock<usize>,
+}
+
+impl Memory {
+    /// The memory key of the text `parts` make together: the keyed hash is fed the
+    /// parts in turn, so a lookup builds no string (SipHash streams its input; a test
+    /// checks that parts and the whole text give the same key).
+    fn key_of(&self, parts: &[&str]) -> MemoryKey {
+        let mut hasher = self.hasher;
+        for part in parts {
+            hasher.write(part.as_bytes());
+        }
+        let hash = hasher.finish128();
+        (hash.h1, hash.h2)
+    }
+
+    fn key(&self, text: &str) -> MemoryKey {
+        self.key_of(&[text])
+    }
+
+    /// While the store is loading: `key`'s entry in `table`, if stored, readable and
+    /// recent enough, put into `entries` unless something (newer) got there first.
+    #[cold]
+    fn read_store<V: Stored>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        entries: &Entries<V>,
+        memory_key: MemoryKey,
+        key: Key<'_>,
+    ) -> Option<V>
+    where
+        Weight: quick_cache::Weighter<MemoryKey, V>,
+    {
+        let db = self
+            .warming
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let text = key.to_string();
+        let read = || -> Result<Option<V>, redb::Error> {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(table)?;
+            Ok(table.get(text.as_str())?.and_then(|v| V::decode(v.value())))
+        };
+        let entry = match read() {
+            Ok(entry) => entry.filter(|v| v.fetched_at() >= cutoff())?,
+            Err(error) => {
+                tracing::warn!(%error, "reading the scan cache while it loads failed; taken as not cached");
+                return None;
+            }
+        };
+        insert_absent(entries, memory_key, entry.clone());
+        Some(entry)
+    }
+}
+
+/// Puts `value` under `key` unless an entry is there, or being put there, already: the
+/// store's entries never replace what was fetched since.
+fn insert_absent<V: Clone>(entries: &Entries<V>, key: MemoryKey, value: V)
+where
+    Weight: quick_cache::Weighter<MemoryKey, V>,
+{
+    if let GuardResult::Guard(guard) = entries.get_value_or_guard(&key, Some(Duration::ZERO)) {
+        let _ = guard.insert(value);
+    }
+}
+
+/// Entries fetched before this are too old to use (and are dropped from disk).
+fn cutoff() -> SystemTime {
+    SystemTime::now()
+        .checked_sub(KEEP_ON_DISK)
+        .unwrap_or(UNIX_EPOCH)
 }
 
 impl ScanCache {
     /// A memory-only cache within `budget`.
     pub fn in_memory(budget: Budget) -> Self {
         let (scan_bytes, digest_bytes) = (budget.scan_bytes(), budget.digest_bytes());
-        ScanCache {
-            scans: Memory::with_weighter(
+        let memory = Memory {
+            scans: Entries::with_weighter(
                 budget.entries,
                 scan_bytes,
                 Weight::new(scan_bytes, budget.entries),
             ),
-            digests: Memory::with_weighter(
+            digests: Entries::with_weighter(
                 budget.entries,
                 digest_bytes,
                 Weight::new(digest_bytes, budget.entries),
             ),
             hasher: random_hasher(),
+            warming: RwLock::new(None),
+            loaded: OnceLock::new(),
+        };
+        ScanCache {
+            memory: Arc::new(memory),
             disk: None,
         }
     }
 
-    /// Opens (or creates) the store in `dir` and loads into memory, most recent first,
-    /// what fits `budget` (the rest stays on disk). Returns the cache and how many
-    /// entries were loaded.
-    pub fn open(dir: &Path, budget: Budget) -> Result<(Self, usize), CacheError> {
+    /// Opens (or creates) the store in `dir` and starts loading into memory, most
+    /// recent first, what fits `budget` (the rest stays on disk); lookups read the store
+    /// until the load is done ([`Self::loaded`]).
+    pub fn open(dir: &Path, budget: Budget) -> Result<Self, CacheError> {
+        Self::open_then(dir, budget, || {})
+    }
+
+    /// [`Self::open`], the loading thread running `first` before it loads.
+    fn open_then(
+        dir: &Path,
+        budget: Budget,
+        first: impl FnOnce() + Send + 'static,
+    ) -> Result<Self, CacheError> {
         std::fs::create_dir_all(dir).map_err(|e| CacheError::Directory(dir.to_owned(), e))?;
         let path = dir.join(FILE_NAME);
         let store_error = |e: redb::Error| CacheError::Store(path.clone(), e);
@@ -211,49 +311,63 @@ impl ScanCache {
             .set_cache_size(STORE_CACHE_BYTES)
             .create(&path)
             .map_err(|e| store_error(e.into()))?;
+        create_tables(&db).map_err(store_error)?;
         let mut cache = ScanCache::in_memory(budget);
-        let loaded = load(&db, &cache, budget).map_err(store_error)?;
+        let db = Arc::new(db);
+        *cache
+            .memory
+            .warming
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(db.clone());
         let (sender, receiver) = mpsc::channel();
+        let closed = Arc::new(AtomicBool::new(false));
+        let store = Store {
+            db,
+            memory: cache.memory.clone(),
+            path: path.clone(),
+            closed: closed.clone(),
+        };
         std::thread::Builder::new()
-            .name("scan-cache-writer".into())
-            .spawn(move || write_loop(db, receiver))
+            .name("scan-cache".into())
+            .spawn(move || {
+                first();
+                write_loop(store.load(budget), receiver)
+            })
             .map_err(|e| store_error(redb::Error::Io(e)))?;
-        cache.disk = Some(DiskWriter {
-            sender,
-            closed: AtomicBool::new(false),
-        });
-        Ok((cache, loaded))
+        cache.disk = Some(DiskWriter { sender, closed });
+        Ok(cache)
     }
 
-    fn memory_key(&self, key: &str) -> MemoryKey {
-        self.memory_key_of(&[key])
+    /// How many stored entries the start loaded into memory, once the load is done.
+    pub fn loaded(&self) -> Option<usize> {
+        self.memory.loaded.get().copied()
     }
 
-    /// The memory key of the text `parts` make together: the keyed hash is fed the
-    /// parts in turn, so a lookup builds no string (SipHash streams its input; a test
-    /// checks that parts and the whole text give the same key).
-    fn memory_key_of(&self, parts: &[&str]) -> MemoryKey {
-        let mut hasher = self.hasher;
-        for part in parts {
-            hasher.write(part.as_bytes());
-        }
-        let hash = hasher.finish128();
-        (hash.h1, hash.h2)
-    }
-
-    /// A cached scan, from memory.
+    /// A cached scan, from memory (or, while loading, the store).
     pub fn scan(&self, key: Key<'_>) -> Option<CachedScan> {
-        self.scans.get(&self.memory_key_of(&key.0))
+        let memory_key = self.memory.key_of(&key.0);
+        let memory = &*self.memory;
+        memory
+            .scans
+            .get(&memory_key)
+            .or_else(|| memory.read_store(SCANS, &memory.scans, memory_key, key))
     }
 
-    /// A cached tag resolution, from memory.
+    /// A cached tag resolution, from memory (or, while loading, the store).
     pub fn digest(&self, key: Key<'_>) -> Option<CachedDigest> {
-        self.digests.get(&self.memory_key_of(&key.0))
+        let memory_key = self.memory.key_of(&key.0);
+        let memory = &*self.memory;
+        memory
+            .digests
+            .get(&memory_key)
+            .or_else(|| memory.read_store(DIGESTS, &memory.digests, memory_key, key))
     }
 
     /// Caches a scan answer, in memory now and on disk shortly.
     pub fn put_scan(&self, key: String, value: CachedScan) {
-        self.scans.insert(self.memory_key(&key), value.clone());
+        self.memory
+            .scans
+            .insert(self.memory.key(&key), value.clone());
         if let Some(disk) = &self.disk {
             disk.send(Write::Scan(key, encode_scan(&value)));
         }
@@ -261,7 +375,9 @@ impl ScanCache {
 
     /// Caches a tag resolution, in memory now and on disk shortly.
     pub fn put_digest(&self, key: String, value: CachedDigest) {
-        self.digests.insert(self.memory_key(&key), value.clone());
+        self.memory
+            .digests
+            .insert(self.memory.key(&key), value.clone());
         if let Some(disk) = &self.disk {
             disk.send(Write::Digest(key, encode_digest(&value)));
         }
@@ -269,7 +385,7 @@ impl ScanCache {
 
     /// At a stop: commits every write so far and closes the store, waiting at most 10 s
     /// (a stop's grace period). What is not written by then is fetched again after a
-    /// restart; what is cached later stays in memory only.
+    /// restart; what is cached later stays in memory only. A load still running stops.
     pub fn close(&self) {
         self.close_within(Duration::from_secs(10));
     }
@@ -290,8 +406,9 @@ impl ScanCache {
 
 struct DiskWriter {
     sender: mpsc::Sender<Write>,
-    /// The store was closed at a stop: later writes stay in memory, quietly.
-    closed: AtomicBool,
+    /// The store was closed at a stop: later writes stay in memory, quietly, and a load
+    /// still running stops.
+    closed: Arc<AtomicBool>,
 }
 
 impl DiskWriter {
@@ -310,6 +427,50 @@ enum Write {
     Digest(String, Vec<u8>),
     /// Commit what came before, close the store, then answer.
     Close(mpsc::Sender<()>),
+}
+
+/// The store's thread: it loads the store into memory, then commits writes.
+struct Store {
+    db: Arc<Database>,
+    memory: Arc<Memory>,
+    path: PathBuf,
+    closed: Arc<AtomicBool>,
+}
+
+impl Store {
+    /// Loads the store into memory (see [`load`]), then ends its reading by lookups and
+    /// returns it, now this thread's alone.
+    fn load(self, budget: Budget) -> Database {
+        let started = Instant::now();
+        let path = self.path.display();
+        match load(&self.db, &self.memory, budget, &self.closed) {
+            Ok(loaded) => {
+                let _ = self.memory.loaded.set(loaded);
+                let took_ms = started.elapsed().as_millis();
+                tracing::info!(loaded, took_ms, %path, "scan cache loaded");
+            }
+            Err(error) => {
+                let _ = self.memory.loaded.set(0);
+                tracing::error!(%error, %path, "loading the scan cache failed; what it holds is fetched again when needed");
+            }
+        }
+        self.memory
+            .warming
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        // A lookup that took the store before finishes its one read.
+        let mut db = self.db;
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => return db,
+                Err(shared) => {
+                    db = shared;
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
 }
 
 /// Commits writes in batches until asked to close (or every sender is gone), then closes
@@ -358,36 +519,44 @@ fn write_loop(db: Database, receiver: mpsc::Receiver<Write>) {
     }
 }
 
-/// Loads both tables into `cache`, most recent first, as far as `budget` goes; entries
-/// older than [`KEEP_ON_DISK`] or unreadable (a format change) are dropped from disk.
-fn load(db: &Database, cache: &ScanCache, budget: Budget) -> Result<usize, redb::Error> {
-    let cutoff = SystemTime::now()
-        .checked_sub(KEEP_ON_DISK)
-        .unwrap_or(UNIX_EPOCH);
+/// Creates the tables on first use, so that lookups and the writer find them.
+fn create_tables(db: &Database) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
-    {
-        // Create the tables on first use, so readers and the writer find them.
-        txn.open_table(SCANS)?;
-        txn.open_table(DIGESTS)?;
-    }
+    txn.open_table(SCANS)?;
+    txn.open_table(DIGESTS)?;
     txn.commit()?;
+    Ok(())
+}
+
+/// Loads both tables into `memory`, most recent first, as far as `budget` goes, until
+/// `closed`; entries older than [`KEEP_ON_DISK`] or unreadable (a format change) are
+/// dropped from disk.
+fn load(
+    db: &Database,
+    memory: &Memory,
+    budget: Budget,
+    closed: &AtomicBool,
+) -> Result<usize, redb::Error> {
+    let cutoff = cutoff();
     let read = db.begin_read()?;
-    let key = |text: &str| cache.memory_key(text);
-    let scans = Loading::new(
-        read.open_table(SCANS)?,
-        &cache.scans,
-        budget.scan_bytes(),
-        budget.entries,
+    let key = |text: &str| memory.key(text);
+    let scans = Loading {
+        table: read.open_table(SCANS)?,
+        memory: &memory.scans,
+        bytes: budget.scan_bytes(),
+        weight: Weight::new(budget.scan_bytes(), budget.entries),
         cutoff,
-    )
+        closed,
+    }
     .load(key)?;
-    let digests = Loading::new(
-        read.open_table(DIGESTS)?,
-        &cache.digests,
-        budget.digest_bytes(),
-        budget.entries,
+    let digests = Loading {
+        table: read.open_table(DIGESTS)?,
+        memory: &memory.digests,
+        bytes: budget.digest_bytes(),
+        weight: Weight::new(budget.digest_bytes(), budget.entries),
         cutoff,
-    )
+        closed,
+    }
     .load(key)?;
     drop(read);
     if !scans.dropped.is_empty() || !digests.dropped.is_empty() {
@@ -444,13 +613,15 @@ impl Stored for CachedDigest {
     }
 }
 
-/// One table being loaded into its memory cache.
+/// One table being loaded into its memory cache: within `bytes` as `weight` weighs
+/// entries, dropping what was fetched before `cutoff`, until `closed`.
 struct Loading<'c, V> {
     table: redb::ReadOnlyTable<&'static str, &'static [u8]>,
-    memory: &'c Memory<V>,
+    memory: &'c Entries<V>,
     bytes: u64,
     weight: Weight,
     cutoff: SystemTime,
+    closed: &'c AtomicBool,
 }
 
 /// What loading a table did.
@@ -464,28 +635,11 @@ impl<'c, V: Stored> Loading<'c, V>
 where
     Weight: quick_cache::Weighter<MemoryKey, V>,
 {
-    /// `table` into `memory`, within `bytes` and `entries` as the memory weighs them,
-    /// dropping what was fetched before `cutoff`.
-    fn new(
-        table: redb::ReadOnlyTable<&'static str, &'static [u8]>,
-        memory: &'c Memory<V>,
-        bytes: u64,
-        entries: usize,
-        cutoff: SystemTime,
-    ) -> Self {
-        Loading {
-            table,
-            memory,
-            bytes,
-            weight: Weight::new(bytes, entries),
-            cutoff,
-        }
-    }
-
     /// Everything in one pass when it fits the budget (the usual case). When it does
-    /// not, the most recent entries that fit: the memory is cleared, a pass over the
-    /// headers finds the oldest fetch time that fits, and a second pass loads what is
-    /// as recent.
+    /// not, the most recent entries that fit: a pass over the headers finds the oldest
+    /// fetch time that fits, what the first pass put in memory from before then is
+    /// removed, and a second pass loads what is as recent. Nothing replaces an entry
+    /// cached meanwhile, which is newer.
     fn load(&self, key: impl Fn(&str) -> MemoryKey) -> Result<Loaded, redb::Error> {
         use quick_cache::Weighter as _;
         let mut loaded = Loaded {
@@ -494,6 +648,9 @@ where
         };
         let mut total = 0u64;
         for item in self.table.iter()? {
+            if self.closed.load(Ordering::Relaxed) {
+                break;
+            }
             let (stored, value) = item?;
             let Some(entry) = V::decode(value.value()).filter(|v| v.fetched_at() >= self.cutoff)
             else {
@@ -505,14 +662,13 @@ where
             if total > self.bytes {
                 return self.most_recent(key);
             }
-            self.memory.insert(memory_key, entry);
+            insert_absent(self.memory, memory_key, entry);
             loaded.loaded += 1;
         }
         Ok(loaded)
     }
 
     fn most_recent(&self, key: impl Fn(&str) -> MemoryKey) -> Result<Loaded, redb::Error> {
-        self.memory.clear();
         let mut dropped = Vec::new();
         let mut entries: Vec<(SystemTime, u64)> = Vec::new();
         for item in self.table.iter()? {
@@ -535,11 +691,15 @@ where
             .last()
             .map_or(SystemTime::now() + KEEP_ON_DISK, |(fetched, _)| *fetched);
         drop(entries);
+        self.memory.retain(|_, entry| entry.fetched_at() >= since);
         let mut loaded = 0;
         for item in self.table.iter()? {
+            if self.closed.load(Ordering::Relaxed) {
+                break;
+            }
             let (stored, value) = item?;
             if let Some(entry) = V::decode(value.value()).filter(|v| v.fetched_at() >= since) {
-                self.memory.insert(key(stored.value()), entry);
+                insert_absent(self.memory, key(stored.value()), entry);
                 loaded += 1;
             }
         }
@@ -710,12 +870,24 @@ mod tests {
         }
     }
 
+    /// How many entries `cache`'s start loaded, once it has (within 10 s).
+    fn loaded(cache: &ScanCache) -> usize {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(loaded) = cache.loaded() {
+                return loaded;
+            }
+            assert!(Instant::now() < until, "the store did not load within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// A stop closes the store cleanly: the next open needs no repair (which would read
     /// and checksum the whole file).
     #[test]
     fn a_closed_store_opens_without_a_repair() {
         let dir = tempfile::tempdir().unwrap();
-        let (cache, _) = ScanCache::open(dir.path(), BUDGET).unwrap();
+        let cache = ScanCache::open(dir.path(), BUDGET).unwrap();
         cache.put_scan("i\nr/a@sha256:aa".into(), report());
         assert!(cache.close_within(Duration::from_secs(10)));
         let repaired = std::rc::Rc::new(std::cell::Cell::new(false));
@@ -796,8 +968,8 @@ mod tests {
     fn survives_a_reopen_and_drops_what_is_too_old() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (cache, loaded) = ScanCache::open(dir.path(), BUDGET).unwrap();
-            assert_eq!(loaded, 0);
+            let cache = ScanCache::open(dir.path(), BUDGET).unwrap();
+            assert_eq!(loaded(&cache), 0);
             cache.put_scan("i\nr/a@sha256:aa".into(), report());
             cache.put_scan(
                 "i\nr/b@sha256:bb".into(),
@@ -822,9 +994,8 @@ mod tests {
             );
             assert!(cache.close_within(Duration::from_secs(10)));
         }
-        let (cache, loaded) =
-            ScanCache::open(dir.path(), BUDGET).expect("the closed store reopens");
-        assert_eq!(loaded, 3, "the month-old tag is dropped");
+        let cache = ScanCache::open(dir.path(), BUDGET).expect("the closed store reopens");
+        assert_eq!(loaded(&cache), 3, "the month-old tag is dropped");
         let Some(CachedScan {
             outcome: Outcome::Report(r),
             ..
@@ -849,6 +1020,105 @@ mod tests {
             Resolved::Digest("sha256:aa".into())
         );
         assert!(cache.digest(Key::digest("i", "r/old", "v1")).is_none());
+    }
+
+    /// A store of a report for `r/a` and `r/b`, `r/a:v1`'s digest and a month-old tag.
+    fn stored(dir: &Path) {
+        let cache = ScanCache::open(dir, BUDGET).unwrap();
+        cache.put_scan("i\nr/a@sha256:aa".into(), report());
+        cache.put_scan("i\nr/b@sha256:bb".into(), report());
+        cache.put_digest(
+            "i\nr/a:v1".into(),
+            CachedDigest {
+                resolved: Resolved::Digest("sha256:aa".into()),
+                fetched_at: SystemTime::now(),
+            },
+        );
+        cache.put_digest(
+            "i\nr/old:v1".into(),
+            CachedDigest {
+                resolved: Resolved::NotFound,
+                fetched_at: time(1_000),
+            },
+        );
+        assert!(cache.close_within(Duration::from_secs(10)));
+    }
+
+    /// Until the store is loaded, what memory lacks is read from the store, as the load
+    /// would have put it (a month-old entry is not), and the load never replaces what
+    /// was cached meanwhile.
+    #[test]
+    fn lookups_read_the_store_while_it_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        stored(dir.path());
+        let (go, wait) = mpsc::channel::<()>();
+        let cache = ScanCache::open_then(dir.path(), BUDGET, move || {
+            let _ = wait.recv();
+        })
+        .unwrap();
+        assert_eq!(cache.loaded(), None);
+        let Some(CachedScan {
+            outcome: Outcome::Report(r),
+            ..
+        }) = cache.scan(Key::scan("i", "r/a", "sha256:aa"))
+        else {
+            panic!("the report is read from the store");
+        };
+        assert_eq!(&*r.findings()[0].id.as_str(), "CVE-2024-1");
+        assert_eq!(
+            cache
+                .digest(Key::digest("i", "r/a", "v1"))
+                .unwrap()
+                .resolved,
+            Resolved::Digest("sha256:aa".into())
+        );
+        assert!(cache.digest(Key::digest("i", "r/old", "v1")).is_none());
+        assert!(cache.scan(Key::scan("i", "r/c", "sha256:cc")).is_none());
+        cache.put_scan(
+            "i\nr/b@sha256:bb".into(),
+            CachedScan {
+                outcome: Outcome::Pending,
+                fetched_at: SystemTime::now(),
+            },
+        );
+        go.send(()).unwrap();
+        assert_eq!(loaded(&cache), 3, "the month-old tag is dropped");
+        assert!(
+            matches!(
+                cache
+                    .scan(Key::scan("i", "r/b", "sha256:bb"))
+                    .unwrap()
+                    .outcome,
+                Outcome::Pending
+            ),
+            "what was cached during the load stays"
+        );
+        assert!(cache.memory.warming.read().unwrap().is_none());
+    }
+
+    /// A stop during the load stops it, and still closes the store cleanly.
+    #[test]
+    fn a_stop_during_the_load_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        stored(dir.path());
+        let (go, wait) = mpsc::channel::<()>();
+        let cache = ScanCache::open_then(dir.path(), BUDGET, move || {
+            let _ = wait.recv();
+        })
+        .unwrap();
+        std::thread::scope(|scope| {
+            let closing = scope.spawn(|| cache.close_within(Duration::from_secs(10)));
+            let disk = cache.disk.as_ref().unwrap();
+            while !disk.closed.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
+            go.send(()).unwrap();
+            assert!(closing.join().unwrap(), "the store closes");
+        });
+        assert_eq!(cache.loaded(), Some(0), "nothing loaded after the stop");
+        drop(cache);
+        let reopened = ScanCache::open(dir.path(), BUDGET).unwrap();
+        assert_eq!(loaded(&reopened), 3);
     }
 
     /// Lookups hash a key's parts; the store keeps its text (a format files on disk
@@ -911,15 +1181,15 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         {
-            let (cache, _) = ScanCache::open(dir.path(), BUDGET).unwrap();
+            let cache = ScanCache::open(dir.path(), BUDGET).unwrap();
             for i in 0..40u64 {
                 let fetched = now - Duration::from_secs(3600 * (40 - i));
                 cache.put_scan(format!("i\nr/y@{i}"), report_with(1000, fetched));
             }
             cache.close();
         }
-        let (cache, loaded) =
-            ScanCache::open(dir.path(), budget).expect("the closed store reopens");
+        let cache = ScanCache::open(dir.path(), budget).expect("the closed store reopens");
+        let loaded = loaded(&cache);
         assert!((5..=10).contains(&loaded), "{loaded} loaded");
         let present: Vec<u64> = (0..40)
             .filter(|i| cache.scan(Key::text(&format!("i\nr/y@{i}"))).is_some())

@@ -169,17 +169,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ScanService {
-    /// A service with the given settings; opens and loads the disk store if any.
+    /// A service with the given settings; opens the disk store if any, and starts
+    /// loading it (lookups read it meanwhile).
     pub fn new(settings: &ScanSettings) -> Result<Arc<Self>, CacheError> {
         let cache = match &settings.cache_dir {
             None => ScanCache::in_memory(settings.budget),
-            Some(dir) => {
-                let started = Instant::now();
-                let (cache, loaded) = ScanCache::open(dir, settings.budget)?;
-                let took_ms = started.elapsed().as_millis();
-                tracing::info!(loaded, took_ms, dir = %dir.display(), "scan cache loaded");
-                cache
-            }
+            Some(dir) => ScanCache::open(dir, settings.budget)?,
         };
         Ok(Self::with_cache(cache, settings.deadline))
     }
