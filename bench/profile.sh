@@ -43,10 +43,12 @@ else
   server=("$bin" serve --policies "$work/big/policies" --cache-dir "$work/big/cache"
     --listen 127.0.0.1:$port --self-signed-dir "$work/pc")
 fi
+# The scan cache's info line says when its store is loaded: profiling starts after.
+log=warn,portcullis_webhook::scan::cache=info
 if [ -n "${SATURATION:-}" ]; then
-  TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "${server[@]}" >"$work/serve.log" 2>&1 &
+  TOKIO_WORKER_THREADS=1 RUST_LOG=$log taskset -c 0 "${server[@]}" >"$work/serve.log" 2>&1 &
 else
-  TOKIO_WORKER_THREADS=1 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
+  TOKIO_WORKER_THREADS=1 RUST_LOG=$log valgrind --tool=callgrind --callgrind-out-file="$out" \
     "${server[@]}" >"$work/serve.log" 2>&1 &
 fi
 pid=$!
@@ -54,6 +56,7 @@ for _ in $(seq 1 120); do
   [ -f "$work/pc/ca.crt" ] && curl -s -o /dev/null --cacert "$work/pc/ca.crt" https://127.0.0.1:$port/healthz && break
   sleep 1
 done
+[ "$bin" = lean ] || until grep -q "scan cache loaded" "$work/serve.log"; do sleep 1; done
 load() { $bench load --addr 127.0.0.1:$port --ca "$work/pc/ca.crt" --body "$work/body.json" --path "$path" --connections 4 "$@"; }
 load --seconds 5 --rate 50 >/dev/null   # connections, caches and allocator warm
 if [ -n "${SATURATION:-}" ]; then

@@ -23,6 +23,7 @@ start typed $bin/portcullis-bench typed --listen 127.0.0.1:19445 --ca-out "$work
 start lean $bin/portcullis-bench lean --listen 127.0.0.1:19447 --ca-out "$work/lean.ca" --policies 1000 --scans 100000
 start cached $bin/portcullis serve --policies "$work/big/policies" --cache-dir "$work/big/cache" \
   --listen 127.0.0.1:19446 --self-signed-dir "$work/cached-pc"
+loaded cached
 sleep 3
 idle_cached=$(rss cached VmRSS)
 

@@ -24,11 +24,11 @@ for i in $(seq "$RUNS"); do
   fi
   rm -rf "$work/pc"
   began=$(date +%s.%N)
-  RUST_LOG=warn,portcullis_webhook::scan::cache=info start portcullis $bin/portcullis serve --policies "$work/data/policies" --cache-dir "$work/data/cache" \
+  start portcullis $bin/portcullis serve --policies "$work/data/policies" --cache-dir "$work/data/cache" \
     --cache-entries "$SCANS" --cache-memory 1Gi --listen 127.0.0.1:19461 --self-signed-dir "$work/pc"
   ready 19461 "$work/pc/ca.crt"
   starts+=("$(echo "$(date +%s.%N) - $began" | bc)")
-  until grep -q "scan cache loaded" "$work/portcullis.log"; do sleep 0.02; done
+  loaded portcullis
   loads+=("$(echo "$(date +%s.%N) - $began" | bc)")
 done
 median() { printf '%s\n' "$@" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p" | xargs printf '%.2f'; }

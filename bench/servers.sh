@@ -10,10 +10,11 @@ cargo build --release -q -p portcullis -p portcullis-bench
 bin=target/release
 
 # Starts a server pinned to core 0 with one tokio worker (WORKERS and CORES, a taskset
-# list, change that): name, command...
+# list, change that), logging warnings and the scan cache's `loaded` line to
+# $work/NAME.log: name, command...
 start() {
   local name=$1; shift
-  TOKIO_WORKER_THREADS=${WORKERS:-1} RUST_LOG=${RUST_LOG:-warn} taskset -c "${CORES:-0}" "$@" >"$work/$name.log" 2>&1 &
+  TOKIO_WORKER_THREADS=${WORKERS:-1} RUST_LOG=warn,portcullis_webhook::scan::cache=info taskset -c "${CORES:-0}" "$@" >"$work/$name.log" 2>&1 &
   pids+=($!); echo $! >"$work/$name.pid"
 }
 
@@ -21,6 +22,12 @@ start() {
 # cache store open: lookups read it until it is loaded), polling every 20 ms: port, CA file.
 ready() {
   until [ -f "$2" ] && [ "$(curl -s --cacert "$2" "https://127.0.0.1:$1/readyz")" = ready ]; do sleep 0.02; done
+}
+
+# Waits until a started Portcullis with --cache-dir has loaded its store into memory (it
+# serves before, reading the store for what memory lacks; measurements start after): name.
+loaded() {
+  until grep -q "scan cache loaded" "$work/$1.log"; do sleep 0.02; done
 }
 
 # Waits until a started ceiling server answers over TLS (any status; they serve only

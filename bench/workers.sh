@@ -35,6 +35,7 @@ for n in "${!servers[@]}"; do
     WORKERS=$workers CORES=0,1 start "server$n" $bin/portcullis serve --policies "$work/big/policies" \
       --cache-dir "$work/cache$n" --listen "127.0.0.1:1947$n" --self-signed-dir "$work/pc$n"
     ready "1947$n" "$work/pc$n/ca.crt"
+    loaded "server$n"
   fi
 done
 
