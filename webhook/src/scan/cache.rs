@@ -422,6 +422,14 @@ impl DiskWriter {
     }
 }
 
+/// A cache dropped without a stop (a test, a failed start) stops its load too, so the
+/// store's lock is let go soon.
+impl Drop for DiskWriter {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
 enum Write {
     Scan(String, Vec<u8>),
     Digest(String, Vec<u8>),
@@ -447,7 +455,9 @@ impl Store {
             Ok(loaded) => {
                 let _ = self.memory.loaded.set(loaded);
                 let took_ms = started.elapsed().as_millis();
-                tracing::info!(loaded, took_ms, %path, "scan cache loaded");
+                // Cut short by a stop, it says so.
+                let stopped = self.closed.load(Ordering::Acquire);
+                tracing::info!(loaded, took_ms, stopped, %path, "scan cache loaded");
             }
             Err(error) => {
                 let _ = self.memory.loaded.set(0);
