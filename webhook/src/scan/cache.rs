@@ -210,6 +210,22 @@ impl Memory {
         self.key_of(&[text])
     }
 
+    /// `key`'s entry in `entries`, or while the store is loading, in its `table`.
+    fn get<V: Stored>(
+        &self,
+        entries: &Entries<V>,
+        table: TableDefinition<&str, &[u8]>,
+        key: Key<'_>,
+    ) -> Option<V>
+    where
+        Weight: quick_cache::Weighter<MemoryKey, V>,
+    {
+        let memory_key = self.key_of(&key.0);
+        entries
+            .get(&memory_key)
+            .or_else(|| self.read_store(table, entries, memory_key, key))
+    }
+
     /// While the store is loading: `key`'s entry in `table`, if stored, readable and
     /// recent enough, put into `entries` unless something (newer) got there first.
     #[cold]
@@ -345,22 +361,12 @@ impl ScanCache {
 
     /// A cached scan, from memory (or, while loading, the store).
     pub fn scan(&self, key: Key<'_>) -> Option<CachedScan> {
-        let memory_key = self.memory.key_of(&key.0);
-        let memory = &*self.memory;
-        memory
-            .scans
-            .get(&memory_key)
-            .or_else(|| memory.read_store(SCANS, &memory.scans, memory_key, key))
+        self.memory.get(&self.memory.scans, SCANS, key)
     }
 
     /// A cached tag resolution, from memory (or, while loading, the store).
     pub fn digest(&self, key: Key<'_>) -> Option<CachedDigest> {
-        let memory_key = self.memory.key_of(&key.0);
-        let memory = &*self.memory;
-        memory
-            .digests
-            .get(&memory_key)
-            .or_else(|| memory.read_store(DIGESTS, &memory.digests, memory_key, key))
+        self.memory.get(&self.memory.digests, DIGESTS, key)
     }
 
     /// Caches a scan answer, in memory now and on disk shortly.
@@ -974,69 +980,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn survives_a_reopen_and_drops_what_is_too_old() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let cache = ScanCache::open(dir.path(), BUDGET).unwrap();
-            assert_eq!(loaded(&cache), 0);
-            cache.put_scan("i\nr/a@sha256:aa".into(), report());
-            cache.put_scan(
-                "i\nr/b@sha256:bb".into(),
-                CachedScan {
-                    outcome: Outcome::Pending,
-                    fetched_at: SystemTime::now(),
-                },
-            );
-            cache.put_digest(
-                "i\nr/a:v1".into(),
-                CachedDigest {
-                    resolved: Resolved::Digest("sha256:aa".into()),
-                    fetched_at: SystemTime::now(),
-                },
-            );
-            cache.put_digest(
-                "i\nr/old:v1".into(),
-                CachedDigest {
-                    resolved: Resolved::NotFound,
-                    fetched_at: time(1_000),
-                },
-            );
-            assert!(cache.close_within(Duration::from_secs(10)));
-        }
-        let cache = ScanCache::open(dir.path(), BUDGET).expect("the closed store reopens");
-        assert_eq!(loaded(&cache), 3, "the month-old tag is dropped");
-        let Some(CachedScan {
-            outcome: Outcome::Report(r),
-            ..
-        }) = cache.scan(Key::scan("i", "r/a", "sha256:aa"))
-        else {
-            panic!("the report survives");
-        };
-        assert_eq!(&*r.findings()[0].id.as_str(), "CVE-2024-1");
-        assert_eq!(r.scanned_at, Some(time(1_700_000_000)));
-        assert!(matches!(
-            cache
-                .scan(Key::scan("i", "r/b", "sha256:bb"))
-                .unwrap()
-                .outcome,
-            Outcome::Pending
-        ));
-        assert_eq!(
-            cache
-                .digest(Key::digest("i", "r/a", "v1"))
-                .unwrap()
-                .resolved,
-            Resolved::Digest("sha256:aa".into())
-        );
-        assert!(cache.digest(Key::digest("i", "r/old", "v1")).is_none());
-    }
-
-    /// A store of a report for `r/a` and `r/b`, `r/a:v1`'s digest and a month-old tag.
+    /// A store of `r/a`'s report, `r/b`'s pending scan, `r/a:v1`'s digest and a
+    /// month-old tag's absence.
     fn stored(dir: &Path) {
         let cache = ScanCache::open(dir, BUDGET).unwrap();
+        assert_eq!(loaded(&cache), 0);
         cache.put_scan("i\nr/a@sha256:aa".into(), report());
-        cache.put_scan("i\nr/b@sha256:bb".into(), report());
+        cache.put_scan(
+            "i\nr/b@sha256:bb".into(),
+            CachedScan {
+                outcome: Outcome::Pending,
+                fetched_at: SystemTime::now(),
+            },
+        );
         cache.put_digest(
             "i\nr/a:v1".into(),
             CachedDigest {
@@ -1054,27 +1010,17 @@ mod tests {
         assert!(cache.close_within(Duration::from_secs(10)));
     }
 
-    /// Until the store is loaded, what memory lacks is read from the store, as the load
-    /// would have put it (a month-old entry is not), and the load never replaces what
-    /// was cached meanwhile.
-    #[test]
-    fn lookups_read_the_store_while_it_loads() {
-        let dir = tempfile::tempdir().unwrap();
-        stored(dir.path());
-        let (go, wait) = mpsc::channel::<()>();
-        let cache = ScanCache::open_then(dir.path(), BUDGET, move || {
-            let _ = wait.recv();
-        })
-        .unwrap();
-        assert_eq!(cache.loaded(), None);
+    /// `cache` reads what [`stored`] wrote, but for the month-old tag.
+    fn assert_reads_stored(cache: &ScanCache) {
         let Some(CachedScan {
             outcome: Outcome::Report(r),
             ..
         }) = cache.scan(Key::scan("i", "r/a", "sha256:aa"))
         else {
-            panic!("the report is read from the store");
+            panic!("the report is read");
         };
         assert_eq!(&*r.findings()[0].id.as_str(), "CVE-2024-1");
+        assert_eq!(r.scanned_at, Some(time(1_700_000_000)));
         assert_eq!(
             cache
                 .digest(Key::digest("i", "r/a", "v1"))
@@ -1084,23 +1030,47 @@ mod tests {
         );
         assert!(cache.digest(Key::digest("i", "r/old", "v1")).is_none());
         assert!(cache.scan(Key::scan("i", "r/c", "sha256:cc")).is_none());
-        cache.put_scan(
-            "i\nr/b@sha256:bb".into(),
-            CachedScan {
-                outcome: Outcome::Pending,
-                fetched_at: SystemTime::now(),
-            },
-        );
+    }
+
+    fn pending(cache: &ScanCache, key: Key<'_>) -> bool {
+        matches!(cache.scan(key).unwrap().outcome, Outcome::Pending)
+    }
+
+    #[test]
+    fn survives_a_reopen_and_drops_what_is_too_old() {
+        let dir = tempfile::tempdir().unwrap();
+        stored(dir.path());
+        let cache = ScanCache::open(dir.path(), BUDGET).expect("the closed store reopens");
+        assert_eq!(loaded(&cache), 3, "the month-old tag is dropped");
+        assert_reads_stored(&cache);
+        assert!(pending(&cache, Key::scan("i", "r/b", "sha256:bb")));
+    }
+
+    /// A store [`stored`] wrote, opened with its load held until the sender sends.
+    fn opened_held() -> (tempfile::TempDir, ScanCache, mpsc::Sender<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        stored(dir.path());
+        let (go, wait) = mpsc::channel::<()>();
+        let cache = ScanCache::open_then(dir.path(), BUDGET, move || {
+            let _ = wait.recv();
+        })
+        .unwrap();
+        (dir, cache, go)
+    }
+
+    /// Until the store is loaded, what memory lacks is read from the store, as the load
+    /// would have put it (a month-old entry is not), and the load never replaces what
+    /// was cached meanwhile.
+    #[test]
+    fn lookups_read_the_store_while_it_loads() {
+        let (_dir, cache, go) = opened_held();
+        assert_eq!(cache.loaded(), None);
+        assert_reads_stored(&cache);
+        cache.put_scan("i\nr/b@sha256:bb".into(), report());
         go.send(()).unwrap();
         assert_eq!(loaded(&cache), 3, "the month-old tag is dropped");
         assert!(
-            matches!(
-                cache
-                    .scan(Key::scan("i", "r/b", "sha256:bb"))
-                    .unwrap()
-                    .outcome,
-                Outcome::Pending
-            ),
+            !pending(&cache, Key::scan("i", "r/b", "sha256:bb")),
             "what was cached during the load stays"
         );
         assert!(cache.memory.warming.read().unwrap().is_none());
@@ -1109,13 +1079,7 @@ mod tests {
     /// A stop during the load stops it, and still closes the store cleanly.
     #[test]
     fn a_stop_during_the_load_ends_it() {
-        let dir = tempfile::tempdir().unwrap();
-        stored(dir.path());
-        let (go, wait) = mpsc::channel::<()>();
-        let cache = ScanCache::open_then(dir.path(), BUDGET, move || {
-            let _ = wait.recv();
-        })
-        .unwrap();
+        let (dir, cache, go) = opened_held();
         std::thread::scope(|scope| {
             let closing = scope.spawn(|| cache.close_within(Duration::from_secs(10)));
             let disk = cache.disk.as_ref().unwrap();
