@@ -464,7 +464,7 @@ fn push_ids<'f>(out: &mut String, count: usize, findings: impl Iterator<Item = &
         if i > 0 {
             out.push_str(", ");
         }
-        out.push_str(&finding.id.as_str());
+        finding.id.push_to(out);
     }
     if let Some(more) = count.checked_sub(MAX_IDS).filter(|m| *m > 0) {
         let _ = write!(out, " and {more} more");

@@ -77,10 +77,16 @@ impl VulnId {
     pub fn as_str(&self) -> Arc<str> {
         let interner = interner().read().unwrap_or_else(|e| e.into_inner());
         interner
-            .slots
-            .get(self.0 as usize)
-            .and_then(|slot| slot.name.clone())
+            .name(self)
+            .cloned()
             .unwrap_or_else(|| Arc::from("?"))
+    }
+
+    /// Appends the ID's text to `out`: [`VulnId::as_str`] without taking a share of the
+    /// text (an atomic count up and down per ID in a message).
+    pub fn push_to(&self, out: &mut String) {
+        let interner = interner().read().unwrap_or_else(|e| e.into_inner());
+        out.push_str(interner.name(self).map_or("?", |name| name));
     }
 
     /// The ID's slot: equal for equal IDs while both are held.
@@ -99,6 +105,13 @@ impl VulnId {
 }
 
 impl Interner {
+    /// `id`'s text, while `id` holds it.
+    fn name(&self, id: &VulnId) -> Option<&Arc<str>> {
+        self.slots
+            .get(id.0 as usize)
+            .and_then(|slot| slot.name.as_ref())
+    }
+
     /// One more holder of `name`, if interned.
     fn hold(&self, name: &str) -> Option<VulnId> {
         let index = *self.by_name.get(name)?;
@@ -150,7 +163,8 @@ impl Drop for VulnId {
 
 impl fmt::Display for VulnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.as_str())
+        let interner = interner().read().unwrap_or_else(|e| e.into_inner());
+        f.write_str(interner.name(self).map_or("?", |name| name))
     }
 }
 
@@ -171,6 +185,9 @@ mod tests {
         assert_ne!(a, VulnId::new("CVE-2099-2"));
         assert_eq!(&*a.as_str(), "CVE-2099-1");
         assert_eq!(a.to_string(), "CVE-2099-1");
+        let mut text = String::from("ids: ");
+        a.push_to(&mut text);
+        assert_eq!(text, "ids: CVE-2099-1");
     }
 
     #[test]
