@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The webhook under load against its ceilings, on loopback (BENCHMARKS.md):
-#   bash bench/run.sh            # 3 runs each: saturation, 600 and 1000 req/s, memory
+#   bash bench/run.sh   # saturation (lean and Portcullis: 24 rounds of 1 s; the rest 3 runs
+#                       # of 8 s), 600 and 1000 req/s (3 runs of 8 s), memory
 # Each server is pinned to core 0 with one tokio worker, the client to core 1; the
 # summary gives the median run (by throughput at saturation, by p99 at a fixed rate).
 set -euo pipefail
@@ -28,16 +29,21 @@ sleep 3
 idle_cached=$(rss cached VmRSS)
 
 results=$work/results.txt
-# Loads each server ("name|port|ca") RUNS times with the CONTAINERS-container body,
-# the servers taking turns: a drift in the shared machine's speed falls on each alike,
-# so shares within a call hold even when rates move between minutes.
+# Loads each server ("name|port|ca") RUNS times for SECONDS_PER_RUN with the
+# CONTAINERS-container body, the servers taking turns, every other turn in reverse order:
+# a drift in the shared machine's speed falls on each alike, and no server always goes
+# first, so shares within a call hold even when rates move between minutes.
 run() { # label containers server... [-- load-flags...]
-  local label=$1 containers=$2 servers=() flags=() name port ca
+  local label=$1 containers=$2 servers=() flags=() turn name port ca i
   shift 2
   while [ $# -gt 0 ] && [ "$1" != -- ]; do servers+=("$1"); shift; done
   [ $# -gt 0 ] && shift && flags=("$@")
-  for _ in $(seq "$RUNS"); do
+  for i in $(seq "$RUNS"); do
+    turn=()
     for server in "${servers[@]}"; do
+      if ((i % 2)); then turn+=("$server"); else turn=("$server" "${turn[@]}"); fi
+    done
+    for server in "${turn[@]}"; do
       IFS='|' read -r name port ca <<<"$server"
       taskset -c 1 $bin/portcullis-bench load --addr 127.0.0.1:$port --ca "$ca" --body "$work/pod$containers.json" \
         --connections 16 --seconds "$SECONDS_PER_RUN" "${flags[@]}" \
@@ -47,8 +53,11 @@ run() { # label containers server... [-- load-flags...]
 }
 lean="lean|19447|$work/lean.ca"
 cached="portcullis-1000-policies-100k-cached|19446|$work/cached-pc/ca.crt"
-echo "== saturation, 16 connections"
-for n in 1 5 20; do run saturation $n "$lean" "$cached"; done
+# Portcullis against lean: many short rounds (ROUNDS of SECONDS_PER_ROUND). The machine's
+# speed moves within seconds; rounds of 1 s side by side share the same spell, so the
+# median of their paired shares is steadier than that of a few long runs (BENCHMARKS.md).
+echo "== saturation, 16 connections (lean and Portcullis: $ROUNDS rounds of ${SECONDS_PER_ROUND} s)"
+for n in 1 5 20; do RUNS=$ROUNDS SECONDS_PER_RUN=$SECONDS_PER_ROUND run saturation $n "$lean" "$cached"; done
 run saturation 5 "typed|19445|$work/typed.ca" "echo|19444|$work/echo.ca" "portcullis-samples|19443|$work/pc/ca.crt"
 run saturation 5 "portcullis-1000-policies-100k-cached /mutate|19446|$work/cached-pc/ca.crt" -- --path /mutate
 for rate in 600 1000; do
@@ -56,7 +65,7 @@ for rate in 600 1000; do
   run "$rate req/s" 5 "$lean" "$cached" -- --rate $rate
 done
 
-echo "== median of $RUNS runs (ratios: of the lean ceiling with the same body, and of typed/echo for 5 containers)"
+echo "== median run of each (of $ROUNDS rounds, or $RUNS runs); ratios: of the lean ceiling with the same body, and of typed/echo for 5 containers"
 python3 - "$results" <<'PY'
 import re, statistics, sys
 runs = {}
@@ -85,7 +94,10 @@ for (label, containers, name), (rate, text) in median.items():
         # Run by run against lean, which took turns with it (the spread is the noise).
         if name == "portcullis-1000-policies-100k-cached":
             pairs = [ours[0] / them[0] for ours, them in zip(order[(label, containers, name)], order[(label, containers, "lean")])]
-            if pairs:
+            if len(pairs) > 5:
+                q1, _, q3 = statistics.quantiles(pairs, n=4)
+                ratio.append(f"paired over {len(pairs)} rounds: median {statistics.median(pairs):.0%}, quartiles {q1:.0%}-{q3:.0%}")
+            elif pairs:
                 shown = ", ".join(f"{p:.0%}" for p in pairs)
                 ratio.append(f"run by run {shown}, median {statistics.median(pairs):.0%}")
     suffix = f" ({', '.join(ratio)})" if ratio else ""

@@ -2,6 +2,9 @@
 # a work directory removed at exit with every server started, and the release binaries.
 RUNS=${RUNS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
+# bench/run.sh's saturation rounds, Portcullis against lean.
+ROUNDS=${ROUNDS:-24}
+SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-1}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
