@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Portcullis at scale (BENCHMARKS.md): 10,000 policies and 1,000,000 cached scan results.
-#   bash bench/scale.sh            # RUNS (3) × SECONDS_PER_RUN (8) of each server
+#   bash bench/scale.sh            # RUNS (3) starts; ROUNDS (24) × SECONDS_PER_ROUND (1 s) of load
 # Writes the data set with `portcullis-bench fill` (about a minute), then measures
 # `portcullis serve` on it: time from start to /readyz answering `ready` (the policies
 # compiled, the store open) and to the store loaded into memory (its log line; median of
@@ -39,24 +39,34 @@ start lean $bin/portcullis-bench lean --listen 127.0.0.1:19462 --ca-out "$work/l
 sleep 5
 echo "idle RSS: portcullis $(rss portcullis VmRSS), lean $(rss lean VmRSS)"
 
+# Throughput: ROUNDS rounds of SECONDS_PER_ROUND, lean and Portcullis taking turns, every
+# other round in reverse order (as bench/run.sh does at saturation).
 results=$work/results.txt
-for i in $(seq "$RUNS"); do
-  for target in "lean 19462 $work/lean.ca" "portcullis 19461 $work/pc/ca.crt"; do
+lean="lean 19462 $work/lean.ca"
+portcullis="portcullis 19461 $work/pc/ca.crt"
+for i in $(seq "$ROUNDS"); do
+  if ((i % 2)); then turn=("$lean" "$portcullis"); else turn=("$portcullis" "$lean"); fi
+  for target in "${turn[@]}"; do
     set -- $target
     taskset -c 1 $bin/portcullis-bench load --addr 127.0.0.1:$2 --ca "$3" --body "$work/pod.json" \
-      --connections 16 --seconds "$SECONDS_PER_RUN" | awk -v p="$1|" '{print p $0}' | tee -a "$results"
+      --connections 16 --seconds "$SECONDS_PER_ROUND" | awk -v p="$1|" '{print p $0}' | tee -a "$results"
   done
 done
-echo "== median of $RUNS runs, 5 containers, $POLICIES policies, $SCANS cached results"
+echo "== median of $ROUNDS rounds, 5 containers, $POLICIES policies, $SCANS cached results"
 python3 - "$results" <<'PY'
-import re, sys
+import re, statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
     name, text = line.rstrip("\n").split("|", 1)
     runs.setdefault(name, []).append((float(re.search(r"([\d.]+) req/s", text).group(1)), text))
+pairs = [ours[0] / them[0] for ours, them in zip(runs["portcullis"], runs["lean"])]
 median = {name: sorted(found)[len(found) // 2] for name, found in runs.items()}
 for name, (rate, text) in median.items():
-    share = f" ({rate / median['lean'][0]:.0%} of lean)" if name != "lean" else ""
+    share = ""
+    if name != "lean":
+        q1, _, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
+        share = (f" ({rate / median['lean'][0]:.0%} of lean; paired over {len(pairs)} rounds: "
+                 f"median {statistics.median(pairs):.0%}, quartiles {q1:.0%}-{q3:.0%})")
     print(f"{name}: {text}{share}")
 PY
 echo "RSS after the runs: portcullis $(rss portcullis VmRSS), lean $(rss lean VmRSS)"

@@ -2,7 +2,7 @@
 # a work directory removed at exit with every server started, and the release binaries.
 RUNS=${RUNS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
-# bench/run.sh's saturation rounds, Portcullis against lean.
+# Saturation rounds, Portcullis against lean (bench/run.sh, bench/scale.sh).
 ROUNDS=${ROUNDS:-24}
 SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-1}
 work=$(mktemp -d)
