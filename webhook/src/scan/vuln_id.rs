@@ -83,7 +83,9 @@ impl VulnId {
     }
 
     /// Appends the ID's text to `out`: [`VulnId::as_str`] without taking a share of the
-    /// text (an atomic count up and down per ID in a message).
+    /// text (an atomic count up and down per ID in a message). The interner's read lock
+    /// is held for the copy only; `Display` takes a share instead, so no formatter's
+    /// output is written under it.
     pub fn push_to(&self, out: &mut String) {
         let interner = interner().read().unwrap_or_else(|e| e.into_inner());
         out.push_str(interner.name(self).map_or("?", |name| name));
@@ -163,8 +165,7 @@ impl Drop for VulnId {
 
 impl fmt::Display for VulnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let interner = interner().read().unwrap_or_else(|e| e.into_inner());
-        f.write_str(interner.name(self).map_or("?", |name| name))
+        f.write_str(&self.as_str())
     }
 }
 
