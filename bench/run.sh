@@ -28,29 +28,6 @@ loaded cached
 sleep 3
 idle_cached=$(rss cached VmRSS)
 
-results=$work/results.txt
-# Loads each server ("name|port|ca") RUNS times for SECONDS_PER_RUN with the
-# CONTAINERS-container body, the servers taking turns, every other turn in reverse order:
-# a drift in the shared machine's speed falls on each alike, and no server always goes
-# first, so shares within a call hold even when rates move between minutes.
-run() { # label containers server... [-- load-flags...]
-  local label=$1 containers=$2 servers=() flags=() turn name port ca i
-  shift 2
-  while [ $# -gt 0 ] && [ "$1" != -- ]; do servers+=("$1"); shift; done
-  [ $# -gt 0 ] && shift && flags=("$@")
-  for i in $(seq "$RUNS"); do
-    turn=()
-    for server in "${servers[@]}"; do
-      if ((i % 2)); then turn+=("$server"); else turn=("$server" "${turn[@]}"); fi
-    done
-    for server in "${turn[@]}"; do
-      IFS='|' read -r name port ca <<<"$server"
-      taskset -c 1 $bin/portcullis-bench load --addr 127.0.0.1:$port --ca "$ca" --body "$work/pod$containers.json" \
-        --connections 16 --seconds "$SECONDS_PER_RUN" "${flags[@]}" \
-        | awk -v p="$label|$containers|$name|" '{print p $0}' | tee -a "$results"
-    done
-  done
-}
 lean="lean|19447|$work/lean.ca"
 cached="portcullis-1000-policies-100k-cached|19446|$work/cached-pc/ca.crt"
 # Portcullis against lean: many short rounds (ROUNDS of SECONDS_PER_ROUND). The machine's
@@ -67,7 +44,9 @@ done
 
 echo "== median run of each (of $ROUNDS rounds, or $RUNS runs); ratios: of the lean ceiling with the same body, and of typed/echo for 5 containers"
 python3 - "$results" <<'PY'
-import re, statistics, sys
+import re, sys
+sys.path.insert(0, "bench")
+from paired import paired
 runs = {}
 for line in open(sys.argv[1]):
     label, containers, name, text = line.rstrip("\n").split("|", 3)
@@ -93,13 +72,7 @@ for (label, containers, name), (rate, text) in median.items():
                 ratio.append(f"{rate / c[0]:.0%} of {ceiling}")
         # Run by run against lean, which took turns with it (the spread is the noise).
         if name == "portcullis-1000-policies-100k-cached":
-            pairs = [ours[0] / them[0] for ours, them in zip(order[(label, containers, name)], order[(label, containers, "lean")])]
-            if len(pairs) > 5:
-                q1, _, q3 = statistics.quantiles(pairs, n=4)
-                ratio.append(f"paired over {len(pairs)} rounds: median {statistics.median(pairs):.0%}, quartiles {q1:.0%}-{q3:.0%}")
-            elif pairs:
-                shown = ", ".join(f"{p:.0%}" for p in pairs)
-                ratio.append(f"run by run {shown}, median {statistics.median(pairs):.0%}")
+            ratio.append(paired(order[(label, containers, name)], order[(label, containers, "lean")]))
     suffix = f" ({', '.join(ratio)})" if ratio else ""
     print(f"{label:>12} {containers:>2} containers {name}: {text}{suffix}")
 PY

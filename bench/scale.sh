@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 source bench/servers.sh
 POLICIES=${POLICIES:-10000}
 SCANS=${SCANS:-1000000}
-$bin/portcullis-bench body --containers 5 --out "$work/pod.json"
+$bin/portcullis-bench body --containers 5 --out "$work/pod5.json"
 $bin/portcullis-bench fill --out "$work/data" --policies "$POLICIES" --scans "$SCANS"
 
 # Start to ready, RUNS times (the last server stays for the runs below); the median counts.
@@ -39,34 +39,23 @@ start lean $bin/portcullis-bench lean --listen 127.0.0.1:19462 --ca-out "$work/l
 sleep 5
 echo "idle RSS: portcullis $(rss portcullis VmRSS), lean $(rss lean VmRSS)"
 
-# Throughput: ROUNDS rounds of SECONDS_PER_ROUND, lean and Portcullis taking turns, every
-# other round in reverse order (as bench/run.sh does at saturation).
-results=$work/results.txt
-lean="lean 19462 $work/lean.ca"
-portcullis="portcullis 19461 $work/pc/ca.crt"
-for i in $(seq "$ROUNDS"); do
-  if ((i % 2)); then turn=("$lean" "$portcullis"); else turn=("$portcullis" "$lean"); fi
-  for target in "${turn[@]}"; do
-    set -- $target
-    taskset -c 1 $bin/portcullis-bench load --addr 127.0.0.1:$2 --ca "$3" --body "$work/pod.json" \
-      --connections 16 --seconds "$SECONDS_PER_ROUND" | awk -v p="$1|" '{print p $0}' | tee -a "$results"
-  done
-done
+# Throughput: ROUNDS rounds of SECONDS_PER_ROUND, lean and Portcullis taking turns (as
+# bench/run.sh measures them at saturation).
+RUNS=$ROUNDS SECONDS_PER_RUN=$SECONDS_PER_ROUND run saturation 5 "lean|19462|$work/lean.ca" "portcullis|19461|$work/pc/ca.crt"
 echo "== median of $ROUNDS rounds, 5 containers, $POLICIES policies, $SCANS cached results"
 python3 - "$results" <<'PY'
-import re, statistics, sys
+import re, sys
+sys.path.insert(0, "bench")
+from paired import paired
 runs = {}
 for line in open(sys.argv[1]):
-    name, text = line.rstrip("\n").split("|", 1)
+    _, _, name, text = line.rstrip("\n").split("|", 3)
     runs.setdefault(name, []).append((float(re.search(r"([\d.]+) req/s", text).group(1)), text))
-pairs = [ours[0] / them[0] for ours, them in zip(runs["portcullis"], runs["lean"])]
 median = {name: sorted(found)[len(found) // 2] for name, found in runs.items()}
 for name, (rate, text) in median.items():
     share = ""
     if name != "lean":
-        q1, _, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
-        share = (f" ({rate / median['lean'][0]:.0%} of lean; paired over {len(pairs)} rounds: "
-                 f"median {statistics.median(pairs):.0%}, quartiles {q1:.0%}-{q3:.0%})")
+        share = f" ({rate / median['lean'][0]:.0%} of lean; {paired(runs[name], runs['lean'])})"
     print(f"{name}: {text}{share}")
 PY
 echo "RSS after the runs: portcullis $(rss portcullis VmRSS), lean $(rss lean VmRSS)"

@@ -41,3 +41,28 @@ listening() {
 
 # A started server's memory: name, field of /proc/PID/status (VmRSS, VmHWM).
 rss() { grep "$2" "/proc/$(cat "$work/$1.pid")/status" | awk '{printf "%.1f MiB", $2/1024}'; }
+
+# What `run` measured, a line per run: label|containers|name|the load client's line.
+results=$work/results.txt
+# Loads each server ("name|port|ca") RUNS times for SECONDS_PER_RUN with the
+# CONTAINERS-container body, the servers taking turns, every other turn in reverse order:
+# a drift in the shared machine's speed falls on each alike, and no server always goes
+# first, so shares within a call hold even when rates move between minutes.
+run() { # label containers server... [-- load-flags...]
+  local label=$1 containers=$2 servers=() flags=() turn name port ca i
+  shift 2
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do servers+=("$1"); shift; done
+  [ $# -gt 0 ] && shift && flags=("$@")
+  for i in $(seq "$RUNS"); do
+    turn=()
+    for server in "${servers[@]}"; do
+      if ((i % 2)); then turn+=("$server"); else turn=("$server" "${turn[@]}"); fi
+    done
+    for server in "${turn[@]}"; do
+      IFS='|' read -r name port ca <<<"$server"
+      taskset -c 1 $bin/portcullis-bench load --addr 127.0.0.1:$port --ca "$ca" --body "$work/pod$containers.json" \
+        --connections 16 --seconds "$SECONDS_PER_RUN" "${flags[@]}" \
+        | awk -v p="$label|$containers|$name|" '{print p $0}' | tee -a "$results"
+    done
+  done
+}
