@@ -18,11 +18,11 @@ $bin/portcullis-bench fill --out "$work/big" --policies 1000 --scans 100000
 # the same review is sent to /mutate.
 cp bench/mutate-policy.yaml "$work/big/policies/mutate.yaml"
 
-start portcullis $bin/portcullis serve --policies config/samples --listen 127.0.0.1:19443 --self-signed-dir "$work/pc"
-start echo $bin/portcullis-bench echo --listen 127.0.0.1:19444 --ca-out "$work/echo.ca"
-start typed $bin/portcullis-bench typed --listen 127.0.0.1:19445 --ca-out "$work/typed.ca"
-start lean $bin/portcullis-bench lean --listen 127.0.0.1:19447 --ca-out "$work/lean.ca" --policies 1000 --scans 100000
-start cached $bin/portcullis serve --policies "$work/big/policies" --cache-dir "$work/big/cache" \
+start portcullis $portcullis serve --policies config/samples --listen 127.0.0.1:19443 --self-signed-dir "$work/pc"
+start echo $ceilings echo --listen 127.0.0.1:19444 --ca-out "$work/echo.ca"
+start typed $ceilings typed --listen 127.0.0.1:19445 --ca-out "$work/typed.ca"
+start lean $ceilings lean --listen 127.0.0.1:19447 --ca-out "$work/lean.ca" --policies 1000 --scans 100000
+start cached $portcullis serve --policies "$work/big/policies" --cache-dir "$work/big/cache" \
   --listen 127.0.0.1:19446 --self-signed-dir "$work/cached-pc"
 loaded cached
 sleep 3

@@ -24,7 +24,7 @@ for i in $(seq "$RUNS"); do
   fi
   rm -rf "$work/pc"
   began=$(date +%s.%N)
-  start portcullis $bin/portcullis serve --policies "$work/data/policies" --cache-dir "$work/data/cache" \
+  start portcullis $portcullis serve --policies "$work/data/policies" --cache-dir "$work/data/cache" \
     --cache-entries "$SCANS" --cache-memory 1Gi --listen 127.0.0.1:19461 --self-signed-dir "$work/pc"
   ready 19461 "$work/pc/ca.crt"
   starts+=("$(echo "$(date +%s.%N) - $began" | bc)")
@@ -34,7 +34,7 @@ done
 median() { printf '%s\n' "$@" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p" | xargs printf '%.2f'; }
 echo "portcullis: start to ready $(printf '%.2f s ' "${starts[@]}")(median $(median "${starts[@]}") s)"
 echo "portcullis: start to loaded $(printf '%.2f s ' "${loads[@]}")(median $(median "${loads[@]}") s)"
-start lean $bin/portcullis-bench lean --listen 127.0.0.1:19462 --ca-out "$work/lean.ca" \
+start lean $ceilings lean --listen 127.0.0.1:19462 --ca-out "$work/lean.ca" \
   --policies "$POLICIES" --scans "$SCANS"
 sleep 5
 echo "idle RSS: portcullis $(rss portcullis VmRSS), lean $(rss lean VmRSS)"

@@ -11,6 +11,11 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 cargo build --release -q -p portcullis -p portcullis-bench
 bin=target/release
+# The servers measured: the release build, or others such as bench/pgo.sh's
+# profile-guided build (PORTCULLIS=target/pgo/release/portcullis, and CEILINGS= for the
+# lean, typed and echo ceilings of portcullis-bench).
+portcullis=${PORTCULLIS:-$bin/portcullis}
+ceilings=${CEILINGS:-$bin/portcullis-bench}
 
 # Starts a server pinned to core 0 with one tokio worker (WORKERS and CORES, a taskset
 # list, change that), logging warnings and the scan cache's `loaded` line to

@@ -27,12 +27,12 @@ for n in "${!servers[@]}"; do
   name=${servers[$n]%:*} workers=${servers[$n]#*:}
   if [ "$name" = lean ]; then # the lean ceiling of bench/run.sh, for how the runtime alone scales
     mkdir -p "$work/pc$n"
-    WORKERS=$workers CORES=0,1 start "server$n" $bin/portcullis-bench lean --listen "127.0.0.1:1947$n" \
+    WORKERS=$workers CORES=0,1 start "server$n" $ceilings lean --listen "127.0.0.1:1947$n" \
       --ca-out "$work/pc$n/ca.crt" --policies 1000 --scans 100000
     listening "1947$n" "$work/pc$n/ca.crt"
   else
     cp -r "$work/big/cache" "$work/cache$n" # the store is locked by the process that opens it
-    WORKERS=$workers CORES=0,1 start "server$n" $bin/portcullis serve --policies "$work/big/policies" \
+    WORKERS=$workers CORES=0,1 start "server$n" $portcullis serve --policies "$work/big/policies" \
       --cache-dir "$work/cache$n" --listen "127.0.0.1:1947$n" --self-signed-dir "$work/pc$n"
     ready "1947$n" "$work/pc$n/ca.crt"
     loaded "server$n"
