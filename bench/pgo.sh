@@ -27,15 +27,15 @@ rm -rf "$raw"
 $bin/portcullis-bench fill --out "$work/big" --policies 1000 --scans 100000 >/dev/null
 cp bench/mutate-policy.yaml "$work/big/policies/mutate.yaml"
 for n in 1 5 20; do $bin/portcullis-bench body --containers "$n" --out "$work/pod$n.json" >/dev/null; done
-# Loads the server on port 19460 with each review in turn: CA file, paths.
+# Loads the server on port 19460 with each review in turn (servers.sh's `run`, once for
+# TRAIN_SECONDS each): CA file, paths.
 train() {
   local ca=$1 path n
   shift
   for path in "$@"; do
     for n in 1 5 20; do
       [ "$path" = /mutate ] && [ "$n" != 5 ] && continue
-      taskset -c 1 $bin/portcullis-bench load --addr 127.0.0.1:19460 --ca "$ca" \
-        --body "$work/pod$n.json" --path "$path" --connections 16 --seconds "${TRAIN_SECONDS:-5}" >/dev/null
+      RUNS=1 SECONDS_PER_RUN=${TRAIN_SECONDS:-5} run training "$n" "trained|19460|$ca" -- --path "$path" >/dev/null
     done
   done
 }
