@@ -12,9 +12,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::glob::any_match;
 use crate::image::{ImageError, ImageRef};
-use crate::policy::{CompiledPolicy, Matching, NamespaceView, PolicySet};
+use crate::policy::{ImageScope, Matching, NamespaceView, PolicySet};
 use crate::scan::ScanResults;
 use crate::workload::{ImageUse, PodSpec, WorkloadKind};
 
@@ -95,14 +94,16 @@ impl<'a> Review<'a> {
     /// The distinct images whose scan results a vulnerability rule of an applying policy
     /// reads, in pod-spec order: all the decision will look up.
     pub fn scans_needed(&self, set: &PolicySet) -> Vec<&ImageRef> {
-        let readers: Vec<&CompiledPolicy> = self
+        let readers: Vec<&ImageScope> = self
             .policies(set)
             .filter(|(policy, _)| policy.vulnerabilities.is_some())
-            .map(|(policy, _)| policy)
+            .map(|(policy, _)| &policy.image_scope)
             .collect();
         if readers.is_empty() {
             return Vec::new();
         }
+        // Not through `ScopeMatches`: `any` stops at the first reader that takes an image
+        // in, so readers sharing a scope match each image once here anyway.
         let read = self
             .images
             .iter()
@@ -110,7 +111,7 @@ impl<'a> Review<'a> {
             .filter(|image| {
                 readers
                     .iter()
-                    .any(|policy| matches_image(policy, image.repository()))
+                    .any(|scope| scope.matches(image.repository()))
             });
         let mut needed: Vec<&ImageRef> = Vec::with_capacity(self.images.len());
         if self.images.len() <= FEW_IMAGES {
@@ -131,6 +132,7 @@ impl<'a> Review<'a> {
         let subject = &self.subject;
         let mut decision = Decision::new(subject);
         let shared: Vec<rules::Shared> = self.images.iter().map(|_| Default::default()).collect();
+        let mut scopes = ScopeMatches::default();
         for (policy, assumed) in self.policies(set) {
             let mut eval = rules::Evaluation {
                 policy,
@@ -144,11 +146,14 @@ impl<'a> Review<'a> {
                 eval.oversized(count);
                 continue;
             }
-            let mut any_image = self.images.is_empty() && policy.images.is_none();
-            for ((image_use, parsed), shared) in self.images.iter().zip(&shared) {
+            let mut any_image = self.images.is_empty() && policy.image_scope.images.is_none();
+            let matched = scopes.of(&policy.image_scope, self);
+            for (((image_use, parsed), shared), matched) in
+                self.images.iter().zip(&shared).zip(matched)
+            {
                 match parsed {
                     Err(error) => eval.unparsable(image_use, error, shared),
-                    Ok(image) if matches_image(policy, image.repository()) => {
+                    Ok(image) if *matched => {
                         any_image = true;
                         eval.image(image_use, image, shared);
                     }
@@ -173,12 +178,44 @@ pub fn decide(
     Review::new(*subject).decide(set, scans, now)
 }
 
-fn matches_image(policy: &CompiledPolicy, repository: &str) -> bool {
-    policy
-        .images
-        .as_ref()
-        .is_none_or(|globs| any_match(globs, repository))
-        && !any_match(&policy.exclude_images, repository)
+/// Most distinct image scopes whose matches one review keeps; past them a scope's
+/// matches are worked out again for each policy, so that comparing scopes stays cheap.
+const KEPT_SCOPES: usize = 16;
+
+/// Which of a review's images each image scope takes in, worked out once per distinct
+/// scope: the applying policies usually share a few (`ghcr.io/acme/**`), and each would
+/// otherwise match every image again.
+#[derive(Default)]
+struct ScopeMatches<'p> {
+    kept: Vec<(&'p ImageScope, Vec<bool>)>,
+    /// The last scope worked out when `kept` is full.
+    spare: Vec<bool>,
+}
+
+impl<'p> ScopeMatches<'p> {
+    /// For each of `review`'s images, whether `scope` takes it in (an image that does
+    /// not parse: `false`).
+    fn of(&mut self, scope: &'p ImageScope, review: &Review<'_>) -> &[bool] {
+        let matches = |out: &mut Vec<bool>| {
+            out.clear();
+            out.extend(review.images.iter().map(|(_, parsed)| {
+                parsed
+                    .as_deref()
+                    .is_ok_and(|image| scope.matches(image.repository()))
+            }));
+        };
+        if let Some(at) = self.kept.iter().position(|(kept, _)| *kept == scope) {
+            return &self.kept[at].1;
+        }
+        if self.kept.len() < KEPT_SCOPES {
+            let mut out = Vec::with_capacity(review.images.len());
+            matches(&mut out);
+            self.kept.push((scope, out));
+            return self.kept.last().map_or(&[], |(_, out)| out);
+        }
+        matches(&mut self.spare);
+        &self.spare
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::{Review, matches_image};
+use super::Review;
 use crate::image::ImageRef;
 use crate::policy::{MutationRule, PolicySet};
 use crate::workload::{ImageUse, SecurityContext, Slot};
@@ -187,13 +187,13 @@ impl Review<'_> {
         for (policy, _) in self.policies(set) {
             let Some(rule) = policy.mutate else { continue };
             let covered = match image {
-                Some(image) => matches_image(policy, image.repository()),
+                Some(image) => policy.image_scope.matches(image.repository()),
                 None => {
-                    policy.images.is_none()
+                    policy.image_scope.images.is_none()
                         || self.images.iter().any(|(_, parsed)| {
                             parsed
                                 .as_ref()
-                                .is_ok_and(|i| matches_image(policy, i.repository()))
+                                .is_ok_and(|i| policy.image_scope.matches(i.repository()))
                         })
                 }
             };

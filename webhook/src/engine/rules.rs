@@ -13,7 +13,7 @@ use super::{Decision, Subject, Violation};
 use crate::glob::Glob;
 use crate::image::{ImageError, ImageRef};
 use crate::policy::{CompiledPolicy, VulnerabilityRule, WorkloadRule, normalize_capability};
-use crate::scan::{Finding, ScanResults, ScanStatus};
+use crate::scan::{Finding, ScanResults, ScanStatus, VulnId};
 use crate::workload::{ImageUse, SecurityContext, Slot};
 
 /// Most vulnerability IDs listed in one message.
@@ -460,11 +460,16 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
 
 /// `CVE-1, CVE-2` — the first [`MAX_IDS`] of `count` findings, then how many more.
 fn push_ids<'f>(out: &mut String, count: usize, findings: impl Iterator<Item = &'f Finding>) {
-    for (i, finding) in findings.take(MAX_IDS).enumerate() {
-        if i > 0 {
-            out.push_str(", ");
+    let mut ids = findings.take(MAX_IDS).map(|finding| &finding.id);
+    if let Some(first) = ids.next() {
+        // Gathered first, so that the interner's lock is taken once, not once an ID.
+        let mut shown = [first; MAX_IDS];
+        let mut len = 1;
+        for (slot, id) in shown[1..].iter_mut().zip(ids) {
+            *slot = id;
+            len += 1;
         }
-        finding.id.push_to(out);
+        VulnId::push_joined(out, &shown[..len], ", ");
     }
     if let Some(more) = count.checked_sub(MAX_IDS).filter(|m| *m > 0) {
         let _ = write!(out, " and {more} more");

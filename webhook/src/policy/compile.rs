@@ -1,6 +1,7 @@
 //! `ContainerPolicySpec` → `CompiledPolicy`: the one validation every caller shares.
 
 use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use portcullis_crds::{
 };
 
 use super::{Errors, FieldError, ObjectVersion, Selector};
-use crate::glob::Glob;
+use crate::glob::{Glob, any_match};
 use crate::scan::VulnId;
 use crate::workload::WorkloadKind;
 
@@ -26,8 +27,7 @@ pub struct CompiledPolicy {
     pub(crate) namespaces: Option<Vec<Glob>>,
     pub(crate) exclude_namespaces: Vec<Glob>,
     pub(crate) namespace_selector: Option<Selector>,
-    pub(crate) images: Option<Vec<Glob>>,
-    pub(crate) exclude_images: Vec<Glob>,
+    pub(crate) image_scope: ImageScope,
     pub(crate) kinds: Option<Vec<WorkloadKind>>,
     pub(crate) registries_allow: Option<Vec<Glob>>,
     pub(crate) registries_deny: Vec<Glob>,
@@ -53,13 +53,64 @@ impl CompiledPolicy {
     pub fn admits_namespace_name(&self, namespace: &str) -> bool {
         self.namespaces
             .as_ref()
-            .is_none_or(|globs| crate::glob::any_match(globs, namespace))
-            && !crate::glob::any_match(&self.exclude_namespaces, namespace)
+            .is_none_or(|globs| any_match(globs, namespace))
+            && !any_match(&self.exclude_namespaces, namespace)
     }
 
     /// Whether the policy selects namespaces by their labels.
     pub fn has_namespace_selector(&self) -> bool {
         self.namespace_selector.is_some()
+    }
+}
+
+/// `match.images` and `match.excludeImages`: the images a policy takes in. Policies
+/// often share one, so a review works out each distinct scope's matches once.
+#[derive(Debug, Clone)]
+pub(crate) struct ImageScope {
+    /// A hash of the patterns: different scopes almost always differ here, so comparing
+    /// two is usually one comparison; equal keys then compare the patterns as written.
+    key: u64,
+    /// `match.images`; `None` takes in every image.
+    pub(crate) images: Option<Vec<Glob>>,
+    /// `match.excludeImages`.
+    exclude: Vec<Glob>,
+}
+
+impl ImageScope {
+    fn new(images: Option<Vec<Glob>>, exclude: Vec<Glob>) -> Self {
+        let mut hasher = std::hash::DefaultHasher::new();
+        images.as_ref().map(Vec::len).hash(&mut hasher);
+        for glob in images.iter().flatten().chain(&exclude) {
+            glob.as_str().hash(&mut hasher);
+        }
+        ImageScope {
+            key: hasher.finish(),
+            images,
+            exclude,
+        }
+    }
+
+    fn sources(globs: &[Glob]) -> impl Iterator<Item = &str> {
+        globs.iter().map(Glob::as_str)
+    }
+
+    /// Whether the scope takes in images of `repository`.
+    pub(crate) fn matches(&self, repository: &str) -> bool {
+        self.images
+            .as_ref()
+            .is_none_or(|globs| any_match(globs, repository))
+            && !any_match(&self.exclude, repository)
+    }
+}
+
+/// Equal patterns as written: the same globs, compiled the same way (`Glob::repository`).
+impl PartialEq for ImageScope {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.images.is_some() == other.images.is_some()
+            && Self::sources(self.images.as_deref().unwrap_or_default())
+                .eq(Self::sources(other.images.as_deref().unwrap_or_default()))
+            && Self::sources(&self.exclude).eq(Self::sources(&other.exclude))
     }
 }
 
@@ -239,8 +290,7 @@ pub fn compile(name: &str, spec: &ContainerPolicySpec) -> Result<CompiledPolicy,
         namespaces,
         exclude_namespaces,
         namespace_selector,
-        images,
-        exclude_images,
+        image_scope: ImageScope::new(images, exclude_images),
         kinds,
         registries_allow,
         registries_deny,

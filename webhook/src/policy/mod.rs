@@ -5,10 +5,10 @@ mod integration;
 mod selector;
 mod set;
 
-pub(crate) use compile::normalize_capability;
 pub use compile::{
     CompiledPolicy, MutationRule, TagRule, VulnerabilityRule, WorkloadRule, compile,
 };
+pub(crate) use compile::{ImageScope, normalize_capability};
 pub(crate) use integration::validate_https_url;
 pub use integration::{CompiledIntegration, ScannerKind, compile_integration};
 pub use selector::Selector;

@@ -82,13 +82,18 @@ impl VulnId {
             .unwrap_or_else(|| Arc::from("?"))
     }
 
-    /// Appends the ID's text to `out`: [`VulnId::as_str`] without taking a share of the
-    /// text (an atomic count up and down per ID in a message). The interner's read lock
-    /// is held for the copy only; `Display` takes a share instead, so no formatter's
-    /// output is written under it.
-    pub fn push_to(&self, out: &mut String) {
+    /// Appends the IDs' texts to `out`, `separator` between them: [`VulnId::as_str`]
+    /// without taking a share of each text (an atomic count up and down per ID), under
+    /// one hold of the interner's read lock for the copies only. `Display` takes a share
+    /// instead, so no formatter's output is written under it.
+    pub fn push_joined(out: &mut String, ids: &[&VulnId], separator: &str) {
         let interner = interner().read().unwrap_or_else(|e| e.into_inner());
-        out.push_str(interner.name(self).map_or("?", |name| name));
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                out.push_str(separator);
+            }
+            out.push_str(interner.name(id).map_or("?", |name| name));
+        }
     }
 
     /// The ID's slot: equal for equal IDs while both are held.
@@ -186,9 +191,10 @@ mod tests {
         assert_ne!(a, VulnId::new("CVE-2099-2"));
         assert_eq!(&*a.as_str(), "CVE-2099-1");
         assert_eq!(a.to_string(), "CVE-2099-1");
+        let b = VulnId::new("GHSA-xxxx-yyyy");
         let mut text = String::from("ids: ");
-        a.push_to(&mut text);
-        assert_eq!(text, "ids: CVE-2099-1");
+        VulnId::push_joined(&mut text, &[&a, &b, &a], ", ");
+        assert_eq!(text, "ids: CVE-2099-1, GHSA-XXXX-YYYY, CVE-2099-1");
     }
 
     #[test]

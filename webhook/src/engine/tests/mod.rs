@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use portcullis_crds::{ContainerPolicySpec, Severity};
 
 use super::*;
-use crate::policy::{CompiledIntegration, compile};
+use crate::policy::{CompiledIntegration, CompiledPolicy, compile};
 use crate::policy::{NamespaceLabels, NamespaceView};
 use crate::scan::{Finding, ScanReport, ScanStatus, VulnId};
 use crate::workload::PodSpec;
@@ -90,6 +90,23 @@ fn decide_in(
         scans,
         now(),
     )
+}
+
+/// The images whose scans a Pod in `team-a` needs, as its review lists them.
+fn scans_needed_in(set: &PolicySet, pod: &str) -> Vec<String> {
+    let spec: PodSpec<'_> = serde_json::from_str(pod).unwrap_or_else(|e| panic!("{pod}: {e}"));
+    let review = Review::new(Subject {
+        kind: WorkloadKind::Pod,
+        namespace: "team-a",
+        labels: NamespaceView::Snapshot,
+        name: "web",
+        spec: &spec,
+    });
+    review
+        .scans_needed(set)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 fn rules(decision: &Decision) -> Vec<String> {
@@ -750,24 +767,115 @@ fn scans_needed_lists_each_read_image_once_in_pod_spec_order() {
             .map(|(i, image)| format!(r#"{{"name":"c{i}","image":"{image}"}}"#))
             .collect();
         let pod = format!(r#"{{"containers":[{}]}}"#, containers.join(","));
-        let spec: PodSpec<'_> = serde_json::from_str(&pod).unwrap_or_else(|e| panic!("{e}"));
-        let review = Review::new(Subject {
-            kind: WorkloadKind::Pod,
-            namespace: "team-a",
-            labels: NamespaceView::Snapshot,
-            name: "web",
-            spec: &spec,
-        });
-        let needed: Vec<String> = review
-            .scans_needed(&set)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let needed = scans_needed_in(&set, &pod);
         let mut expected = vec![
             "ghcr.io/acme/api:v0".to_owned(),
             "ghcr.io/acme/db:1".to_owned(),
         ];
         expected.extend((1..copies).map(|round| format!("ghcr.io/acme/api:v{round}")));
         assert_eq!(needed, expected, "{} images", images.len());
+    }
+}
+
+#[test]
+fn policies_sharing_an_image_scope_or_not_each_match_their_own_images() {
+    // Two policies with one scope, two whose scopes differ only in excludeImages, and
+    // more distinct scopes than a review keeps (the rest are worked out per policy).
+    let latest = r#""rules":{"tags":{"denyLatest":true}}"#;
+    let mut policies = vec![
+        policy(
+            "b-1",
+            &format!(r#"{{"match":{{"images":["reg.io/**"]}},{latest}}}"#),
+        ),
+        policy(
+            "b-2",
+            &format!(
+                r#"{{"match":{{"images":["reg.io/**"],"excludeImages":["reg.io/team-3/**"]}},{latest}}}"#
+            ),
+        ),
+    ];
+    for name in ["c-1", "c-2"] {
+        policies.push(policy(
+            name,
+            &format!(
+                r#"{{"match":{{"images":["reg.io/team-1/**","reg.io/team-2/**"]}},{latest}}}"#
+            ),
+        ));
+    }
+    for team in 0..KEPT_SCOPES + 4 {
+        policies.push(policy(
+            &format!("z-{team:02}"),
+            &format!(r#"{{"match":{{"images":["reg.io/team-{team}/**"]}},{latest}}}"#),
+        ));
+    }
+    policies.push(policy(
+        "z-vulnerabilities",
+        r#"{"match":{"images":["reg.io/team-5/**"]},"rules":{"vulnerabilities":{"maxSeverity":"High"}}}"#,
+    ));
+    let set = set(policies);
+    let teams = KEPT_SCOPES + 4;
+    let containers: Vec<String> = (0..teams)
+        .map(|team| format!(r#"{{"name":"c{team}","image":"reg.io/team-{team}/app:latest"}}"#))
+        .collect();
+    let pod = format!(r#"{{"containers":[{}]}}"#, containers.join(","));
+
+    let decision = decide_in(&set, WorkloadKind::Pod, "team-a", &pod, &Scans::default());
+    let mut images_by_policy: HashMap<&str, Vec<&str>> = HashMap::new();
+    for v in decision
+        .violations
+        .iter()
+        .filter(|v| v.rule == "tags.denyLatest")
+    {
+        let image = v.target.rsplit(' ').next().unwrap_or_default();
+        images_by_policy.entry(&v.policy).or_default().push(image);
+    }
+    let team = |team: usize| format!("reg.io/team-{team}/app:latest");
+    let all: Vec<String> = (0..teams).map(team).collect();
+    assert_eq!(images_by_policy["b-1"], all);
+    let without_3: Vec<&String> = all.iter().filter(|i| !i.contains("team-3/")).collect();
+    assert_eq!(images_by_policy["b-2"], without_3);
+    for name in ["c-1", "c-2"] {
+        assert_eq!(images_by_policy[name], [team(1), team(2)], "{name}");
+    }
+    for t in 0..teams {
+        assert_eq!(images_by_policy[format!("z-{t:02}").as_str()], [team(t)]);
+    }
+    assert_eq!(images_by_policy.len(), 4 + teams);
+
+    assert_eq!(scans_needed_in(&set, &pod), [team(5)]);
+}
+
+#[test]
+fn a_message_lists_the_first_five_ids_then_how_many_more() {
+    let set = set(vec![policy(
+        "p",
+        r#"{"rules":{"vulnerabilities":{"maxCount":{"critical":0}}}}"#,
+    )]);
+    for (count, ids) in [
+        (1, "CVE-2024-1"),
+        (
+            5,
+            "CVE-2024-1, CVE-2024-2, CVE-2024-3, CVE-2024-4, CVE-2024-5",
+        ),
+        (
+            7,
+            "CVE-2024-1, CVE-2024-2, CVE-2024-3, CVE-2024-4, CVE-2024-5 and 2 more",
+        ),
+    ] {
+        let names: Vec<String> = (1..=count).map(|i| format!("CVE-2024-{i}")).collect();
+        let findings: Vec<(&str, Severity, bool)> = names
+            .iter()
+            .map(|id| (id.as_str(), Severity::Critical, false))
+            .collect();
+        let scans = Scans::default().with("ghcr.io/acme/api:v1", Duration::ZERO, &findings);
+        let decision = decide_in(
+            &set,
+            WorkloadKind::Pod,
+            "team-a",
+            &container("ghcr.io/acme/api:v1"),
+            &scans,
+        );
+        let detail = &decision.violations[0].detail;
+        assert!(detail.contains(&format!("({ids})")), "{count}: {detail}");
     }
 }
