@@ -147,7 +147,9 @@ impl<'a> Review<'a> {
                 continue;
             }
             let mut any_image = self.images.is_empty() && policy.image_scope.images.is_none();
+            // One flag per image (the loop below must not stop short of any image).
             let matched = scopes.of(&policy.image_scope, self);
+            debug_assert_eq!(matched.len(), self.images.len());
             for (((image_use, parsed), shared), matched) in
                 self.images.iter().zip(&shared).zip(matched)
             {
@@ -204,17 +206,20 @@ impl<'p> ScopeMatches<'p> {
                     .is_ok_and(|image| scope.matches(image.repository()))
             }));
         };
-        if let Some(at) = self.kept.iter().position(|(kept, _)| *kept == scope) {
-            return &self.kept[at].1;
-        }
-        if self.kept.len() < KEPT_SCOPES {
-            let mut out = Vec::with_capacity(review.images.len());
-            matches(&mut out);
-            self.kept.push((scope, out));
-            return self.kept.last().map_or(&[], |(_, out)| out);
-        }
-        matches(&mut self.spare);
-        &self.spare
+        let at = match self.kept.iter().position(|(kept, _)| *kept == scope) {
+            Some(at) => at,
+            None if self.kept.len() < KEPT_SCOPES => {
+                let mut out = Vec::with_capacity(review.images.len());
+                matches(&mut out);
+                self.kept.push((scope, out));
+                self.kept.len() - 1
+            }
+            None => {
+                matches(&mut self.spare);
+                return &self.spare;
+            }
+        };
+        &self.kept[at].1
     }
 }
 
