@@ -782,6 +782,7 @@ fn policies_sharing_an_image_scope_or_not_each_match_their_own_images() {
     // Two policies with one scope, two whose scopes differ only in excludeImages, and
     // more distinct scopes than a review keeps (the rest are worked out per policy).
     let latest = r#""rules":{"tags":{"denyLatest":true}}"#;
+    let teams = KEPT_SCOPES + 4;
     let mut policies = vec![
         policy(
             "b-1",
@@ -802,7 +803,7 @@ fn policies_sharing_an_image_scope_or_not_each_match_their_own_images() {
             ),
         ));
     }
-    for team in 0..KEPT_SCOPES + 4 {
+    for team in 0..teams {
         policies.push(policy(
             &format!("z-{team:02}"),
             &format!(r#"{{"match":{{"images":["reg.io/team-{team}/**"]}},{latest}}}"#),
@@ -813,7 +814,6 @@ fn policies_sharing_an_image_scope_or_not_each_match_their_own_images() {
         r#"{"match":{"images":["reg.io/team-5/**"]},"rules":{"vulnerabilities":{"maxSeverity":"High"}}}"#,
     ));
     let set = set(policies);
-    let teams = KEPT_SCOPES + 4;
     let containers: Vec<String> = (0..teams)
         .map(|team| format!(r#"{{"name":"c{team}","image":"reg.io/team-{team}/app:latest"}}"#))
         .collect();
