@@ -688,6 +688,9 @@ where
         let mut dropped = Vec::new();
         let mut entries: Vec<(SystemTime, u64)> = Vec::new();
         for item in self.table.iter()? {
+            if self.closed.load(Ordering::Relaxed) {
+                return Ok(Loaded { loaded: 0, dropped });
+            }
             let (stored, value) = item?;
             match V::header(value.value()) {
                 Some((fetched, size)) if fetched >= self.cutoff => {
@@ -1093,6 +1096,41 @@ mod tests {
         drop(cache);
         let reopened = ScanCache::open(dir.path(), BUDGET).unwrap();
         assert_eq!(loaded(&reopened), 3);
+    }
+
+    /// A stop during the pass over an oversized store's headers ends it there: what
+    /// memory holds is not evicted to make room for a second pass.
+    #[test]
+    fn a_stop_ends_the_pass_over_an_oversized_stores_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        stored(dir.path());
+        let db = Database::open(dir.path().join(FILE_NAME)).unwrap();
+        let read = db.begin_read().unwrap();
+        let memory = ScanCache::in_memory(BUDGET);
+        let held = memory.memory.key("i\nr/held:v1");
+        memory.memory.digests.insert(
+            held,
+            CachedDigest {
+                resolved: Resolved::NotFound,
+                fetched_at: time(2_000),
+            },
+        );
+        let closed = AtomicBool::new(true);
+        let loading = Loading {
+            table: read.open_table(DIGESTS).unwrap(),
+            memory: &memory.memory.digests,
+            bytes: 0,
+            weight: Weight::new(0, BUDGET.entries),
+            cutoff: cutoff(),
+            closed: &closed,
+        };
+        let loaded = loading.most_recent(|text| memory.memory.key(text)).unwrap();
+        assert_eq!(loaded.loaded, 0);
+        assert!(loaded.dropped.is_empty(), "{:?}", loaded.dropped);
+        assert!(
+            memory.memory.digests.get(&held).is_some(),
+            "a stopped load evicts nothing"
+        );
     }
 
     /// Lookups hash a key's parts; the store keeps its text (a format files on disk
