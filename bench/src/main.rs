@@ -215,6 +215,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let cpu_at_start = cpu_seconds();
+    let sleeps_at_start = sleeps();
     let end = started + Duration::from_secs(args.seconds);
     let interval = args
         .rate
@@ -274,8 +275,14 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         (Some(a), Some(b)) => format!("{:.0}%", (b - a) / elapsed * 100.0),
         _ => "?".into(),
     };
+    let client_sleeps = match (sleeps_at_start, sleeps()) {
+        (Some(a), Some(b)) if !latencies.is_empty() => {
+            format!("{:.2}", (b - a) as f64 / latencies.len() as f64)
+        }
+        _ => "?".into(),
+    };
     println!(
-        "requests {} in {elapsed:.1}s: {:.0} req/s, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}, client CPU {client_cpu}",
+        "requests {} in {elapsed:.1}s: {:.0} req/s, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}, client CPU {client_cpu}, client sleeps {client_sleeps} a request",
         latencies.len(),
         latencies.len() as f64 / elapsed,
         at(0.50),
@@ -284,6 +291,19 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         latencies.last().copied().unwrap_or_default()
     );
     Ok(())
+}
+
+/// How often this process's main thread (the client's only one) has gone to sleep,
+/// from `/proc/self/status`. Each sleep is a wake-up some answer pays for on the
+/// server's core: the slower the server, the more often the client waits idle for it.
+fn sleeps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// This process's CPU time (user + system) from `/proc/self/stat`, in seconds, assuming
