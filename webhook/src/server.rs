@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use tracing::Instrument;
 
-use crate::admission::{self, ReviewError, Verdict};
+use crate::admission::{self, Verdict};
 use crate::auditlog::AuditService;
 use crate::client_cert::{ClientCertAcceptor, PeerCertificates};
 use crate::cluster::ClusterReads;
@@ -205,14 +205,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// The AdmissionReview in `body` (by `parse`: `admission::parse`, or
-/// `admission::parse_raw` to keep the object as sent), or the 400 that answers a
-/// request that is not one.
-fn parse(
-    body: &[u8],
-    parse: fn(&[u8]) -> Result<admission::Request<'_>, ReviewError>,
-) -> Result<admission::Request<'_>, (StatusCode, String)> {
-    parse(body).map_err(|error| {
+/// The AdmissionReview in `body` (a Pod being created read in the same pass), or the
+/// 400 that answers a request that is not one.
+fn parse(body: &[u8]) -> Result<admission::Request<'_>, (StatusCode, String)> {
+    admission::parse(body).map_err(|error| {
         tracing::warn!(%error, "rejected a request that is not an AdmissionReview");
         (StatusCode::BAD_REQUEST, error.to_string())
     })
@@ -220,7 +216,7 @@ fn parse(
 
 async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = Instant::now();
-    let request = match parse(&body, admission::parse) {
+    let request = match parse(&body) {
         Ok(request) => request,
         Err(rejected) => return rejected.into_response(),
     };
@@ -333,11 +329,11 @@ impl Labels {
 
 async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = Instant::now();
-    let request = match parse(&body, admission::parse_raw) {
+    let request = match parse(&body) {
         Ok(request) => request,
         Err(rejected) => return rejected.into_response(),
     };
-    let answer = match mutate::read(&request) {
+    let answer = match mutate::read(&request, body.len()) {
         Err(Untouched::Skipped(_)) => mutate::Answer::default(),
         Err(Untouched::Unreadable(message)) => {
             tracing::info!(uid = %request.uid, %message, "not mutated: the object cannot be read");

@@ -63,19 +63,14 @@ struct Mutated {
     asked: Vec<String>,
 }
 
+/// Mutates `body` as `/mutate` does: the review is parsed with its fields in
+/// kube-apiserver's order, so a Pod being created is read in the same pass.
 fn mutate_body(body: &[u8], set: &PolicySet, digests: &Digests) -> Mutated {
-    let request = admission::parse_raw(body).unwrap();
-    let before: Value = serde_json::from_str(request.object_json().unwrap()).unwrap();
-    let target = mutate::read(&request).unwrap();
-    let namespace = request.namespace.as_deref().unwrap_or_default();
-    let review = Review::new(target.evaluable.subject(namespace, NamespaceView::Snapshot));
-    let asked = review
-        .digests_to_pin(set, target.scope())
-        .iter()
-        .map(|i| i.repository().to_owned())
-        .collect();
-    let plan = review.mutation(set, target.scope(), digests);
-    let answer = mutate::answer(&target, &plan, "Pod team-a/web");
+    let review: Value = serde_json::from_slice(body).unwrap();
+    let before = review["request"]["object"].clone();
+    let body = in_api_server_order(&review);
+    let request = admission::parse(body.as_bytes()).unwrap();
+    let (answer, asked) = answer_for(&request, body.len(), set, digests);
     let mut after = before.clone();
     if let Some(patch) = &answer.patch {
         let patch: json_patch::Patch = serde_json::from_slice(patch).unwrap();
@@ -87,6 +82,41 @@ fn mutate_body(body: &[u8], set: &PolicySet, digests: &Digests) -> Mutated {
         after,
         asked,
     }
+}
+
+/// The answer to `request` (a review of `review_bytes`), and the images its plan asked
+/// digests for.
+fn answer_for(
+    request: &admission::Request<'_>,
+    review_bytes: usize,
+    set: &PolicySet,
+    digests: &Digests,
+) -> (mutate::Answer, Vec<String>) {
+    let target = mutate::read(request, review_bytes).unwrap();
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let review = Review::new(target.evaluable.subject(namespace, NamespaceView::Snapshot));
+    let asked = review
+        .digests_to_pin(set, target.scope())
+        .iter()
+        .map(|i| i.repository().to_owned())
+        .collect();
+    let plan = review.mutation(set, target.scope(), digests);
+    (mutate::answer(&target, &plan, "Pod team-a/web"), asked)
+}
+
+/// `m` sent no patch, for a reason `why` takes, and its first warning says `says`.
+fn assert_not_sent(m: &Mutated, why: fn(&NotSent) -> bool, says: &str) {
+    assert_eq!(m.answer.patch, None);
+    assert!(
+        m.answer.not_sent.as_ref().is_some_and(why),
+        "{:?}",
+        m.answer.not_sent
+    );
+    assert!(
+        m.answer.warnings[0].contains(says),
+        "{:?}",
+        m.answer.warnings
+    );
 }
 
 /// `body` (an AdmissionReview) with `object` in place of its object.
@@ -372,7 +402,10 @@ fn workloads_other_than_pods_are_never_mutated() {
         let body = fixture(name);
         let request = admission::parse_raw(&body).unwrap();
         assert!(
-            matches!(mutate::read(&request), Err(Untouched::Skipped(_))),
+            matches!(
+                mutate::read(&request, body.len()),
+                Err(Untouched::Skipped(_))
+            ),
             "{name}"
         );
     }
@@ -465,13 +498,77 @@ fn a_pod_whose_annotations_would_pass_the_limit_is_not_mutated() {
         &policy_set(&[("pin", PIN)]),
         &digests,
     );
-    assert_eq!(m.answer.patch, None);
-    assert!(matches!(m.answer.not_sent, Some(NotSent::Annotations(_))));
-    assert!(
-        m.answer.warnings[0].contains("is not mutated: its annotations would take"),
-        "{:?}",
-        m.answer.warnings
+    assert_not_sent(
+        &m,
+        |n| matches!(n, NotSent::Annotations(_)),
+        "is not mutated: its annotations would take",
     );
+}
+
+/// `/mutate` reads a Pod being created while it parses the review; the answer is the
+/// one the object kept as sent gets.
+#[test]
+fn a_pod_read_in_one_pass_gets_the_answer_of_one_kept_as_sent() {
+    let set = policy_set(&[("pin", PIN), ("defaults", DEFAULTS)]);
+    let digests = Digests::default()
+        .with("nginx:1.25", Ok(DIGEST_A))
+        .with("busybox:1.36", Ok(DIGEST_B));
+    for name in [
+        "mutate-create-pod.json",
+        "mutate-create-pod-2.json",
+        "mutate-create-pod-dryrun.json",
+    ] {
+        let body = in_api_server_order(&serde_json::from_slice(&fixture(name)).unwrap());
+        let one_pass = admission::parse(body.as_bytes()).unwrap();
+        assert!(one_pass.object_json().is_none(), "{name}: read in one pass");
+        let kept = admission::parse_raw(body.as_bytes()).unwrap();
+        let (answer, _) = answer_for(&one_pass, body.len(), &set, &digests);
+        assert!(answer.patch.is_some(), "{name}: something to change");
+        assert_eq!(
+            answer,
+            answer_for(&kept, body.len(), &set, &digests).0,
+            "{name}"
+        );
+    }
+}
+
+/// No patch is sent that would take the Pod past etcd's object limit. For a Pod read in
+/// one pass the review's size stands for the object's, so the margin is the envelope.
+#[test]
+fn a_pod_whose_patch_would_pass_etcds_object_limit_is_not_mutated() {
+    let body = fixture("mutate-create-pod.json");
+    let review: Value = serde_json::from_slice(&body).unwrap();
+    let envelope =
+        in_api_server_order(&review).len() - review["request"]["object"].to_string().len();
+    // The review at `bytes`, padded by an environment variable no rule reads.
+    let sized = |bytes: usize| {
+        let mut pod = review["request"]["object"].clone();
+        pod["spec"]["containers"][0]["env"] = json!([{"name": "PAD", "value": ""}]);
+        let padding = bytes - envelope - pod.to_string().len();
+        pod["spec"]["containers"][0]["env"][0]["value"] = Value::String("x".repeat(padding));
+        with_object(&body, &pod)
+    };
+    let digests = Digests::default()
+        .with("nginx:1.25", Ok(DIGEST_A))
+        .with("busybox:1.36", Ok(DIGEST_B));
+    let pin = policy_set(&[("pin", PIN)]);
+    let near = mutate_body(
+        &sized(mutate::patch::MAX_OBJECT_BYTES - 100),
+        &pin,
+        &digests,
+    );
+    assert_not_sent(
+        &near,
+        |n| matches!(n, NotSent::Object(_)),
+        "more than etcd's object limit",
+    );
+    let under = mutate_body(
+        &sized(mutate::patch::MAX_OBJECT_BYTES - 64 * 1024),
+        &pin,
+        &digests,
+    );
+    assert!(under.answer.patch.is_some(), "{:?}", under.answer.warnings);
+    assert_eq!(under.answer.not_sent, None);
 }
 
 #[test]
@@ -689,7 +786,7 @@ proptest! {
         let digests = Digests::default().with("nginx:1.25", Ok(DIGEST_A));
         for body in [serde_json::to_vec(&review).unwrap(), bytes] {
             let Ok(request) = admission::parse_raw(&body) else { continue };
-            let Ok(target) = mutate::read(&request) else { continue };
+            let Ok(target) = mutate::read(&request, body.len()) else { continue };
             let namespace = request.namespace.as_deref().unwrap_or_default();
             let review = Review::new(target.evaluable.subject(namespace, NamespaceView::Snapshot));
             let plan = review.mutation(&everything, target.scope(), &digests);

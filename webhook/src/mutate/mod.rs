@@ -47,7 +47,11 @@ pub enum Untouched {
 }
 
 /// Sorts out the requests that are not mutated, and reads those that may be.
-pub fn read<'r>(request: &'r Request<'_>) -> Result<Target<'r>, Untouched> {
+/// `review_bytes` is the whole review's size. It stands for the object's size when the
+/// object was read while the review was parsed (`admission::parse`: a Pod being
+/// created), so it is not at hand as sent. It is an upper bound: the envelope is a few
+/// hundred bytes to a few KB more.
+pub fn read<'r>(request: &'r Request<'_>, review_bytes: usize) -> Result<Target<'r>, Untouched> {
     let subresource = request.sub_resource.as_deref().unwrap_or_default();
     let whole_pod = match (request.operation.as_ref(), subresource) {
         ("CREATE", "") => true,
@@ -68,10 +72,9 @@ pub fn read<'r>(request: &'r Request<'_>) -> Result<Target<'r>, Untouched> {
         Err(Verdict::Unreadable(message)) => return Err(Untouched::Unreadable(message)),
         Err(_) => return Err(Untouched::Skipped("the request is not evaluated")),
     };
-    // Its size bounds the patch: the object must be kept as sent (`parse_raw`).
-    let object_bytes = request.object_json().map(str::len).ok_or_else(|| {
-        Untouched::Unreadable("request.object was not kept as sent: its size is unknown".into())
-    })?;
+    // Its size bounds the patch. `admission::read` found an object: it is kept as sent,
+    // or it was read in one pass and the review's size bounds it.
+    let object_bytes = request.object_json().map_or(review_bytes, str::len);
     if whole_pod {
         return creating(evaluable, object_bytes);
     }

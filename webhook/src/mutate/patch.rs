@@ -31,7 +31,8 @@ pub struct Shape {
     pub has_metadata: bool,
     /// `metadata.annotations` as sent (`None`: absent).
     pub annotations: Option<BTreeMap<String, String>>,
-    /// The object's size as sent, in bytes.
+    /// The object's size as sent, in bytes, or an upper bound of it (the whole review's
+    /// size, when the object was read while the review was parsed).
     pub object_bytes: usize,
 }
 
@@ -44,7 +45,9 @@ pub enum NotSent {
     )]
     Annotations(usize),
     /// The Pod would pass etcd's object size.
-    #[error("the Pod would take {0} bytes, more than etcd's object limit of {MAX_OBJECT_BYTES}")]
+    #[error(
+        "the Pod would take up to {0} bytes with its patch, more than etcd's object limit of {MAX_OBJECT_BYTES}"
+    )]
     Object(usize),
     /// The patch could not be encoded.
     #[error("the patch could not be encoded: {0}")]

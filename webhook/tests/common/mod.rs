@@ -160,3 +160,46 @@ pub fn damage(root: &mut Value, choices: &[usize], value: Option<Value>) -> Stri
     }
     pointer
 }
+
+/// The review with `request`'s fields in the order kube-apiserver writes them (Go's
+/// field order of `AdmissionRequest`), any others after them.
+pub fn in_api_server_order(review: &Value) -> String {
+    const ORDER: [&str; 15] = [
+        "uid",
+        "kind",
+        "resource",
+        "subResource",
+        "requestKind",
+        "requestResource",
+        "requestSubResource",
+        "name",
+        "namespace",
+        "operation",
+        "userInfo",
+        "object",
+        "oldObject",
+        "dryRun",
+        "options",
+    ];
+    let Some(Value::Object(request)) = review.get("request") else {
+        return review.to_string();
+    };
+    let known = ORDER
+        .iter()
+        .filter_map(|key| Some((*key, request.get(*key)?)));
+    let others = request
+        .iter()
+        .filter(|(key, _)| !ORDER.contains(&key.as_str()))
+        .map(|(k, v)| (k.as_str(), v));
+    let fields: Vec<String> = known
+        .chain(others)
+        .map(|(k, v)| format!("{}:{v}", Value::from(k)))
+        .collect();
+    let mut envelope = review.clone();
+    envelope["request"] = Value::Null;
+    envelope.to_string().replacen(
+        "\"request\":null",
+        &format!("\"request\":{{{}}}", fields.join(",")),
+        1,
+    )
+}
