@@ -47,10 +47,10 @@ pub enum Untouched {
 }
 
 /// Sorts out the requests that are not mutated, and reads those that may be.
-/// `review_bytes` is the whole review's size. It stands for the object's size when the
-/// object was read while the review was parsed (`admission::parse`: a Pod being
-/// created), so it is not at hand as sent. It is an upper bound: the envelope is a few
-/// hundred bytes to a few KB more.
+/// `review_bytes` is the whole review's size. When the object was read while the review
+/// was parsed (`admission::parse`, for a Pod being created), it is not kept as sent, and
+/// `review_bytes` stands for its size: an upper bound, larger by the envelope (a few
+/// hundred bytes to a few KB).
 pub fn read<'r>(request: &'r Request<'_>, review_bytes: usize) -> Result<Target<'r>, Untouched> {
     let subresource = request.sub_resource.as_deref().unwrap_or_default();
     let whole_pod = match (request.operation.as_ref(), subresource) {
