@@ -146,7 +146,7 @@ impl<'a> Review<'a> {
                 eval.oversized(count);
                 continue;
             }
-            let mut any_image = self.images.is_empty() && policy.image_scope.images.is_none();
+            let mut any_image = self.images.is_empty() && policy.image_scope.takes_every_image();
             // One flag per image (the loop below must not stop short of any image).
             let matched = scopes.of(&policy.image_scope, self);
             debug_assert_eq!(matched.len(), self.images.len());

@@ -189,7 +189,7 @@ impl Review<'_> {
             let covered = match image {
                 Some(image) => policy.image_scope.matches(image.repository()),
                 None => {
-                    policy.image_scope.images.is_none()
+                    policy.image_scope.takes_every_image()
                         || self.images.iter().any(|(_, parsed)| {
                             parsed
                                 .as_ref()

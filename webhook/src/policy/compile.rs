@@ -70,8 +70,9 @@ pub(crate) struct ImageScope {
     /// A hash of the patterns: different scopes almost always differ here, so comparing
     /// two is usually one comparison; equal keys then compare the patterns as written.
     key: u64,
-    /// `match.images`; `None` takes in every image.
-    pub(crate) images: Option<Vec<Glob>>,
+    /// `match.images`; `None` takes in every image. Private, like the rest: `key` is
+    /// worked out from the patterns once.
+    images: Option<Vec<Glob>>,
     /// `match.excludeImages`.
     exclude: Vec<Glob>,
 }
@@ -92,6 +93,12 @@ impl ImageScope {
 
     fn sources(globs: &[Glob]) -> impl Iterator<Item = &str> {
         globs.iter().map(Glob::as_str)
+    }
+
+    /// Whether `match.images` is unset: the scope takes in every image, and an object
+    /// with none.
+    pub(crate) fn takes_every_image(&self) -> bool {
+        self.images.is_none()
     }
 
     /// Whether the scope takes in images of `repository`.
