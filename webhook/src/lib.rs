@@ -18,6 +18,7 @@ pub mod mutate;
 pub mod policy;
 pub mod scan;
 pub mod server;
+mod skim;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;

@@ -618,8 +618,20 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(json: &'a str) -> Result<T, ReadErr
     decode_seed(json, PhantomData::<T>)
 }
 
-/// [`decode`] with a seed.
+/// [`decode`] with a seed: skimmed ([`crate::skim`]), and read by serde_json whenever
+/// skimming does not take the text, so that its errors are serde_json's.
 pub(crate) fn decode_seed<'a, S>(json: &'a str, seed: S) -> Result<S::Value, ReadError>
+where
+    S: DeserializeSeed<'a> + Copy,
+{
+    match crate::skim::from_str(json, seed) {
+        Ok(value) => Ok(value),
+        Err(_) => decode_strictly(json, seed),
+    }
+}
+
+/// [`decode_seed`] by serde_json alone.
+pub(crate) fn decode_strictly<'a, S>(json: &'a str, seed: S) -> Result<S::Value, ReadError>
 where
     S: DeserializeSeed<'a> + Copy,
 {

@@ -373,3 +373,21 @@ impl Request<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::skim::tests::captured_reviews;
+    use crate::workload::decode_strictly;
+
+    #[test]
+    fn captured_reviews_are_skimmed_to_what_serde_json_reads() {
+        for (name, text) in captured_reviews() {
+            for reading in [Reading::OnePass, Reading::Raw] {
+                let skimmed = crate::skim::from_str(&text, ReviewSeed(reading)).expect(&name);
+                let strict = decode_strictly(&text, ReviewSeed(reading)).expect(&name);
+                assert_eq!(format!("{skimmed:?}"), format!("{strict:?}"), "{name}");
+            }
+        }
+    }
+}
