@@ -3,8 +3,8 @@
 //!
 //! Most of an AdmissionReview is what no rule reads (`managedFields`, env, probes,
 //! mounts), and serde_json parses all of it to skip it. Here a skipped value is stepped
-//! over by finding its end: strings eight bytes at a time, brackets counted (and
-//! matched) outside them. What is read — every string, number, literal, key with an
+//! over by finding its end ([`step`]): strings eight bytes at a time, maps and arrays
+//! 64 bytes at a time, their brackets matched outside strings. What is read — every string, number, literal, key with an
 //! escape, and raw value — is still parsed by serde_json, from the exact text of that
 //! value, so what a type gets is what serde_json would give it.
 //!
@@ -19,6 +19,10 @@ use std::fmt;
 use serde::de::value::BorrowedStrDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::de::StrRead;
+
+mod step;
+
+use step::value_end;
 
 /// Why skimming stopped: read the text with serde_json instead.
 #[derive(Debug)]
@@ -351,98 +355,6 @@ impl<'de> Deserializer<'de> for &mut Skim<'de> {
         self.value_text()?;
         visitor.visit_unit()
     }
-}
-
-/// Where the value starting at `start` ends (the index after it), if it does.
-fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
-    match *bytes.get(start)? {
-        b'"' => string_end(bytes, start + 1),
-        b'{' | b'[' => nested_end(bytes, start),
-        _ => {
-            let len = bytes
-                .get(start..)?
-                .iter()
-                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
-                .unwrap_or(bytes.len() - start);
-            (len > 0).then_some(start + len)
-        }
-    }
-}
-
-/// The index after the closing quote of the string whose text starts at `from`.
-fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
-    loop {
-        let at = from + quote_or_backslash(bytes.get(from..)?)?;
-        if bytes[at] == b'"' {
-            return Some(at + 1);
-        }
-        // A backslash: the byte after it is escaped (`\uXXXX`'s digits hold neither).
-        from = at + 2;
-    }
-}
-
-/// The index after the bracket that closes the one at `start`; brackets must match.
-fn nested_end(bytes: &[u8], start: usize) -> Option<usize> {
-    // One bit a level, set for `{`: deeper than 128 levels is left to serde_json.
-    let mut open: u128 = 0;
-    let mut depth = 0u32;
-    let mut at = start;
-    while let Some(&b) = bytes.get(at) {
-        match b {
-            b'"' => {
-                at = string_end(bytes, at + 1)?;
-                continue;
-            }
-            b'{' | b'[' => {
-                if depth == 128 {
-                    return None;
-                }
-                open = open << 1 | u128::from(b == b'{');
-                depth += 1;
-            }
-            b'}' | b']' => {
-                if depth == 0 || (open & 1 == 1) != (b == b'}') {
-                    return None;
-                }
-                open >>= 1;
-                depth -= 1;
-                if depth == 0 {
-                    return Some(at + 1);
-                }
-            }
-            _ => {}
-        }
-        at += 1;
-    }
-    None
-}
-
-/// The index of the first `"` or `\` in `bytes`, eight bytes at a time: in a word, a
-/// byte equal to either is the lowest whose XOR with it is zero.
-fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    const QUOTES: u64 = ONES * b'"' as u64;
-    const BACKSLASHES: u64 = ONES * b'\\' as u64;
-    let mut words = bytes.chunks_exact(8);
-    let mut at = 0;
-    for word in &mut words {
-        let mut w = [0; 8];
-        w.copy_from_slice(word);
-        let w = u64::from_le_bytes(w);
-        let (q, b) = (w ^ QUOTES, w ^ BACKSLASHES);
-        // Exact for the lowest zero byte of each (a borrow only marks bytes above one).
-        let found = (q.wrapping_sub(ONES) & !q | b.wrapping_sub(ONES) & !b) & HIGH;
-        if found != 0 {
-            return Some(at + (found.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    let rest = words
-        .remainder()
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\')?;
-    Some(at + rest)
 }
 
 #[cfg(test)]

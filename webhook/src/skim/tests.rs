@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
+use super::step::{Marks, quote_or_backslash, string_end, value_end};
 use super::*;
 use crate::workload::{WorkloadKind, WorkloadSeed, decode_strictly};
 
@@ -119,20 +120,25 @@ fn malformed_or_unserved_text_is_refused() {
     assert!(from_str(&deep, PhantomData::<IgnoredAny>).is_err());
 }
 
-/// JSON values whose strings are made of what ends, escapes or nests a value.
+/// JSON values whose strings are made of what ends, escapes or nests a value, some of
+/// them longer than a 64-byte block.
 fn json_value() -> impl Strategy<Value = Value> {
-    let text = "[a\"\\\\{}\\[\\],: \n\té😀]{0,24}";
+    let text = prop_oneof![
+        "[a\"\\\\{}\\[\\],: \n\té😀]{0,24}",
+        "[a\"{}\\[\\]]{60,140}",
+        "[a\"\\\\]{60,140}",
+    ];
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         (-1e6f64..1e6).prop_map(Value::from),
-        text.prop_map(Value::String),
+        text.clone().prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 48, 6, move |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::btree_map(text, inner, 0..6)
+            proptest::collection::btree_map(text.clone(), inner, 0..6)
                 .prop_map(|map| Value::Object(map.into_iter().collect())),
         ]
     })
@@ -170,6 +176,35 @@ proptest! {
         let mut values = serde_json::Deserializer::from_str(&json).into_iter::<IgnoredAny>();
         prop_assert!(values.next().is_some_and(|v| v.is_ok()));
         prop_assert_eq!(string_end(json.as_bytes(), 1), Some(values.byte_offset()));
+    }
+
+    #[test]
+    fn a_value_is_stepped_over_to_where_serde_json_ends_it(
+        value in json_value(),
+        pretty in any::<bool>(),
+        after in "[,}\\] ]{0,3}",
+    ) {
+        let json = if pretty {
+            serde_json::to_string_pretty(&value).unwrap()
+        } else {
+            serde_json::to_string(&value).unwrap()
+        } + &after;
+        let mut values = serde_json::Deserializer::from_str(&json).into_iter::<IgnoredAny>();
+        prop_assert!(values.next().is_some_and(|v| v.is_ok()));
+        prop_assert_eq!(value_end(json.as_bytes(), 0), Some(values.byte_offset()));
+    }
+
+    #[test]
+    fn a_blocks_marks_are_its_bytes(bytes in proptest::collection::vec(
+        prop_oneof![
+            Just(b'"'), Just(b'\\'), Just(b'{'), Just(b'['), Just(b'}'), Just(b']'), Just(b'a'),
+            Just(0x3b), Just(0x1b), Just(0xdb), Just(0xfb), Just(0xdd), Just(0x7f), Just(0),
+        ],
+        64,
+    )) {
+        let mut block = [0; 64];
+        block.copy_from_slice(&bytes);
+        prop_assert_eq!(Marks::of(&block), Marks::of_bytes(&block));
     }
 
     #[test]
