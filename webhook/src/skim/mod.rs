@@ -42,8 +42,9 @@ impl de::Error for Refused {
     }
 }
 
-/// Nesting deeper than this is left to serde_json (its own limit is 128).
-const MAX_DEPTH: usize = 128;
+/// Nesting deeper than this, read or skipped, is left to serde_json (which refuses 128
+/// levels).
+const MAX_DEPTH: usize = 127;
 
 /// Deserializes the JSON document `text` with `seed`, skimming what it ignores.
 pub(crate) fn from_str<'de, S: DeserializeSeed<'de>>(
@@ -98,7 +99,8 @@ impl<'de> Skim<'de> {
     fn value_text(&mut self) -> Result<&'de str, Refused> {
         self.whitespace();
         let start = self.pos;
-        let end = value_end(self.text.as_bytes(), start).ok_or(Refused)?;
+        let depth_left = MAX_DEPTH.saturating_sub(self.depth) as u32;
+        let end = value_end(self.text.as_bytes(), start, depth_left).ok_or(Refused)?;
         self.pos = end;
         self.text.get(start..end).ok_or(Refused)
     }

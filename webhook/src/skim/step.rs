@@ -6,11 +6,12 @@
 //! brackets outside them are matched in order. A block with a backslash is read byte by
 //! byte (an escape can hide a quote), as is the end of the text.
 
-/// Where the value starting at `start` ends (the index after it), if it does.
-pub(super) fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
+/// Where the value starting at `start` ends (the index after it), if it does and nests
+/// at most `depth` levels (at most 128).
+pub(super) fn value_end(bytes: &[u8], start: usize, depth: u32) -> Option<usize> {
     match *bytes.get(start)? {
         b'"' => string_end(bytes, start + 1),
-        b'{' | b'[' => nested_end(bytes, start),
+        b'{' | b'[' => nested_end(bytes, start, depth.min(128)),
         _ => {
             let len = bytes
                 .get(start..)?
@@ -26,7 +27,7 @@ pub(super) fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
 pub(super) fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
     loop {
         let at = from + quote_or_backslash(bytes.get(from..)?)?;
-        if bytes[at] == b'"' {
+        if bytes.get(at) == Some(&b'"') {
             return Some(at + 1);
         }
         // A backslash: the byte after it is escaped (`\uXXXX`'s digits hold neither).
@@ -34,9 +35,14 @@ pub(super) fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
     }
 }
 
-/// The index after the bracket that closes the one at `start`; brackets must match.
-fn nested_end(bytes: &[u8], start: usize) -> Option<usize> {
-    let mut nesting = Nesting::default();
+/// The index after the bracket that closes the one at `start`; brackets must match and
+/// nest at most `depth` levels.
+fn nested_end(bytes: &[u8], start: usize, depth: u32) -> Option<usize> {
+    let mut nesting = Nesting {
+        open: 0,
+        depth: 0,
+        max: depth,
+    };
     let mut at = start;
     // Whether `at` is inside a string (only ever after a block read by its bitmasks).
     let mut in_string = false;
@@ -85,11 +91,12 @@ fn prefix_xor(mut bits: u64) -> u64 {
 }
 
 /// The brackets open around a position.
-#[derive(Default)]
 struct Nesting {
-    /// One bit a level, set for `{`: deeper than 128 levels is left to serde_json.
+    /// One bit a level, set for `{`.
     open: u128,
     depth: u32,
+    /// Deeper than this (at most 128) is left to serde_json.
+    max: u32,
 }
 
 enum Scanned {
@@ -104,7 +111,7 @@ impl Nesting {
     /// does not match the one it closes (or nests too deep).
     fn bracket(&mut self, b: u8) -> Option<bool> {
         if b == b'{' || b == b'[' {
-            if self.depth == 128 {
+            if self.depth == self.max {
                 return None;
             }
             self.open = self.open << 1 | u128::from(b == b'{');
